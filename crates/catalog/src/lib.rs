@@ -1,1 +1,52 @@
+//! The catalog: durable rows for everything the engine owns (accounts, keys, volumes, instances, ...).
+//!
+//! The catalog knows rows, not API types: a row is `(kind, id, account, region, doc)` where `doc` is an
+//! opaque document the engine serialises. Every state change is one [`Catalog::commit`] of a batch of
+//! [`Change`]s, applied in a single transaction, so a process killed at any point restarts into either
+//! the state before or the state after the batch.
+//!
+//! [`SqliteCatalog`] is the embedded default (WAL, `synchronous=FULL`, versioned migrations). The trait
+//! is the seam where a PostgreSQL catalog plugs in without touching the engine.
 
+mod sqlite;
+
+pub use sqlite::SqliteCatalog;
+
+/// One stored record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub kind: String,
+    pub id: String,
+    pub account: String,
+    pub region: String,
+    pub doc: String,
+}
+
+/// One element of an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Put(Row),
+    Delete { kind: String, id: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog database error: {0}")]
+    Db(#[from] rusqlite::Error),
+    #[error("catalog schema version {found} is newer than this binary understands ({supported})")]
+    TooNew { found: i64, supported: i64 },
+    #[error("catalog io error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T> = std::result::Result<T, CatalogError>;
+
+/// Durable storage of rows. Implementations must make `commit` atomic and durable before returning.
+pub trait Catalog: Send + Sync + 'static {
+    /// Every row of a kind (the engine loads its state at start).
+    fn load_kind(&self, kind: &str) -> Result<Vec<Row>>;
+    /// One row by kind and id.
+    fn get(&self, kind: &str, id: &str) -> Result<Option<Row>>;
+    /// Apply a batch atomically.
+    fn commit(&self, changes: &[Change]) -> Result<()>;
+}

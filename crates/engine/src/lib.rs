@@ -1,1 +1,27 @@
+//! The blocksnap engine: the domain. Accounts, regions, volumes, instances, attachments, tags and
+//! keys, their state machines and the semantic validation of typed requests. It never sees HTTP,
+//! XML, JSON or NBD bytes; its errors are [`EngineError`]s that map 1:1 to AWS error codes.
 
+mod describe;
+mod engine;
+mod error;
+mod filter;
+pub mod ids;
+mod instances;
+mod kms;
+pub mod model;
+pub mod regions;
+mod settings;
+mod tags;
+mod volumes;
+
+pub use describe::{ListQuery, Page};
+pub use engine::{DataPlane, Engine, EngineConfig};
+pub use error::{EngineError, Result};
+pub use filter::{Filter, glob};
+pub use instances::{
+    BlockDeviceMappingSpec, EbsSpec, InstanceView, MAX_INSTANCES_PER_CALL, Reservation, RunInstances, StateChange,
+};
+pub use kms::DEFAULT_EBS_ALIAS;
+pub use tags::{TagDescription, TagSelector, TagSpec};
+pub use volumes::{AttachmentInfo, CreateVolume, DetachVolume, GIB, ModifyVolume, VolumeModification, format_time};

@@ -1,0 +1,145 @@
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::{Catalog, CatalogError, Change, Result, Row};
+
+/// Ordered schema migrations; the index + 1 is the schema version recorded in `PRAGMA user_version`.
+/// Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // v1: one table of typed rows; the engine owns the document format inside `doc`.
+    "CREATE TABLE rows (
+        kind    TEXT NOT NULL,
+        id      TEXT NOT NULL,
+        account TEXT NOT NULL,
+        region  TEXT NOT NULL,
+        doc     TEXT NOT NULL,
+        PRIMARY KEY (kind, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX rows_by_owner ON rows (kind, account, region);",
+];
+
+/// The embedded catalog: one SQLite database in WAL mode.
+pub struct SqliteCatalog {
+    conn: Mutex<Connection>,
+}
+
+impl SqliteCatalog {
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        // WAL lets `blocksnap admin` write while the server runs; FULL makes each commit durable.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        let cat = SqliteCatalog { conn: Mutex::new(conn) };
+        cat.migrate()?;
+        Ok(cat)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a half-applied transaction (SQLite rolls back),
+        // so a poisoned lock is still safe to use.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn migrate(&self) -> Result<()> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let supported = MIGRATIONS.len() as i64;
+        if version > supported {
+            return Err(CatalogError::TooNew { found: version, supported });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            tracing::info!(version = i + 1, "applying catalog migration");
+            tx.execute_batch(sql)?;
+        }
+        tx.pragma_update(None, "user_version", supported)?;
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row { kind: r.get(0)?, id: r.get(1)?, account: r.get(2)?, region: r.get(3)?, doc: r.get(4)? })
+}
+
+impl Catalog for SqliteCatalog {
+    fn load_kind(&self, kind: &str) -> Result<Vec<Row>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached("SELECT kind, id, account, region, doc FROM rows WHERE kind = ?1 ORDER BY id")?;
+        let rows = stmt.query_map(params![kind], row_from)?.collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    fn get(&self, kind: &str, id: &str) -> Result<Option<Row>> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare_cached("SELECT kind, id, account, region, doc FROM rows WHERE kind = ?1 AND id = ?2")?;
+        Ok(stmt.query_row(params![kind, id], row_from).optional()?)
+    }
+
+    fn commit(&self, changes: &[Change]) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        {
+            let mut put = tx.prepare_cached(
+                "INSERT INTO rows (kind, id, account, region, doc) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (kind, id) DO UPDATE SET account = ?3, region = ?4, doc = ?5",
+            )?;
+            let mut del = tx.prepare_cached("DELETE FROM rows WHERE kind = ?1 AND id = ?2")?;
+            for c in changes {
+                match c {
+                    Change::Put(r) => {
+                        put.execute(params![r.kind, r.id, r.account, r.region, r.doc])?;
+                    }
+                    Change::Delete { kind, id } => {
+                        del.execute(params![kind, id])?;
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, doc: &str) -> Row {
+        Row { kind: "volume".into(), id: id.into(), account: "1".into(), region: "r".into(), doc: doc.into() }
+    }
+
+    #[test]
+    fn batch_is_atomic_and_persistent() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        {
+            let c = SqliteCatalog::open(&path).unwrap();
+            c.commit(&[Change::Put(row("a", "1")), Change::Put(row("b", "2"))]).unwrap();
+            c.commit(&[Change::Put(row("a", "3")), Change::Delete { kind: "volume".into(), id: "b".into() }]).unwrap();
+        }
+        let c = SqliteCatalog::open(&path).unwrap();
+        let rows = c.load_kind("volume").unwrap();
+        assert_eq!(rows, vec![row("a", "3")]);
+        assert_eq!(c.get("volume", "b").unwrap(), None);
+    }
+
+    #[test]
+    fn refuses_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        drop(SqliteCatalog::open(&path).unwrap());
+        let conn = Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        assert!(matches!(SqliteCatalog::open(&path), Err(CatalogError::TooNew { found: 99, .. })));
+    }
+}

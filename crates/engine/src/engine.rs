@@ -1,0 +1,294 @@
+//! The engine's state and its one mutation path.
+//!
+//! State lives in memory (for fast Describe calls) and in the catalog (for durability). Every change
+//! is computed against the current state as a list of [`Rec`]ords, committed to the catalog in one
+//! transaction, and only then applied in memory, all under one lock: memory never runs ahead of disk.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use blocksnap_catalog::{Catalog, Change, Row};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{EngineError, Result};
+use crate::ids;
+use crate::model::*;
+
+pub(crate) const KIND_ACCOUNT: &str = "account";
+pub(crate) const KIND_ACCESS_KEY: &str = "access_key";
+pub(crate) const KIND_VOLUME: &str = "volume";
+pub(crate) const KIND_INSTANCE: &str = "instance";
+pub(crate) const KIND_KMS_KEY: &str = "kms_key";
+pub(crate) const KIND_SETTINGS: &str = "settings";
+pub(crate) const KIND_META: &str = "meta";
+
+/// The hooks the engine calls on the live volume store (the data plane). Kept as a trait so the engine
+/// crate does not depend on how bytes are stored; `blocksnap serve` plugs the real store in.
+pub trait DataPlane: Send + Sync + 'static {
+    /// Allocate the bytes of a new volume (zeros).
+    fn create_volume(&self, volume_id: &str, size_bytes: u64) -> std::io::Result<()>;
+    /// Grow a volume.
+    fn resize_volume(&self, volume_id: &str, size_bytes: u64) -> std::io::Result<()>;
+    /// Free a volume's bytes.
+    fn delete_volume(&self, volume_id: &str) -> std::io::Result<()>;
+    /// The volume stopped being attached: close its exports once in-flight requests finish.
+    fn volume_detached(&self, volume_id: &str);
+}
+
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Regions this process serves.
+    pub regions: Vec<String>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig { regions: crate::regions::COMMERCIAL_REGIONS.iter().map(|s| s.to_string()).collect() }
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct State {
+    pub accounts: HashMap<String, Account>,
+    pub keys: HashMap<String, AccessKey>,
+    pub volumes: BTreeMap<String, Volume>,
+    pub instances: BTreeMap<String, Instance>,
+    pub kms_keys: BTreeMap<String, KmsKey>,
+    /// Keyed by `account/region`.
+    pub settings: HashMap<String, RegionSettings>,
+    pub root_account: Option<String>,
+}
+
+/// One durable change.
+#[derive(Debug, Clone)]
+pub(crate) enum Rec {
+    Account(Account),
+    AccessKey(AccessKey),
+    Volume(Volume),
+    DeleteVolume(String),
+    Instance(Instance),
+    KmsKey(KmsKey),
+    Settings { account: String, region: String, settings: RegionSettings },
+    RootAccount(String),
+}
+
+pub struct Engine {
+    pub(crate) catalog: Arc<dyn Catalog>,
+    pub(crate) config: EngineConfig,
+    pub(crate) state: Mutex<State>,
+    pub(crate) data: Option<Arc<dyn DataPlane>>,
+}
+
+fn row<T: Serialize>(kind: &str, id: &str, account: &str, region: &str, doc: &T) -> Result<Change> {
+    Ok(Change::Put(Row {
+        kind: kind.into(),
+        id: id.into(),
+        account: account.into(),
+        region: region.into(),
+        doc: serde_json::to_string(doc)?,
+    }))
+}
+
+fn load<T: DeserializeOwned>(catalog: &dyn Catalog, kind: &str) -> Result<Vec<(Row, T)>> {
+    let mut out = Vec::new();
+    for r in catalog.load_kind(kind)? {
+        let doc: T = serde_json::from_str(&r.doc)
+            .map_err(|e| EngineError::Internal(format!("catalog row {kind}/{} is unreadable: {e}", r.id)))?;
+        out.push((r, doc));
+    }
+    Ok(out)
+}
+
+pub(crate) fn settings_key(account: &str, region: &str) -> String {
+    format!("{account}/{region}")
+}
+
+impl Engine {
+    /// Load every record from the catalog.
+    pub fn open(catalog: Arc<dyn Catalog>, config: EngineConfig, data: Option<Arc<dyn DataPlane>>) -> Result<Self> {
+        let mut st = State::default();
+        for (_, a) in load::<Account>(&*catalog, KIND_ACCOUNT)? {
+            st.accounts.insert(a.id.clone(), a);
+        }
+        for (_, k) in load::<AccessKey>(&*catalog, KIND_ACCESS_KEY)? {
+            st.keys.insert(k.access_key_id.clone(), k);
+        }
+        for (_, v) in load::<Volume>(&*catalog, KIND_VOLUME)? {
+            st.volumes.insert(v.id.clone(), v);
+        }
+        for (_, i) in load::<Instance>(&*catalog, KIND_INSTANCE)? {
+            st.instances.insert(i.id.clone(), i);
+        }
+        for (_, k) in load::<KmsKey>(&*catalog, KIND_KMS_KEY)? {
+            st.kms_keys.insert(k.key_id.clone(), k);
+        }
+        for (r, s) in load::<RegionSettings>(&*catalog, KIND_SETTINGS)? {
+            st.settings.insert(settings_key(&r.account, &r.region), s);
+        }
+        if let Some(r) = catalog.get(KIND_META, "root_account")? {
+            st.root_account = Some(r.account);
+        }
+        tracing::info!(
+            accounts = st.accounts.len(),
+            volumes = st.volumes.len(),
+            instances = st.instances.len(),
+            "catalog loaded"
+        );
+        Ok(Engine { catalog, config, state: Mutex::new(st), data })
+    }
+
+    pub(crate) fn lock(&self) -> MutexGuard<'_, State> {
+        // State is only mutated after a successful commit, by code that does not panic between the
+        // commit and the in-memory apply; a poisoned lock still guards consistent data.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commit records durably, then apply them to memory.
+    pub(crate) fn commit(&self, st: &mut State, recs: Vec<Rec>) -> Result<()> {
+        let mut changes = Vec::with_capacity(recs.len());
+        for r in &recs {
+            changes.push(match r {
+                Rec::Account(a) => row(KIND_ACCOUNT, &a.id, &a.id, "", a)?,
+                Rec::AccessKey(k) => row(KIND_ACCESS_KEY, &k.access_key_id, &k.account, "", k)?,
+                Rec::Volume(v) => row(KIND_VOLUME, &v.id, &v.account, &v.region, v)?,
+                Rec::DeleteVolume(id) => Change::Delete { kind: KIND_VOLUME.into(), id: id.clone() },
+                Rec::Instance(i) => row(KIND_INSTANCE, &i.id, &i.account, &i.region, i)?,
+                Rec::KmsKey(k) => row(KIND_KMS_KEY, &k.key_id, &k.account, &k.region, k)?,
+                Rec::Settings { account, region, settings } => {
+                    row(KIND_SETTINGS, &settings_key(account, region), account, region, settings)?
+                }
+                Rec::RootAccount(a) => row(KIND_META, "root_account", a, "", &serde_json::Value::Null)?,
+            });
+        }
+        self.catalog.commit(&changes)?;
+        for r in recs {
+            match r {
+                Rec::Account(a) => {
+                    st.accounts.insert(a.id.clone(), a);
+                }
+                Rec::AccessKey(k) => {
+                    st.keys.insert(k.access_key_id.clone(), k);
+                }
+                Rec::Volume(v) => {
+                    st.volumes.insert(v.id.clone(), v);
+                }
+                Rec::DeleteVolume(id) => {
+                    st.volumes.remove(&id);
+                }
+                Rec::Instance(i) => {
+                    st.instances.insert(i.id.clone(), i);
+                }
+                Rec::KmsKey(k) => {
+                    st.kms_keys.insert(k.key_id.clone(), k);
+                }
+                Rec::Settings { account, region, settings } => {
+                    st.settings.insert(settings_key(&account, &region), settings);
+                }
+                Rec::RootAccount(a) => st.root_account = Some(a),
+            }
+        }
+        Ok(())
+    }
+
+    /// Is this region served?
+    pub fn check_region(&self, region: &str) -> Result<()> {
+        if self.config.regions.iter().any(|r| r == region) {
+            Ok(())
+        } else {
+            Err(EngineError::client(
+                "AuthFailure",
+                format!(
+                    "The region '{region}' is not served by this blocksnap endpoint (configured: {}).",
+                    self.config.regions.join(", ")
+                ),
+            ))
+        }
+    }
+
+    pub fn regions(&self) -> &[String] {
+        &self.config.regions
+    }
+
+    // ---- accounts and credentials ----
+
+    /// Make sure the root account exists. With `key` set (from the environment) that key is the root
+    /// key; otherwise a key is generated the first time. Returns newly generated credentials.
+    pub fn ensure_root(&self, key: Option<(String, String)>) -> Result<Option<(String, AccessKey)>> {
+        let mut st = self.lock();
+        let mut recs = Vec::new();
+        let account = match &st.root_account {
+            Some(a) => a.clone(),
+            None => {
+                let a = Account { id: ids::new_account_id(), name: "root".into(), created: now_millis() };
+                recs.push(Rec::Account(a.clone()));
+                recs.push(Rec::RootAccount(a.id.clone()));
+                a.id
+            }
+        };
+        let mut generated = None;
+        match key {
+            Some((akid, secret)) => {
+                let current = st.keys.get(&akid);
+                if current.is_none_or(|k| k.secret_access_key != secret || k.account != account) {
+                    recs.push(Rec::AccessKey(AccessKey {
+                        access_key_id: akid,
+                        secret_access_key: secret,
+                        account: account.clone(),
+                    }));
+                }
+            }
+            None => {
+                if !st.keys.values().any(|k| k.account == account) {
+                    let k = AccessKey {
+                        access_key_id: ids::new_access_key_id(),
+                        secret_access_key: ids::new_secret(),
+                        account: account.clone(),
+                    };
+                    generated = Some((account.clone(), k.clone()));
+                    recs.push(Rec::AccessKey(k));
+                }
+            }
+        }
+        self.commit(&mut st, recs)?;
+        Ok(generated)
+    }
+
+    pub fn root_account(&self) -> Option<String> {
+        self.lock().root_account.clone()
+    }
+
+    /// A new isolated account with its own key.
+    pub fn create_account(&self, name: &str) -> Result<(Account, AccessKey)> {
+        let mut st = self.lock();
+        let mut id = ids::new_account_id();
+        while st.accounts.contains_key(&id) {
+            id = ids::new_account_id();
+        }
+        let account = Account { id: id.clone(), name: name.into(), created: now_millis() };
+        let key =
+            AccessKey { access_key_id: ids::new_access_key_id(), secret_access_key: ids::new_secret(), account: id };
+        self.commit(&mut st, vec![Rec::Account(account.clone()), Rec::AccessKey(key.clone())])?;
+        Ok((account, key))
+    }
+
+    /// The account and secret of an access key. Falls back to the catalog so keys made by
+    /// `blocksnap admin create-account` while the server runs are seen at once.
+    pub fn access_key(&self, access_key_id: &str) -> Result<Option<AccessKey>> {
+        if let Some(k) = self.lock().keys.get(access_key_id) {
+            return Ok(Some(k.clone()));
+        }
+        let Some(r) = self.catalog.get(KIND_ACCESS_KEY, access_key_id)? else {
+            return Ok(None);
+        };
+        let key: AccessKey = serde_json::from_str(&r.doc)?;
+        let account = self.catalog.get(KIND_ACCOUNT, &key.account)?;
+        let mut st = self.lock();
+        if let Some(a) = account {
+            let a: Account = serde_json::from_str(&a.doc)?;
+            st.accounts.insert(a.id.clone(), a);
+        }
+        st.keys.insert(key.access_key_id.clone(), key.clone());
+        Ok(Some(key))
+    }
+}

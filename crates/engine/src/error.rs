@@ -1,0 +1,79 @@
+//! The engine's one error type. Each variant is one AWS error code; front ends render it their own way
+//! (EC2 XML, Lightsail JSON) but never invent codes of their own for engine outcomes.
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// `(code, message)` for the AWS client errors whose code is data: `InvalidVolume.NotFound`,
+    /// `IncorrectState`, `VolumeInUse`, ... Kept as one variant so the mapping stays a table, not a match.
+    #[error("{code}: {message}")]
+    Client { code: &'static str, message: String },
+    /// The request would have succeeded; nothing was changed (EC2 `DryRun=true`).
+    #[error("Request would have succeeded, but DryRun flag is set.")]
+    DryRun,
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    pub fn client(code: &'static str, message: impl Into<String>) -> Self {
+        EngineError::Client { code, message: message.into() }
+    }
+    pub fn invalid_value(message: impl Into<String>) -> Self {
+        Self::client("InvalidParameterValue", message)
+    }
+    pub fn combination(message: impl Into<String>) -> Self {
+        Self::client("InvalidParameterCombination", message)
+    }
+    pub fn missing(message: impl Into<String>) -> Self {
+        Self::client("MissingParameter", message)
+    }
+
+    /// The AWS error code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EngineError::Client { code, .. } => code,
+            EngineError::DryRun => "DryRunOperation",
+            EngineError::Internal(_) => "InternalError",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            EngineError::Client { message, .. } => message.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// HTTP status the AWS APIs use for this error.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            EngineError::DryRun => 412,
+            EngineError::Internal(_) => 500,
+            EngineError::Client { code, .. } => match *code {
+                "AuthFailure"
+                | "UnauthorizedOperation"
+                | "SignatureDoesNotMatch"
+                | "InvalidClientTokenId"
+                | "MissingAuthenticationToken"
+                | "IncompleteSignature"
+                | "RequestExpired" => 401,
+                _ => 400,
+            },
+        }
+    }
+}
+
+impl From<blocksnap_catalog::CatalogError> for EngineError {
+    fn from(e: blocksnap_catalog::CatalogError) -> Self {
+        tracing::error!(error = %e, "catalog failure");
+        EngineError::Internal(format!("catalog: {e}"))
+    }
+}
+
+impl From<serde_json::Error> for EngineError {
+    fn from(e: serde_json::Error) -> Self {
+        EngineError::Internal(format!("catalog document: {e}"))
+    }
+}
+
+pub type Result<T> = std::result::Result<T, EngineError>;

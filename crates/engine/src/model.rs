@@ -1,0 +1,247 @@
+//! The engine's records. They are serialised as the catalog's row documents, so every field added
+//! later must be `#[serde(default)]` to keep old catalogs readable.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Milliseconds since the Unix epoch: what AWS timestamps resolve to.
+pub type Millis = i64;
+
+pub fn now_millis() -> Millis {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+/// Tags keep key order so responses are stable.
+pub type Tags = BTreeMap<String, String>;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Account {
+    pub id: String,
+    pub name: String,
+    pub created: Millis,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessKey {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub account: String,
+}
+
+/// Who is calling and where: the engine's view of an authenticated request.
+#[derive(Debug, Clone)]
+pub struct Ctx {
+    pub account: String,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum VolumeState {
+    Creating,
+    Available,
+    InUse,
+    Deleting,
+    Deleted,
+    Error,
+}
+
+impl VolumeState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeState::Creating => "creating",
+            VolumeState::Available => "available",
+            VolumeState::InUse => "in-use",
+            VolumeState::Deleting => "deleting",
+            VolumeState::Deleted => "deleted",
+            VolumeState::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachState {
+    Attaching,
+    Attached,
+    Detaching,
+    Detached,
+}
+
+impl AttachState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachState::Attaching => "attaching",
+            AttachState::Attached => "attached",
+            AttachState::Detaching => "detaching",
+            AttachState::Detached => "detached",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Attachment {
+    pub instance_id: String,
+    pub device: String,
+    pub state: AttachState,
+    pub attach_time: Millis,
+    pub delete_on_termination: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: String,
+    pub account: String,
+    pub region: String,
+    pub availability_zone: String,
+    pub size_gib: u32,
+    pub volume_type: String,
+    pub iops: Option<u32>,
+    pub throughput: Option<u32>,
+    pub encrypted: bool,
+    /// The KMS key ARN for encrypted volumes.
+    pub kms_key_id: Option<String>,
+    /// The snapshot this volume was created from ("" in responses when none, as AWS does).
+    pub snapshot_id: Option<String>,
+    pub multi_attach_enabled: bool,
+    pub state: VolumeState,
+    pub create_time: Millis,
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub client_token: Option<String>,
+    /// Fingerprint of the request that created it, to detect ClientToken reuse with other parameters.
+    #[serde(default)]
+    pub request_fingerprint: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InstanceState {
+    Pending,
+    Running,
+    ShuttingDown,
+    Terminated,
+    Stopping,
+    Stopped,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::ShuttingDown => "shutting-down",
+            InstanceState::Terminated => "terminated",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+        }
+    }
+    /// The numeric code EC2 sends beside the name.
+    pub fn code(self) -> u32 {
+        match self {
+            InstanceState::Pending => 0,
+            InstanceState::Running => 16,
+            InstanceState::ShuttingDown => 32,
+            InstanceState::Terminated => 48,
+            InstanceState::Stopping => 64,
+            InstanceState::Stopped => 80,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub account: String,
+    pub region: String,
+    pub availability_zone: String,
+    pub image_id: String,
+    pub instance_type: String,
+    pub state: InstanceState,
+    pub state_reason: Option<String>,
+    pub launch_time: Millis,
+    pub root_device_name: String,
+    pub reservation_id: String,
+    pub ami_launch_index: u32,
+    pub private_ip: String,
+    #[serde(default)]
+    pub key_name: Option<String>,
+    #[serde(default)]
+    pub tags: Tags,
+    #[serde(default)]
+    pub client_token: Option<String>,
+}
+
+/// A KMS key of the built-in KMS. Only metadata lives here; key material arrives with encryption.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KmsKey {
+    pub key_id: String,
+    pub account: String,
+    pub region: String,
+    pub arn: String,
+    pub description: String,
+    pub aliases: Vec<String>,
+    pub created: Millis,
+    /// AWS-managed (`alias/aws/ebs`) or customer-managed.
+    pub aws_managed: bool,
+}
+
+/// Per account and region settings (EBS encryption by default).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RegionSettings {
+    pub ebs_encryption_by_default: bool,
+    /// Customer-chosen default key ARN; `None` means `alias/aws/ebs`.
+    pub default_kms_key: Option<String>,
+}
+
+/// A built-in machine image: instances exist to own attachments, so an image is a name, a root
+/// device and a root volume size.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub id: &'static str,
+    pub name: &'static str,
+    pub description: &'static str,
+    pub architecture: &'static str,
+    pub root_device_name: &'static str,
+    pub root_size_gib: u32,
+    pub platform_details: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tag {
+    pub key: String,
+    pub value: String,
+}
+
+/// The kinds of tagged resources, as EC2 names them in `resourceType`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResourceType {
+    Volume,
+    Instance,
+    Snapshot,
+    Image,
+}
+
+impl ResourceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceType::Volume => "volume",
+            ResourceType::Instance => "instance",
+            ResourceType::Snapshot => "snapshot",
+            ResourceType::Image => "image",
+        }
+    }
+    pub fn from_id(id: &str) -> Option<Self> {
+        match id.split('-').next()? {
+            "vol" => Some(ResourceType::Volume),
+            "i" => Some(ResourceType::Instance),
+            "snap" => Some(ResourceType::Snapshot),
+            "ami" => Some(ResourceType::Image),
+            _ => None,
+        }
+    }
+}
