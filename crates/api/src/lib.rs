@@ -1,1 +1,102 @@
+//! The HTTP front end: one port for every AWS protocol blocksnap speaks. Requests are authenticated
+//! (SigV4), routed by protocol (EC2 Query today), parsed into typed engine requests, and the typed
+//! results rendered back in the protocol's own format.
 
+mod auth;
+pub mod ec2;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use blocksnap_engine::{Engine, EngineError};
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+
+pub struct AppState {
+    pub engine: Arc<Engine>,
+    /// Renders the Prometheus text exposition for `/metrics`.
+    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/_blocksnap/health", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
+        .fallback(handle)
+        .with_state(state)
+}
+
+async fn metrics(State(st): State<Arc<AppState>>) -> Response {
+    match &st.metrics {
+        Some(render) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render()).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+fn new_request_id() -> String {
+    blocksnap_engine::ids::new_uuid()
+}
+
+fn ec2_error(e: &EngineError, request_id: &str) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    if matches!(e, EngineError::Internal(_)) {
+        tracing::error!(error = %e, request_id, "internal error");
+    }
+    xml_response(status, ec2::xml::error(e.code(), &e.message(), request_id), request_id)
+}
+
+fn xml_response(status: StatusCode, body: String, request_id: &str) -> Response {
+    let mut r = (status, body).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/xml;charset=UTF-8"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        r.headers_mut().insert("x-amzn-requestid", v);
+    }
+    r
+}
+
+async fn handle(
+    State(st): State<Arc<AppState>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request_id = new_request_id();
+    let caller = match auth::authenticate(&st.engine, &method, &uri, &headers, &body) {
+        Ok(c) => c,
+        Err(e) => return ec2_error(&e, &request_id),
+    };
+    if caller.service != "ec2" {
+        let e = EngineError::client(
+            "InvalidAction",
+            format!("The service '{}' is not served by this endpoint yet.", caller.service),
+        );
+        return ec2_error(&e, &request_id);
+    }
+    let mut params = ec2::params::Params::from_pairs(form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()));
+    if method == Method::POST {
+        params.extend(ec2::params::Params::from_pairs(form_urlencoded::parse(&body)));
+    }
+    let call = match ec2::route(&params) {
+        Ok(c) => c,
+        Err(e) => return ec2_error(&e, &request_id),
+    };
+    let result = if call.mutating {
+        let engine = st.engine.clone();
+        let ctx = caller.ctx.clone();
+        let rid = request_id.clone();
+        match tokio::task::spawn_blocking(move || ec2::run(&call, &engine, &ctx, &params, &rid)).await {
+            Ok(r) => r,
+            Err(e) => Err(EngineError::Internal(format!("request task failed: {e}"))),
+        }
+    } else {
+        ec2::run(&call, &st.engine, &caller.ctx, &params, &request_id)
+    };
+    match result {
+        Ok(body) => xml_response(StatusCode::OK, body, &request_id),
+        Err(e) => ec2_error(&e, &request_id),
+    }
+}

@@ -1,1 +1,157 @@
-fn main() {}
+//! The `blocksnap` binary: `serve` runs the service; `admin` manages accounts.
+
+mod config;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use blocksnap_catalog::SqliteCatalog;
+use blocksnap_engine::{Engine, EngineConfig};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "blocksnap", version, about = "Block volumes and snapshots behind the AWS EC2 and Lightsail APIs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct DataDir {
+    /// Where the catalog, volumes and snapshot stores live.
+    #[arg(long, env = "BLOCKSNAP_DATA_DIR", default_value = "./blocksnap-data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (HTTP API and NBD server).
+    Serve {
+        #[command(flatten)]
+        data: DataDir,
+        /// HTTP address for the AWS APIs.
+        #[arg(long, env = "BLOCKSNAP_LISTEN", default_value = "127.0.0.1:4566")]
+        listen: SocketAddr,
+        /// NBD address for volume and snapshot exports.
+        #[arg(long, env = "BLOCKSNAP_NBD_LISTEN", default_value = "127.0.0.1:10809")]
+        nbd_listen: SocketAddr,
+        /// Optional TOML configuration (regions, stores, catalog, limits).
+        #[arg(long, env = "BLOCKSNAP_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Administration.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// Create an isolated account and print its id and keys.
+    CreateAccount {
+        #[command(flatten)]
+        data: DataDir,
+        /// A label for the account.
+        #[arg(long, default_value = "account")]
+        name: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { data, listen, nbd_listen, config } => {
+            serve(&data.data_dir, listen, nbd_listen, config.as_deref())
+        }
+        Command::Admin { command: AdminCommand::CreateAccount { data, name } } => {
+            let engine = open_engine(&data.data_dir, EngineConfig::default())?;
+            let (account, key) = engine.create_account(&name)?;
+            println!("# account {}", account.id);
+            println!("export AWS_ACCESS_KEY_ID={}", key.access_key_id);
+            println!("export AWS_SECRET_ACCESS_KEY={}", key.secret_access_key);
+            Ok(())
+        }
+    }
+}
+
+fn open_engine(data_dir: &Path, cfg: EngineConfig) -> anyhow::Result<Engine> {
+    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    let catalog = SqliteCatalog::open(&data_dir.join("catalog.db")).context("opening the catalog")?;
+    Ok(Engine::open(Arc::new(catalog), cfg, None)?)
+}
+
+/// Write the generated root credentials beside the data, readable by the owner only.
+fn save_credentials(data_dir: &Path, text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join("root-credentials");
+    let tmp = data_dir.join("root-credentials.tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+fn serve(data_dir: &Path, listen: SocketAddr, nbd_listen: SocketAddr, config: Option<&Path>) -> anyhow::Result<()> {
+    let file_cfg = match config {
+        Some(p) => config::Config::load(p)?,
+        None => config::Config::default(),
+    };
+    let mut cfg = EngineConfig::default();
+    if let Some(r) = file_cfg.regions {
+        cfg.regions = r;
+    }
+    let engine = Arc::new(open_engine(data_dir, cfg)?);
+    let env_key =
+        match (std::env::var("BLOCKSNAP_ROOT_ACCESS_KEY_ID"), std::env::var("BLOCKSNAP_ROOT_SECRET_ACCESS_KEY")) {
+            (Ok(a), Ok(s)) if !a.is_empty() && !s.is_empty() => Some((a, s)),
+            (Ok(_), Err(_)) | (Err(_), Ok(_)) => {
+                anyhow::bail!("set both BLOCKSNAP_ROOT_ACCESS_KEY_ID and BLOCKSNAP_ROOT_SECRET_ACCESS_KEY, or neither")
+            }
+            _ => None,
+        };
+    if let Some((account, key)) = engine.ensure_root(env_key)? {
+        let text = format!(
+            "# blocksnap root account {account}: paste these lines to use the AWS CLI or boto3\nexport AWS_ACCESS_KEY_ID={}\nexport AWS_SECRET_ACCESS_KEY={}\nexport AWS_DEFAULT_REGION=us-east-1\n",
+            key.access_key_id, key.secret_access_key
+        );
+        save_credentials(data_dir, &text)?;
+        println!("{text}# (saved in {})", data_dir.join("root-credentials").display());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let state = Arc::new(blocksnap_api::AppState { engine: engine.clone(), metrics: None });
+        let app = blocksnap_api::router(state);
+        let http = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding HTTP {listen}"))?;
+        tracing::info!(%listen, %nbd_listen, data_dir = %data_dir.display(), "blocksnap serving");
+        axum::serve(http, app).with_graceful_shutdown(shutdown_signal()).await?;
+        tracing::info!("blocksnap stopped");
+        anyhow::Ok(())
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
