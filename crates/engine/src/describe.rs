@@ -41,13 +41,13 @@ pub(crate) fn run<T: Filterable + Clone>(
         Some(_) if limits.ids_exclude_max && !q.ids.is_empty() => {
             return Err(EngineError::combination("The parameter ids cannot be used with the parameter maxResults"));
         }
-        Some(n) if n < limits.min => {
+        Some(n) if n < limits.min || n > limits.max => {
             return Err(EngineError::invalid_value(format!(
                 "Value ( {n} ) for parameter maxResults is invalid. Parameter must be between {} and {}.",
                 limits.min, limits.max
             )));
         }
-        Some(n) => Some(n.min(limits.max) as usize),
+        Some(n) => Some(n as usize),
     };
     let after = match &q.next_token {
         None => None,
