@@ -1,0 +1,478 @@
+//! Change-block tracking bitmap: one bit per 512 KiB block, made durable
+//! before the write it covers is issued (see the crate docs for the format).
+
+use std::collections::BTreeSet;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+
+use roaring::RoaringBitmap;
+
+use crate::{BLOCK_SIZE, fsync_dir};
+
+pub(crate) const PAGE_SIZE: usize = 4096;
+/// Bitmap words stored in one page; the page tail holds a reserved word and
+/// the CRC.
+pub(crate) const WORDS_PER_PAGE: usize = 511;
+const MAGIC: &[u8; 8] = b"BSNPCBT\0";
+pub(crate) const FORMAT_VERSION: u32 = 1;
+pub(crate) const ACTIVE_NAME: &str = "changes.bitmap";
+const TMP_NAME: &str = "changes.bitmap.tmp";
+const FROZEN_PREFIX: &str = "changes.";
+const FROZEN_SUFFIX: &str = ".frozen";
+
+pub(crate) fn nblocks_for(size: u64) -> u64 {
+    size.div_ceil(BLOCK_SIZE)
+}
+
+fn nwords(nblocks: u64) -> usize {
+    nblocks.div_ceil(64) as usize
+}
+
+fn npages(nblocks: u64) -> usize {
+    nwords(nblocks).div_ceil(WORDS_PER_PAGE)
+}
+
+/// Mask of valid bits in word `w` of a bitmap of `nblocks` bits.
+fn valid_mask(nblocks: u64, w: usize) -> u64 {
+    let start = w as u64 * 64;
+    let n = nblocks.saturating_sub(start).min(64);
+    if n == 64 { u64::MAX } else { (1u64 << n) - 1 }
+}
+
+fn encode_header(epoch: u64, nblocks: u64) -> [u8; PAGE_SIZE] {
+    let mut h = [0u8; PAGE_SIZE];
+    h[0..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(PAGE_SIZE as u32).to_le_bytes());
+    h[16..20].copy_from_slice(&(BLOCK_SIZE as u32).to_le_bytes());
+    // 20..24 flags, zero in v1.
+    h[24..32].copy_from_slice(&epoch.to_le_bytes());
+    h[32..40].copy_from_slice(&nblocks.to_le_bytes());
+    let crc = crc32c::crc32c(&h[0..40]);
+    h[40..44].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Returns (epoch, nblocks) of a valid header.
+fn decode_header(h: &[u8]) -> Option<(u64, u64)> {
+    if h.len() < PAGE_SIZE || &h[0..8] != MAGIC {
+        return None;
+    }
+    let u32_at = |o: usize| u32::from_le_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+    let u64_at = |o: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[o..o + 8]);
+        u64::from_le_bytes(b)
+    };
+    if crc32c::crc32c(&h[0..40]) != u32_at(40)
+        || u32_at(8) != FORMAT_VERSION
+        || u32_at(12) != PAGE_SIZE as u32
+        || u64::from(u32_at(16)) != BLOCK_SIZE
+    {
+        return None;
+    }
+    Some((u64_at(24), u64_at(32)))
+}
+
+fn page_crc(epoch: u64, index: usize, body: &[u8]) -> u32 {
+    let mut crc = crc32c::crc32c(&epoch.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, &(index as u64).to_le_bytes());
+    crc32c::crc32c_append(crc, body)
+}
+
+fn encode_page(epoch: u64, index: usize, words: &[u64]) -> [u8; PAGE_SIZE] {
+    let mut p = [0u8; PAGE_SIZE];
+    let start = index * WORDS_PER_PAGE;
+    let end = (start + WORDS_PER_PAGE).min(words.len());
+    for (i, w) in words[start..end].iter().enumerate() {
+        p[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    let crc = page_crc(epoch, index, &p[..PAGE_SIZE - 4]);
+    p[PAGE_SIZE - 4..].copy_from_slice(&crc.to_le_bytes());
+    p
+}
+
+/// What a bitmap file held: its words, epoch, and whether anything had to be
+/// assumed dirty because it was missing or damaged.
+pub(crate) struct Loaded {
+    pub epoch: Option<u64>,
+    pub words: Vec<u64>,
+    pub damaged: bool,
+}
+
+/// Reads a bitmap file expecting `nblocks` bits. Missing, short or damaged
+/// parts read as all-dirty; never fails for content reasons.
+pub(crate) fn load(path: &Path, nblocks: u64) -> io::Result<Loaded> {
+    let all_dirty =
+        |epoch| Loaded { epoch, words: (0..nwords(nblocks)).map(|w| valid_mask(nblocks, w)).collect(), damaged: true };
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(all_dirty(None)),
+        Err(e) => return Err(e),
+    };
+    let Some((epoch, file_nblocks)) = decode_header(&bytes) else {
+        return Ok(all_dirty(None));
+    };
+    if file_nblocks != nblocks {
+        return Ok(all_dirty(Some(epoch)));
+    }
+    let mut words = vec![0u64; nwords(nblocks)];
+    let mut damaged = false;
+    for page in 0..npages(nblocks) {
+        let off = PAGE_SIZE * (1 + page);
+        let body = bytes.get(off..off + PAGE_SIZE);
+        let ok = body.is_some_and(|b| {
+            let stored = u32::from_le_bytes([b[PAGE_SIZE - 4], b[PAGE_SIZE - 3], b[PAGE_SIZE - 2], b[PAGE_SIZE - 1]]);
+            stored == page_crc(epoch, page, &b[..PAGE_SIZE - 4])
+        });
+        let start = page * WORDS_PER_PAGE;
+        let end = (start + WORDS_PER_PAGE).min(words.len());
+        for (w, slot) in words.iter_mut().enumerate().take(end).skip(start) {
+            *slot = match (ok, body) {
+                (true, Some(b)) => {
+                    let o = (w - start) * 8;
+                    let mut x = [0u8; 8];
+                    x.copy_from_slice(&b[o..o + 8]);
+                    u64::from_le_bytes(x) & valid_mask(nblocks, w)
+                }
+                // A page that fails its check reads as all-dirty.
+                _ => valid_mask(nblocks, w),
+            };
+        }
+        damaged |= !ok;
+    }
+    Ok(Loaded { epoch: Some(epoch), words, damaged })
+}
+
+/// Writes a complete bitmap file at `dir/name` atomically (temp file, fsync,
+/// rename, fsync dir) and returns the open file.
+pub(crate) fn write_full(dir: &Path, name: &str, epoch: u64, nblocks: u64, words: &[u64]) -> io::Result<File> {
+    let tmp = dir.join(TMP_NAME);
+    let mut buf = Vec::with_capacity(PAGE_SIZE * (1 + npages(nblocks)));
+    buf.extend_from_slice(&encode_header(epoch, nblocks));
+    for p in 0..npages(nblocks) {
+        buf.extend_from_slice(&encode_page(epoch, p, words));
+    }
+    {
+        let f = File::create(&tmp)?;
+        f.write_all_at(&buf, 0)?;
+        f.sync_all()?;
+    }
+    let target = dir.join(name);
+    fs::rename(&tmp, &target)?;
+    fsync_dir(dir)?;
+    OpenOptions::new().read(true).write(true).open(target)
+}
+
+pub(crate) fn words_to_roaring(words: &[u64]) -> RoaringBitmap {
+    let mut bm = RoaringBitmap::new();
+    for (i, &w) in words.iter().enumerate() {
+        let mut w = w;
+        while w != 0 {
+            let b = w.trailing_zeros();
+            // Block numbers fit u32: volumes stay below 2 PiB.
+            bm.insert((i as u64 * 64 + u64::from(b)) as u32);
+            w &= w - 1;
+        }
+    }
+    bm
+}
+
+fn frozen_name(epoch: u64) -> String {
+    format!("{FROZEN_PREFIX}{epoch}{FROZEN_SUFFIX}")
+}
+
+/// Lists the epochs of frozen bitmaps in `dir`.
+pub(crate) fn frozen_epochs(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Some(n) = name
+            .strip_prefix(FROZEN_PREFIX)
+            .and_then(|r| r.strip_suffix(FROZEN_SUFFIX))
+            .and_then(|n| n.parse::<u64>().ok())
+        {
+            out.push(n);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+struct State {
+    file: File,
+    epoch: u64,
+    nblocks: u64,
+    /// Bits set in memory: a superset of the durable ones.
+    words: Vec<u64>,
+    dirty_pages: BTreeSet<usize>,
+    /// Batch that newly set bits join.
+    open_batch: u64,
+    /// Every batch up to this one is durable.
+    durable_batch: u64,
+    /// Last batch whose write failed (its waiters get an error).
+    failed_batch: u64,
+    flushing: bool,
+}
+
+pub(crate) struct Cbt {
+    dir: PathBuf,
+    enabled: bool,
+    state: Mutex<State>,
+    cv: Condvar,
+    /// Bits known to be on disk: the lock-free fast path reads these. The
+    /// vector is replaced only under the write gate.
+    durable: RwLock<Vec<AtomicU64>>,
+    damaged: AtomicBool,
+}
+
+fn io_other(msg: &str) -> io::Error {
+    io::Error::other(msg.to_string())
+}
+
+impl Cbt {
+    /// Creates a fresh, clean bitmap (epoch 0) in `dir`.
+    pub(crate) fn create_file(dir: &Path, nblocks: u64) -> io::Result<()> {
+        write_full(dir, ACTIVE_NAME, 0, nblocks, &vec![0; nwords(nblocks)]).map(drop)
+    }
+
+    pub(crate) fn open(dir: &Path, nblocks: u64, enabled: bool) -> io::Result<Cbt> {
+        let loaded = load(&dir.join(ACTIVE_NAME), nblocks)?;
+        let epoch = match loaded.epoch {
+            Some(e) => e,
+            // Header lost: continue after any frozen epoch still on disk.
+            None => frozen_epochs(dir)?.last().map_or(0, |e| e + 1),
+        };
+        let file = if loaded.damaged {
+            tracing::warn!(dir = %dir.display(), epoch, "change bitmap missing or damaged; treating affected blocks as changed");
+            // Rewrite so the conservative reading is itself durable.
+            write_full(dir, ACTIVE_NAME, epoch, nblocks, &loaded.words)?
+        } else {
+            OpenOptions::new().read(true).write(true).open(dir.join(ACTIVE_NAME))?
+        };
+        let durable = loaded.words.iter().map(|&w| AtomicU64::new(w)).collect();
+        Ok(Cbt {
+            dir: dir.to_path_buf(),
+            enabled,
+            state: Mutex::new(State {
+                file,
+                epoch,
+                nblocks,
+                words: loaded.words,
+                dirty_pages: BTreeSet::new(),
+                open_batch: 1,
+                durable_batch: 0,
+                failed_batch: 0,
+                flushing: false,
+            }),
+            cv: Condvar::new(),
+            durable: RwLock::new(durable),
+            damaged: AtomicBool::new(loaded.damaged),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // State stays consistent across a panic in another thread (every
+        // update is a plain field store), so recover from poisoning.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn durable(&self) -> RwLockReadGuard<'_, Vec<AtomicU64>> {
+        self.durable.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn damaged_on_open(&self) -> bool {
+        self.damaged.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    fn all_durable(&self, first: u64, last: u64) -> bool {
+        let d = self.durable();
+        (first..=last)
+            .all(|b| d.get((b / 64) as usize).is_some_and(|w| w.load(Ordering::Acquire) & (1 << (b % 64)) != 0))
+    }
+
+    /// Makes the bits of blocks `first..=last` durable; returns once they are
+    /// on disk. Blocks already durable cost two atomic loads.
+    pub(crate) fn mark(&self, first: u64, last: u64) -> io::Result<()> {
+        if !self.enabled || self.all_durable(first, last) {
+            return Ok(());
+        }
+        let mut st = self.lock();
+        if last >= st.nblocks {
+            return Err(io_other("block beyond the change bitmap"));
+        }
+        for b in first..=last {
+            let w = (b / 64) as usize;
+            let bit = 1u64 << (b % 64);
+            if st.words[w] & bit == 0 {
+                st.words[w] |= bit;
+                st.dirty_pages.insert(w / WORDS_PER_PAGE);
+            }
+        }
+        drop(st);
+        if self.all_durable(first, last) {
+            return Ok(());
+        }
+        self.commit()
+    }
+
+    /// Group commit: waits until every bit set so far is durable, flushing as
+    /// the leader when no flush is running.
+    fn commit(&self) -> io::Result<()> {
+        let mut st = self.lock();
+        let target = st.open_batch;
+        loop {
+            if st.durable_batch >= target {
+                return Ok(());
+            }
+            if st.failed_batch >= target {
+                return Err(io_other("change bitmap write failed"));
+            }
+            if st.flushing {
+                st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            st.flushing = true;
+            let batch = st.open_batch;
+            st.open_batch += 1;
+            let pages: Vec<usize> = std::mem::take(&mut st.dirty_pages).into_iter().collect();
+            let encoded: Vec<[u8; PAGE_SIZE]> = pages.iter().map(|&p| encode_page(st.epoch, p, &st.words)).collect();
+            let file = st.file.try_clone();
+            drop(st);
+            let res = file.and_then(|f| {
+                for (p, buf) in pages.iter().zip(&encoded) {
+                    f.write_all_at(buf, (PAGE_SIZE * (1 + p)) as u64)?;
+                }
+                f.sync_data()
+            });
+            st = self.lock();
+            st.flushing = false;
+            match res {
+                Ok(()) => {
+                    st.durable_batch = batch;
+                    let d = self.durable();
+                    for (&p, buf) in pages.iter().zip(&encoded) {
+                        for i in 0..WORDS_PER_PAGE {
+                            let w = p * WORDS_PER_PAGE + i;
+                            let Some(slot) = d.get(w) else { break };
+                            let mut x = [0u8; 8];
+                            x.copy_from_slice(&buf[i * 8..i * 8 + 8]);
+                            slot.fetch_or(u64::from_le_bytes(x), Ordering::Release);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(dir = %self.dir.display(), error = %e, "change bitmap write failed");
+                    st.failed_batch = batch;
+                    st.dirty_pages.extend(pages);
+                }
+            }
+            self.cv.notify_all();
+        }
+    }
+
+    /// Bits of the current epoch (in memory, a superset of the durable ones).
+    pub(crate) fn current(&self) -> RoaringBitmap {
+        words_to_roaring(&self.lock().words)
+    }
+
+    /// Freezes the current epoch into `changes.<epoch>.frozen` and starts a
+    /// new, empty one. Caller holds the write gate.
+    pub(crate) fn swap(&self) -> io::Result<(u64, RoaringBitmap)> {
+        let mut st = self.lock();
+        let old = st.epoch;
+        let frozen = self.dir.join(frozen_name(old));
+        match fs::remove_file(&frozen) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        // Frozen copy first and durable: a crash before the new active file is
+        // in place leaves both, which only over-reports.
+        fs::hard_link(self.dir.join(ACTIVE_NAME), &frozen)?;
+        fsync_dir(&self.dir)?;
+        let zeros = vec![0u64; st.words.len()];
+        let file = write_full(&self.dir, ACTIVE_NAME, old + 1, st.nblocks, &zeros)?;
+        let set = words_to_roaring(&st.words);
+        st.file = file;
+        st.epoch = old + 1;
+        st.words = zeros;
+        st.dirty_pages.clear();
+        for w in self.durable().iter() {
+            w.store(0, Ordering::Release);
+        }
+        self.damaged.store(false, Ordering::Relaxed);
+        Ok((old, set))
+    }
+
+    /// Grows the bitmap to `nblocks`; new blocks start clean. Caller holds
+    /// the write gate.
+    pub(crate) fn grow(&self, nblocks: u64) -> io::Result<()> {
+        let mut st = self.lock();
+        if nblocks <= st.nblocks {
+            return Ok(());
+        }
+        let mut words = st.words.clone();
+        words.resize(nwords(nblocks), 0);
+        let file = write_full(&self.dir, ACTIVE_NAME, st.epoch, nblocks, &words)?;
+        let mut d = self.durable.write().unwrap_or_else(PoisonError::into_inner);
+        *d = words.iter().map(|&w| AtomicU64::new(w)).collect();
+        st.file = file;
+        st.words = words;
+        st.nblocks = nblocks;
+        st.dirty_pages.clear();
+        Ok(())
+    }
+
+    pub(crate) fn frozen(&self) -> io::Result<Vec<(u64, RoaringBitmap)>> {
+        let nblocks = self.lock().nblocks;
+        let mut out = Vec::new();
+        for e in frozen_epochs(&self.dir)? {
+            let path = self.dir.join(frozen_name(e));
+            // A frozen file is from an older, possibly smaller size.
+            let file_nblocks = fs::read(&path).ok().and_then(|b| decode_header(&b)).map_or(nblocks, |(_, n)| n);
+            let loaded = load(&path, file_nblocks.min(nblocks))?;
+            out.push((e, words_to_roaring(&loaded.words)));
+        }
+        Ok(out)
+    }
+
+    pub(crate) fn release(&self, epoch: u64) -> io::Result<()> {
+        match fs::remove_file(self.dir.join(frozen_name(epoch))) {
+            Ok(()) => fsync_dir(&self.dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Ors a frozen epoch back into the active bitmap (durably) and removes it.
+    pub(crate) fn restore(&self, epoch: u64) -> io::Result<()> {
+        let Some((_, set)) = self.frozen()?.into_iter().find(|(e, _)| *e == epoch) else {
+            return Ok(());
+        };
+        {
+            let mut st = self.lock();
+            for b in set.iter() {
+                let b = u64::from(b);
+                if b >= st.nblocks {
+                    continue;
+                }
+                let w = (b / 64) as usize;
+                st.words[w] |= 1 << (b % 64);
+                st.dirty_pages.insert(w / WORDS_PER_PAGE);
+            }
+        }
+        self.commit()?;
+        self.release(epoch)
+    }
+}

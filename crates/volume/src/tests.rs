@@ -1,0 +1,290 @@
+use super::*;
+use std::sync::Arc;
+
+const MIB: u64 = 1 << 20;
+
+fn store() -> (tempfile::TempDir, VolumeStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = VolumeStore::open(dir.path().join("vols")).unwrap();
+    (dir, s)
+}
+
+fn on_disk_bits(s: &VolumeStore, id: &str, size: u64) -> RoaringBitmap {
+    let l = cbt::load(&s.root().join(id).join(cbt::ACTIVE_NAME), cbt::nblocks_for(size)).unwrap();
+    cbt::words_to_roaring(&l.words)
+}
+
+fn blocks(v: &[u32]) -> RoaringBitmap {
+    v.iter().copied().collect()
+}
+
+#[test]
+fn create_read_write_persist() {
+    let (dir, s) = store();
+    s.create("vol-a", 8 * MIB).unwrap();
+    assert!(matches!(s.create("vol-a", 8 * MIB), Err(Error::AlreadyExists(_))));
+    assert!(matches!(s.create("../x", MIB), Err(Error::InvalidId(_))));
+    assert!(matches!(s.create("vol-b", 1000), Err(Error::InvalidSize(_))));
+    let v = s.open_volume("vol-a").unwrap();
+    assert!(Arc::ptr_eq(&v, &s.open_volume("vol-a").unwrap()));
+    assert_eq!(v.size(), 8 * MIB);
+    let mut buf = vec![1u8; 4096];
+    v.read_at(0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    v.write_at(MIB + 10, b"hello", true).unwrap();
+    v.write_at(7 * MIB, &vec![0xab; MIB as usize], false).unwrap();
+    v.flush().unwrap();
+    assert!(matches!(v.write_at(8 * MIB - 2, b"abc", false), Err(Error::OutOfRange { .. })));
+    assert!(matches!(v.read_at(u64::MAX - 1, &mut buf), Err(Error::OutOfRange { .. })));
+    drop(v);
+    drop(s);
+
+    let s = VolumeStore::open(dir.path().join("vols")).unwrap();
+    assert_eq!(s.list().unwrap(), vec!["vol-a".to_string()]);
+    let v = s.open_volume("vol-a").unwrap();
+    let mut five = [0u8; 5];
+    v.read_at(MIB + 10, &mut five).unwrap();
+    assert_eq!(&five, b"hello");
+    let mut tail = vec![0u8; MIB as usize];
+    v.read_at(7 * MIB, &mut tail).unwrap();
+    assert!(tail.iter().all(|&b| b == 0xab));
+    // Blocks 2 (1 MiB) and 14, 15 (7..8 MiB) changed, and that survived.
+    assert_eq!(v.changed_blocks(), blocks(&[2, 14, 15]));
+    assert!(!v.bitmap_was_damaged());
+}
+
+#[test]
+fn bit_is_durable_before_write_returns() {
+    let (_d, s) = store();
+    s.create("vol-a", 64 * MIB).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    v.write_at(3 * BLOCK_SIZE + 5, b"x", false).unwrap();
+    // Straddles blocks 9 and 10.
+    v.write_at(10 * BLOCK_SIZE - 2, b"abcd", false).unwrap();
+    v.write_zeroes(20 * BLOCK_SIZE, 1, true).unwrap();
+    v.trim(30 * BLOCK_SIZE, BLOCK_SIZE + 1).unwrap();
+    assert_eq!(on_disk_bits(&s, "vol-a", 64 * MIB), blocks(&[3, 9, 10, 20, 30, 31]));
+}
+
+#[test]
+fn concurrent_writers_group_commit() {
+    let (_d, s) = store();
+    let size = 256 * MIB;
+    s.create("vol-a", size).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    let threads: Vec<_> = (0..8u64)
+        .map(|t| {
+            let v = v.clone();
+            std::thread::spawn(move || {
+                for i in 0..64u64 {
+                    let block = (i * 8 + t) % (size / BLOCK_SIZE);
+                    v.write_at(block * BLOCK_SIZE + 4096, &[t as u8 + 1; 4096], false).unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let expect: RoaringBitmap = (0..(size / BLOCK_SIZE) as u32).collect();
+    assert_eq!(on_disk_bits(&s, "vol-a", size), expect);
+    assert_eq!(v.changed_blocks(), expect);
+}
+
+#[test]
+fn damaged_bitmap_reads_all_dirty() {
+    let (dir, s) = store();
+    // 40,000 blocks = 2 bitmap pages.
+    let size = 40_000 * BLOCK_SIZE;
+    s.create("vol-a", size).unwrap();
+    s.open_volume("vol-a").unwrap().write_at(0, b"x", false).unwrap();
+    drop(s);
+    let path = dir.path().join("vols/vol-a").join(cbt::ACTIVE_NAME);
+
+    // Flip a bit in the second page: only its blocks become dirty.
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[cbt::PAGE_SIZE * 2 + 100] ^= 0x10;
+    fs::write(&path, &bytes).unwrap();
+    let s = VolumeStore::open(dir.path().join("vols")).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    assert!(v.bitmap_was_damaged());
+    let per_page = (cbt::WORDS_PER_PAGE * 64) as u32;
+    let mut expect: RoaringBitmap = (per_page..40_000).collect();
+    expect.insert(0);
+    assert_eq!(v.changed_blocks(), expect);
+    // The conservative reading was written back and is valid now.
+    assert_eq!(on_disk_bits(&s, "vol-a", size), expect);
+    drop(v);
+    drop(s);
+
+    // Corrupt header: everything dirty.
+    let mut bytes = fs::read(&path).unwrap();
+    bytes[30] ^= 1;
+    fs::write(&path, &bytes).unwrap();
+    let s = VolumeStore::open(dir.path().join("vols")).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    assert_eq!(v.changed_blocks().len(), 40_000);
+    drop(v);
+    drop(s);
+
+    // Missing file: everything dirty.
+    fs::remove_file(&path).unwrap();
+    let s = VolumeStore::open(dir.path().join("vols")).unwrap();
+    assert_eq!(s.open_volume("vol-a").unwrap().changed_blocks().len(), 40_000);
+}
+
+#[test]
+fn epoch_swap_freeze_release_restore() {
+    let (dir, s) = store();
+    s.create("vol-a", 16 * MIB).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    v.write_at(BLOCK_SIZE, b"a", false).unwrap();
+    v.write_at(3 * BLOCK_SIZE, b"b", false).unwrap();
+    assert_eq!(v.epoch(), 0);
+    let (old, set) = {
+        let g = v.gate();
+        v.swap_epoch(&g).unwrap()
+    };
+    assert_eq!((old, set), (0, blocks(&[1, 3])));
+    assert_eq!(v.epoch(), 1);
+    assert!(v.changed_blocks().is_empty());
+    v.write_at(5 * BLOCK_SIZE, b"c", false).unwrap();
+    assert_eq!(on_disk_bits(&s, "vol-a", 16 * MIB), blocks(&[5]));
+
+    // Another volume's gate is refused.
+    s.create("vol-b", MIB).unwrap();
+    let other = s.open_volume("vol-b").unwrap();
+    assert!(matches!(v.swap_epoch(&other.gate()), Err(Error::WrongGate)));
+
+    // Survives a restart: epoch 1 active, epoch 0 frozen.
+    drop((v, other));
+    drop(s);
+    let s = VolumeStore::open(dir.path().join("vols")).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    assert_eq!(v.epoch(), 1);
+    assert_eq!(v.changed_blocks(), blocks(&[5]));
+    assert_eq!(v.frozen_epochs().unwrap(), vec![(0, blocks(&[1, 3]))]);
+
+    // Abandoned snapshot: its blocks go back into the current epoch.
+    v.restore_epoch(0).unwrap();
+    assert_eq!(v.changed_blocks(), blocks(&[1, 3, 5]));
+    assert_eq!(on_disk_bits(&s, "vol-a", 16 * MIB), blocks(&[1, 3, 5]));
+    assert!(v.frozen_epochs().unwrap().is_empty());
+
+    let (old, _) = {
+        let g = v.gate();
+        v.swap_epoch(&g).unwrap()
+    };
+    assert_eq!(old, 1);
+    v.release_epoch(1).unwrap();
+    assert!(v.frozen_epochs().unwrap().is_empty());
+    assert_eq!(v.epoch(), 2);
+}
+
+#[test]
+fn gate_blocks_writers_until_released() {
+    let (_d, s) = store();
+    s.create("vol-a", MIB).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    let g = v.gate();
+    let v2 = v.clone();
+    let t = std::thread::spawn(move || v2.write_at(0, b"late", false).unwrap());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(!t.is_finished());
+    let (_, set) = v.swap_epoch(&g).unwrap();
+    assert!(set.is_empty(), "the gated write must land in the next epoch");
+    drop(g);
+    t.join().unwrap();
+    assert_eq!(v.changed_blocks(), blocks(&[0]));
+}
+
+#[test]
+fn resize_grows_only() {
+    let (dir, s) = store();
+    s.create("vol-a", MIB).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    v.write_at(0, b"keep", false).unwrap();
+    assert!(matches!(s.resize("vol-a", 512 * 1024), Err(Error::Shrink { .. })));
+    s.resize("vol-a", 4 * MIB).unwrap();
+    assert_eq!(v.size(), 4 * MIB);
+    let mut buf = vec![1u8; MIB as usize];
+    v.read_at(3 * MIB, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    v.write_at(4 * MIB - 4, b"tail", false).unwrap();
+    assert_eq!(v.changed_blocks(), blocks(&[0, 7]));
+    drop(v);
+    drop(s);
+    let s = VolumeStore::open(dir.path().join("vols")).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    assert_eq!(v.size(), 4 * MIB);
+    assert!(!v.bitmap_was_damaged());
+    assert_eq!(v.changed_blocks(), blocks(&[0, 7]));
+    let mut four = [0u8; 4];
+    v.read_at(0, &mut four).unwrap();
+    assert_eq!(&four, b"keep");
+}
+
+#[test]
+fn delete_removes_everything() {
+    let (dir, s) = store();
+    s.create("vol-a", MIB).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    s.delete("vol-a").unwrap();
+    assert!(!dir.path().join("vols/vol-a").exists());
+    assert!(matches!(s.open_volume("vol-a"), Err(Error::NotFound(_))));
+    assert!(matches!(s.delete("vol-a"), Err(Error::NotFound(_))));
+    assert!(matches!(v.write_at(0, b"x", false), Err(Error::Deleted(_))));
+    assert!(s.list().unwrap().is_empty());
+    s.create("vol-a", 2 * MIB).unwrap();
+    assert_eq!(s.open_volume("vol-a").unwrap().size(), 2 * MIB);
+}
+
+#[test]
+fn leftovers_are_cleaned_on_open() {
+    let (dir, s) = store();
+    drop(s);
+    let root = dir.path().join("vols");
+    fs::create_dir(root.join(".tmp-vol-x")).unwrap();
+    fs::create_dir(root.join(".del-vol-y")).unwrap();
+    let s = VolumeStore::open(root.clone()).unwrap();
+    assert!(s.list().unwrap().is_empty());
+    assert!(!root.join(".tmp-vol-x").exists());
+    assert!(!root.join(".del-vol-y").exists());
+}
+
+#[test]
+fn block_status_is_truthful() {
+    let (_d, s) = store();
+    s.create("vol-a", 8 * MIB).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    assert_eq!(v.block_status(0, 8 * MIB).unwrap(), vec![Extent { len: 8 * MIB, hole: true, zero: true }]);
+    v.write_at(MIB, &vec![7u8; MIB as usize], false).unwrap();
+    let ext = v.block_status(0, 8 * MIB).unwrap();
+    assert_eq!(ext.iter().map(|e| e.len).sum::<u64>(), 8 * MIB);
+    assert_eq!(ext[0], Extent { len: MIB, hole: true, zero: true });
+    assert_eq!(ext[1], Extent { len: MIB, hole: false, zero: false });
+    assert!(ext[2].hole);
+    // Punch it away again; it reads as zeros.
+    v.trim(MIB, MIB).unwrap();
+    assert_eq!(v.block_status(0, 8 * MIB).unwrap(), vec![Extent { len: 8 * MIB, hole: true, zero: true }]);
+    let mut buf = vec![1u8; MIB as usize];
+    v.read_at(MIB, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 0));
+    // Zeroing without a hole keeps or allocates, still reads zero.
+    v.write_at(0, &[9u8; 4096], false).unwrap();
+    v.write_zeroes(0, 4096, false).unwrap();
+    v.read_at(0, &mut buf[..4096]).unwrap();
+    assert!(buf[..4096].iter().all(|&b| b == 0));
+    // Clipped at the end.
+    assert_eq!(v.block_status(8 * MIB - 10, 100).unwrap()[0].len, 10);
+}
+
+#[test]
+fn tracking_disabled_marks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = VolumeStore::open_with(dir.path().to_path_buf(), StoreOptions { change_tracking: false }).unwrap();
+    s.create("vol-a", MIB).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    v.write_at(0, b"x", false).unwrap();
+    assert!(v.changed_blocks().is_empty());
+}
