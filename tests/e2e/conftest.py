@@ -6,7 +6,8 @@ Environment:
   BLOCKSNAP_E2E_TARGET   "blocksnap" (default) or "moto" (runs the suite against `moto_server` to check
                          the tests themselves; tests marked blocksnap_only / moto_deviates are skipped)
   BLOCKSNAP_E2E_REGION   region used by the tests (default us-east-1)
-  BLOCKSNAP_E2E_KEEP     keep temp data dirs and server logs (they are under pytest's basetemp anyway)
+  BLOCKSNAP_E2E_RUN_DEVIATING=1  with the moto target, run the moto_deviates tests too (to list where
+                         moto differs from AWS)
 """
 from __future__ import annotations
 
@@ -413,5 +414,5 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "blocksnap_only" in item.keywords:
             item.add_marker(skip_b)
-        elif "moto_deviates" in item.keywords:
+        elif "moto_deviates" in item.keywords and not os.environ.get("BLOCKSNAP_E2E_RUN_DEVIATING"):
             item.add_marker(skip_m)

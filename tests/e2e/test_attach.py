@@ -86,7 +86,6 @@ def test_detach_not_attached(ec2, az, run_tag):
     assert client_error_code(e) == "IncorrectState"
 
 
-@pytest.mark.moto_deviates
 def test_detach_wrong_instance(ec2, az, run_tag, image_id, inst):
     other = make_instance(ec2, image_id, az, run_tag)
     v = make_volume(ec2, az, run_tag)

@@ -61,14 +61,13 @@ def test_create_volume_default_type_is_gp2(ec2, az, run_tag):
     assert v["VolumeType"] == "gp2"
 
 
-@pytest.mark.moto_deviates  # moto: no MissingParameter validation
 def test_create_volume_without_size_or_snapshot(ec2, az):
     with pytest.raises(ClientError) as e:
         ec2.create_volume(AvailabilityZone=az)
     assert client_error_code(e) == "MissingParameter"
 
 
-@pytest.mark.moto_deviates
+@pytest.mark.moto_deviates  # moto defaults the zone
 def test_create_volume_without_az(ec2):
     with pytest.raises(ClientError) as e:
         ec2.create_volume(Size=1)
@@ -119,7 +118,7 @@ def test_create_gp3_out_of_range(ec2, az, kw):
     assert client_error_code(e) == "InvalidParameterValue"
 
 
-@pytest.mark.moto_deviates
+@pytest.mark.moto_deviates  # moto has no IOPS/GiB ratio check
 def test_create_gp3_iops_per_gib_ratio(ec2, az):
     # gp3: at most 500 IOPS per GiB; 8 GiB -> at most 4000.
     with pytest.raises(ClientError) as e:
@@ -135,13 +134,13 @@ def test_create_provisioned_iops(ec2, az, run_tag, vtype, size, iops):
     assert describe_volume(ec2, v["VolumeId"])["Iops"] == iops
 
 
-@pytest.mark.moto_deviates
 @pytest.mark.parametrize("vtype", ["io1", "io2"])
 def test_create_provisioned_iops_requires_iops(ec2, az, vtype):
     with pytest.raises(ClientError) as e:
         ec2.create_volume(AvailabilityZone=az, Size=10, VolumeType=vtype)
-    assert client_error_code(e) in ("MissingParameter", "InvalidParameterCombination",
-                                    "InvalidParameterValue")
+    # moto (modelled on AWS) answers InvalidParameterDependency: "[VolumeType] requires the parameter Iops"
+    assert client_error_code(e) in ("InvalidParameterDependency", "MissingParameter",
+                                    "InvalidParameterCombination", "InvalidParameterValue")
 
 
 @pytest.mark.moto_deviates
@@ -156,21 +155,21 @@ def test_create_provisioned_iops_out_of_range(ec2, az, vtype, size, iops):
     assert client_error_code(e) == "InvalidParameterValue"
 
 
-@pytest.mark.moto_deviates
 @pytest.mark.parametrize("vtype,size", [("gp2", 10), ("st1", 125), ("sc1", 125), ("standard", 10)])
 def test_create_iops_not_supported(ec2, az, vtype, size):
     with pytest.raises(ClientError) as e:
         ec2.create_volume(AvailabilityZone=az, Size=size, VolumeType=vtype, Iops=1000)
-    assert client_error_code(e) in ("InvalidParameterCombination", "InvalidParameterValue")
+    assert client_error_code(e) in ("InvalidParameterCombination", "InvalidParameterValue",
+                                    "InvalidParameterDependency")
 
 
-@pytest.mark.moto_deviates
 @pytest.mark.parametrize("vtype,kw", [("gp2", {}), ("io1", {"Iops": 100}), ("st1", {}), ("standard", {})])
 def test_create_throughput_only_for_gp3(ec2, az, vtype, kw):
     size = 125 if vtype == "st1" else 10
     with pytest.raises(ClientError) as e:
         ec2.create_volume(AvailabilityZone=az, Size=size, VolumeType=vtype, Throughput=200, **kw)
-    assert client_error_code(e) in ("InvalidParameterCombination", "InvalidParameterValue")
+    assert client_error_code(e) in ("InvalidParameterCombination", "InvalidParameterValue",
+                                    "InvalidParameterDependency")
 
 
 @pytest.mark.parametrize("vtype,size", [("st1", 125), ("sc1", 125), ("standard", 1), ("standard", 1024)])
@@ -180,7 +179,7 @@ def test_create_hdd_types(ec2, az, run_tag, vtype, size):
     assert v["VolumeType"] == vtype and v["Size"] == size
 
 
-@pytest.mark.moto_deviates
+@pytest.mark.moto_deviates  # moto has no per-type size ranges
 @pytest.mark.parametrize("vtype,size", [("st1", 124), ("sc1", 124), ("standard", 1025), ("io1", 3)])
 def test_create_type_size_ranges(ec2, az, vtype, size):
     kw = {"Iops": 100} if vtype == "io1" else {}
@@ -189,7 +188,7 @@ def test_create_type_size_ranges(ec2, az, vtype, size):
     assert client_error_code(e) == "InvalidParameterValue"
 
 
-@pytest.mark.moto_deviates
+@pytest.mark.moto_deviates  # moto accepts any volume type
 def test_create_unknown_volume_type(ec2, az):
     with pytest.raises(ClientError) as e:
         ec2.create_volume(AvailabilityZone=az, Size=1, VolumeType="gp9")
@@ -218,7 +217,6 @@ def test_create_encrypted_with_default_key_matches_get_default(ec2, az, run_tag)
     assert kms == default or default.endswith("alias/aws/ebs")
 
 
-@pytest.mark.moto_deviates  # moto ignores KmsKeyId without Encrypted
 def test_create_kms_key_without_encrypted(ec2, az, server):
     with pytest.raises(ClientError) as e:
         ec2.create_volume(AvailabilityZone=az, Size=1, KmsKeyId="alias/aws/ebs")
@@ -243,12 +241,12 @@ def test_create_multi_attach_io(ec2, az, run_tag, vtype):
     assert describe_volume(ec2, v["VolumeId"])["MultiAttachEnabled"] is True
 
 
-@pytest.mark.moto_deviates
 @pytest.mark.parametrize("vtype", ["gp2", "gp3", "standard"])
 def test_create_multi_attach_rejected(ec2, az, vtype):
     with pytest.raises(ClientError) as e:
         ec2.create_volume(AvailabilityZone=az, Size=10, VolumeType=vtype, MultiAttachEnabled=True)
-    assert client_error_code(e) in ("InvalidParameterCombination", "InvalidParameterValue")
+    assert client_error_code(e) in ("InvalidParameterCombination", "InvalidParameterValue",
+                                    "InvalidParameterDependency")
 
 
 # ------------------------------------------------------------------ CreateVolume: tags, ClientToken
@@ -270,7 +268,7 @@ def test_create_tag_specifications_wrong_resource_type(ec2, az):
     assert client_error_code(e) in ("InvalidParameterValue", "InvalidTagSpecification")
 
 
-@pytest.mark.moto_deviates  # moto does not implement ClientToken idempotency for volumes
+@pytest.mark.moto_deviates  # moto has no ClientToken idempotency for volumes
 def test_create_client_token_idempotent(ec2, az, run_tag):
     token = uuid.uuid4().hex
     a = ec2.create_volume(AvailabilityZone=az, Size=3, ClientToken=token,
@@ -314,7 +312,7 @@ def test_describe_volumes_all_or_nothing(ec2, az, run_tag):
     assert missing in e.value.response["Error"]["Message"]
 
 
-@pytest.mark.moto_deviates  # moto answers InvalidVolume.NotFound for a malformed id
+@pytest.mark.moto_deviates  # moto answers InvalidVolume.NotFound
 def test_describe_volumes_malformed_id(ec2):
     with pytest.raises(ClientError) as e:
         ec2.describe_volumes(VolumeIds=["vol-xyz"])
@@ -434,7 +432,7 @@ def test_filter_case_sensitive(ec2, filter_set, run_tag):
     assert _ids(ec2, [run_filter(run_tag), {"Name": "volume-type", "Values": ["GP3"]}]) == []
 
 
-@pytest.mark.moto_deviates  # moto raises NotImplemented (HTTP 500) rather than InvalidParameterValue
+@pytest.mark.moto_deviates  # moto raises NotImplemented (HTTP 500)
 def test_filter_unknown_name(ec2):
     with pytest.raises(ClientError) as e:
         ec2.describe_volumes(Filters=[{"Name": "no-such-filter", "Values": ["x"]}])
@@ -474,7 +472,7 @@ def test_pagination_paginator(ec2, az, run_tag):
     assert set(ids) <= set(all_ids)
 
 
-@pytest.mark.moto_deviates  # moto ignores the combination
+@pytest.mark.moto_deviates  # moto ignores MaxResults
 def test_max_results_with_volume_ids(ec2, az, run_tag):
     a = make_volume(ec2, az, run_tag)
     with pytest.raises(ClientError) as e:
@@ -482,7 +480,7 @@ def test_max_results_with_volume_ids(ec2, az, run_tag):
     assert client_error_code(e) == "InvalidParameterCombination"
 
 
-@pytest.mark.moto_deviates
+@pytest.mark.moto_deviates  # moto ignores MaxResults
 @pytest.mark.parametrize("n", [4, 501])
 def test_max_results_range(ec2, n):
     # DescribeVolumes: "Valid Range: Minimum value of 5. Maximum value of 500."
@@ -491,7 +489,7 @@ def test_max_results_range(ec2, n):
     assert client_error_code(e) == "InvalidParameterValue"
 
 
-@pytest.mark.moto_deviates
+@pytest.mark.moto_deviates  # moto ignores NextToken
 def test_bad_next_token(ec2):
     with pytest.raises(ClientError) as e:
         ec2.describe_volumes(MaxResults=5, NextToken="not-a-token")

@@ -1,0 +1,90 @@
+"""Everything survives a restart of the service on the same data dir."""
+import pytest
+from botocore.exceptions import ClientError
+
+from conftest import client_error_code, make_instance, make_volume, tagspec, wait_attached, wait_volume_state
+
+pytestmark = pytest.mark.blocksnap_only
+
+
+def snapshot_state(c):
+    vols = sorted(c.describe_volumes()["Volumes"], key=lambda v: v["VolumeId"])
+    insts = sorted((i for r in c.describe_instances()["Reservations"] for i in r["Instances"]),
+                   key=lambda i: i["InstanceId"])
+    tags = sorted((t["ResourceId"], t["Key"], t["Value"]) for t in c.describe_tags()["Tags"])
+    norm_v = [(v["VolumeId"], v["Size"], v["VolumeType"], v["AvailabilityZone"], v["State"], v["Encrypted"],
+               v.get("KmsKeyId"), v.get("Iops"), v.get("Throughput"), v["CreateTime"],
+               sorted((a["InstanceId"], a["Device"], a["State"], a.get("DeleteOnTermination")) for a in v["Attachments"]),
+               sorted((t["Key"], t["Value"]) for t in v.get("Tags", [])))
+              for v in vols]
+    norm_i = [(i["InstanceId"], i["State"]["Name"], i["Placement"]["AvailabilityZone"], i["ImageId"],
+               i["RootDeviceName"], i["LaunchTime"],
+               sorted((m["DeviceName"], m["Ebs"]["VolumeId"]) for m in i["BlockDeviceMappings"]))
+              for i in insts]
+    return norm_v, norm_i, tags
+
+
+def test_restart_persists_everything(fresh_server, image_id_fresh=None):
+    srv = fresh_server
+    c = srv.client()
+    az = f"{srv.region}a"
+    image_id = c.describe_images()["Images"][0]["ImageId"]
+    run_tag = "restart"
+    v_plain = make_volume(c, az, run_tag, Size=3, VolumeType="gp3", Iops=4000, Throughput=200,
+                          TagSpecifications=tagspec("volume", run_tag, Name="plain"))["VolumeId"]
+    v_enc = make_volume(c, az, run_tag, Size=2, Encrypted=True)["VolumeId"]
+    v_att = make_volume(c, az, run_tag, Size=4)["VolumeId"]
+    v_gone = make_volume(c, az, run_tag)["VolumeId"]
+    c.delete_volume(VolumeId=v_gone)
+    running = make_instance(c, image_id, az, run_tag)["InstanceId"]
+    stopped = make_instance(c, image_id, az, run_tag)["InstanceId"]
+    c.stop_instances(InstanceIds=[stopped])
+    c.get_waiter("instance_stopped").wait(InstanceIds=[stopped], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+    c.attach_volume(VolumeId=v_att, InstanceId=running, Device="/dev/sdf")
+    wait_attached(c, v_att)
+    c.create_tags(Resources=[v_enc, running], Tags=[{"Key": "after", "Value": "create"}])
+    c.delete_tags(Resources=[v_plain], Tags=[{"Key": "e2e-run"}])
+    c.enable_ebs_encryption_by_default()
+    other = srv.create_account()
+    oc = srv.client(other)
+    o_vol = make_volume(oc, az, run_tag)["VolumeId"]
+
+    before = snapshot_state(c)
+    o_before = snapshot_state(oc)
+    srv.restart()
+    c = srv.client()
+    oc = srv.client(other)
+    after = snapshot_state(c)
+    assert after == before
+    assert snapshot_state(oc) == o_before
+    assert c.get_ebs_encryption_by_default()["EbsEncryptionByDefault"] is True
+    with pytest.raises(ClientError) as e:
+        c.describe_volumes(VolumeIds=[v_gone])
+    assert client_error_code(e) == "InvalidVolume.NotFound"
+    with pytest.raises(ClientError) as e:
+        oc.describe_volumes(VolumeIds=[v_plain])
+    assert client_error_code(e) == "InvalidVolume.NotFound"
+    assert o_vol in [v["VolumeId"] for v in oc.describe_volumes()["Volumes"]]
+
+    # The service keeps working on the restored state.
+    c.detach_volume(VolumeId=v_att)
+    wait_volume_state(c, v_att, "available")
+    new = c.create_volume(AvailabilityZone=az, Size=1)["VolumeId"]
+    assert new not in {v[0] for v in before[0]}
+    assert c.describe_volumes(VolumeIds=[new])["Volumes"][0]["Encrypted"] is True  # default still on
+    c.start_instances(InstanceIds=[stopped])
+    c.get_waiter("instance_running").wait(InstanceIds=[stopped], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
+
+    # And a second restart keeps the changes made after the first.
+    srv.restart()
+    c = srv.client()
+    assert c.describe_volumes(VolumeIds=[v_att])["Volumes"][0]["State"] == "available"
+    assert c.describe_volumes(VolumeIds=[new])["Volumes"][0]["Size"] == 1
+
+
+def test_restart_same_credentials(fresh_server):
+    srv = fresh_server
+    before = srv.client().describe_account_attributes()
+    srv.restart()
+    after = srv.client().describe_account_attributes()
+    assert before["AccountAttributes"] == after["AccountAttributes"]
