@@ -4,6 +4,8 @@
 
 mod auth;
 pub mod ec2;
+mod json;
+mod kms;
 
 use std::sync::Arc;
 
@@ -65,10 +67,16 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let request_id = new_request_id();
+    // JSON 1.1 protocols name their operation in X-Amz-Target; EC2 Query has none.
+    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
     let caller = match auth::authenticate(&st.engine, &method, &uri, &headers, &body) {
         Ok(c) => c,
+        Err(e) if target.is_some() => return json::error(&e, &request_id),
         Err(e) => return ec2_error(&e, &request_id),
     };
+    if let Some(target) = target {
+        return handle_json(&st, caller, &target, body, request_id).await;
+    }
     if caller.service != "ec2" {
         let e = EngineError::client(
             "InvalidAction",
@@ -98,5 +106,36 @@ async fn handle(
     match result {
         Ok(body) => xml_response(StatusCode::OK, body, &request_id),
         Err(e) => ec2_error(&e, &request_id),
+    }
+}
+
+async fn handle_json(
+    st: &Arc<AppState>,
+    caller: auth::Caller,
+    target: &str,
+    body: Bytes,
+    request_id: String,
+) -> Response {
+    let parsed = match json::Body::parse(&body) {
+        Ok(b) => b,
+        Err(e) => return json::error(&e, &request_id),
+    };
+    let (service, op) = target.split_once('.').unwrap_or((target, ""));
+    let engine = st.engine.clone();
+    let op = op.to_string();
+    let result = match service {
+        "TrentService" => tokio::task::spawn_blocking(move || kms::dispatch(&engine, &caller.ctx, &op, &parsed)).await,
+        other => {
+            let e = EngineError::client(
+                "UnknownOperationException",
+                format!("The target service '{other}' is not served by this endpoint."),
+            );
+            return json::error(&e, &request_id);
+        }
+    };
+    match result {
+        Ok(Ok(v)) => json::ok(v, &request_id),
+        Ok(Err(e)) => json::error(&e, &request_id),
+        Err(e) => json::error(&EngineError::Internal(format!("request task failed: {e}")), &request_id),
     }
 }

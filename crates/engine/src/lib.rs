@@ -22,6 +22,6 @@ pub use filter::{Filter, glob};
 pub use instances::{
     BlockDeviceMappingSpec, EbsSpec, InstanceView, MAX_INSTANCES_PER_CALL, Reservation, RunInstances, StateChange,
 };
-pub use kms::DEFAULT_EBS_ALIAS;
+pub use kms::{AliasInfo, DEFAULT_EBS_ALIAS};
 pub use tags::{TagDescription, TagSelector, TagSpec};
 pub use volumes::{AttachmentInfo, CreateVolume, DetachVolume, GIB, ModifyVolume, VolumeModification, format_time};

@@ -188,6 +188,17 @@ pub struct KmsKey {
     pub created: Millis,
     /// AWS-managed (`alias/aws/ebs`) or customer-managed.
     pub aws_managed: bool,
+    /// 256-bit key material (hex) that wraps data keys. Never leaves the process in responses.
+    #[serde(default)]
+    pub material: String,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    #[serde(default)]
+    pub tags: Tags,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Per account and region settings (EBS encryption by default).

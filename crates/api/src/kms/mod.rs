@@ -1,0 +1,125 @@
+//! The built-in KMS's JSON 1.1 API (`X-Amz-Target: TrentService.<Operation>`): CreateKey,
+//! DescribeKey, ListKeys, CreateAlias, DeleteAlias, ListAliases — enough for `KmsKeyId` to name real
+//! keys by id, ARN, alias or alias ARN.
+
+use blocksnap_engine::model::{Ctx, KmsKey};
+use blocksnap_engine::{Engine, EngineError, Result};
+use serde_json::{Value, json};
+
+use crate::json::{Body, epoch};
+
+fn metadata(k: &KmsKey) -> Value {
+    json!({
+        "AWSAccountId": k.account,
+        "KeyId": k.key_id,
+        "Arn": k.arn,
+        "CreationDate": epoch(k.created),
+        "Enabled": k.enabled,
+        "Description": k.description,
+        "KeyUsage": "ENCRYPT_DECRYPT",
+        "KeyState": if k.enabled { "Enabled" } else { "Disabled" },
+        "Origin": "AWS_KMS",
+        "KeyManager": if k.aws_managed { "AWS" } else { "CUSTOMER" },
+        "CustomerMasterKeySpec": "SYMMETRIC_DEFAULT",
+        "KeySpec": "SYMMETRIC_DEFAULT",
+        "EncryptionAlgorithms": ["SYMMETRIC_DEFAULT"],
+        "MultiRegion": false,
+    })
+}
+
+/// Page a list by an opaque marker (the last item's key) and a 1..=1000 limit.
+fn page<T>(
+    items: Vec<T>,
+    key: impl Fn(&T) -> String,
+    limit: Option<i64>,
+    marker: Option<String>,
+) -> Result<(Vec<T>, Option<String>)> {
+    let limit = match limit {
+        None => 100,
+        Some(n) if (1..=1000).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(EngineError::client("ValidationException", format!("Limit {n} is out of range: 1 to 1000")));
+        }
+    };
+    let mut rest: Vec<T> = match marker {
+        None => items,
+        Some(m) => items.into_iter().filter(|i| key(i) > m).collect(),
+    };
+    let next = if rest.len() > limit {
+        rest.truncate(limit);
+        rest.last().map(&key)
+    } else {
+        None
+    };
+    Ok((rest, next))
+}
+
+pub fn dispatch(engine: &Engine, ctx: &Ctx, op: &str, body: &Body) -> Result<Value> {
+    match op {
+        "CreateKey" => {
+            let k = engine.kms_create_key(
+                ctx,
+                body.str("Description")?,
+                body.str("KeySpec")?.or(body.str("CustomerMasterKeySpec")?),
+                body.str("KeyUsage")?,
+                body.tags("Tags", "TagKey", "TagValue")?,
+            )?;
+            Ok(json!({ "KeyMetadata": metadata(&k) }))
+        }
+        "DescribeKey" => {
+            let id = body.required("KeyId", "ValidationException")?;
+            Ok(json!({ "KeyMetadata": metadata(&engine.kms_describe_key(ctx, &id)?) }))
+        }
+        "ListKeys" => {
+            let (keys, next) =
+                page(engine.kms_list_keys(ctx), |k| k.key_id.clone(), body.int("Limit")?, body.str("Marker")?)?;
+            let mut out = json!({
+                "Keys": keys.iter().map(|k| json!({"KeyId": k.key_id, "KeyArn": k.arn})).collect::<Vec<_>>(),
+                "Truncated": next.is_some(),
+            });
+            if let Some(n) = next {
+                out["NextMarker"] = json!(n);
+            }
+            Ok(out)
+        }
+        "CreateAlias" => {
+            let alias = body.required("AliasName", "ValidationException")?;
+            let target = body.required("TargetKeyId", "ValidationException")?;
+            engine.kms_create_alias(ctx, &alias, &target)?;
+            Ok(json!({}))
+        }
+        "DeleteAlias" => {
+            engine.kms_delete_alias(ctx, &body.required("AliasName", "ValidationException")?)?;
+            Ok(json!({}))
+        }
+        "ListAliases" => {
+            let key = body.str("KeyId")?;
+            let (aliases, next) = page(
+                engine.kms_list_aliases(ctx, key.as_deref())?,
+                |a| a.name.clone(),
+                body.int("Limit")?,
+                body.str("Marker")?,
+            )?;
+            let mut out = json!({
+                "Aliases": aliases.iter().map(|a| {
+                    let mut v = json!({"AliasName": a.name, "AliasArn": a.arn});
+                    if let Some(t) = &a.target_key_id {
+                        v["TargetKeyId"] = json!(t);
+                        v["CreationDate"] = epoch(a.created);
+                        v["LastUpdatedDate"] = epoch(a.created);
+                    }
+                    v
+                }).collect::<Vec<_>>(),
+                "Truncated": next.is_some(),
+            });
+            if let Some(n) = next {
+                out["NextMarker"] = json!(n);
+            }
+            Ok(out)
+        }
+        other => Err(EngineError::client(
+            "UnknownOperationException",
+            format!("Operation {other} is not supported by the built-in KMS"),
+        )),
+    }
+}
