@@ -30,7 +30,7 @@ def test_restart_persists_everything(fresh_server, image_id_fresh=None):
     az = f"{srv.region}a"
     image_id = c.describe_images()["Images"][0]["ImageId"]
     run_tag = "restart"
-    v_plain = make_volume(c, az, run_tag, Size=3, VolumeType="gp3", Iops=4000, Throughput=200,
+    v_plain = make_volume(c, az, run_tag, Size=10, VolumeType="gp3", Iops=4000, Throughput=200,
                           TagSpecifications=tagspec("volume", run_tag, Name="plain"))["VolumeId"]
     v_enc = make_volume(c, az, run_tag, Size=2, Encrypted=True)["VolumeId"]
     v_att = make_volume(c, az, run_tag, Size=4)["VolumeId"]

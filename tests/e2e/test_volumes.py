@@ -493,7 +493,8 @@ def test_max_results_range(ec2, n):
 def test_bad_next_token(ec2):
     with pytest.raises(ClientError) as e:
         ec2.describe_volumes(MaxResults=5, NextToken="not-a-token")
-    assert client_error_code(e) in ("InvalidParameterValue", "InvalidNextToken")
+    # EC2's client error list has InvalidPaginationToken ("The specified pagination token is not valid").
+    assert client_error_code(e) in ("InvalidPaginationToken", "InvalidParameterValue", "InvalidNextToken")
 
 
 # ------------------------------------------------------------------ DeleteVolume
