@@ -1,1 +1,19 @@
+//! NBD server for blocksnap: fixed-newstyle handshake, `GO`/`INFO`/
+//! `EXPORT_NAME`/`LIST`/`ABORT`, structured replies with the
+//! `base:allocation` meta context, and READ, WRITE (+FUA), FLUSH, TRIM,
+//! WRITE_ZEROES (+NO_HOLE, FAST_ZERO), BLOCK_STATUS, CACHE, DISC. Requests on
+//! one connection run concurrently on blocking threads and are answered out of
+//! order by a single writer task.
+//!
+//! Metrics (labels `export`, `op`): `blocksnap_nbd_requests_total`,
+//! `blocksnap_nbd_bytes_total`, `blocksnap_nbd_errors_total`,
+//! `blocksnap_nbd_request_duration_seconds` (histogram); gauge
+//! `blocksnap_nbd_connections` (label `export`).
 
+mod device;
+mod metrics;
+pub mod proto;
+mod server;
+
+pub use device::{BlockDevice, Export, ExportResolver, Extent, StaticResolver, errno_of};
+pub use server::{NbdServer, ServerConfig};

@@ -1,0 +1,78 @@
+//! Serves every volume of a VolumeStore directory over NBD (read-write).
+//!
+//! cargo run --release -p blocksnap-nbd --example serve_dir -- \
+//!     --dir D --listen 127.0.0.1:10809 [--create NAME:SIZE_BYTES]... [--no-tracking]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use blocksnap_nbd::{Export, ExportResolver, NbdServer};
+use blocksnap_volume::{StoreOptions, VolumeStore};
+
+struct StoreResolver(VolumeStore);
+
+impl ExportResolver for StoreResolver {
+    fn lookup(&self, name: &str) -> Option<Export> {
+        let v = self.0.open_volume(name).ok()?;
+        Some(Export::new(v, false))
+    }
+    fn list(&self) -> Vec<String> {
+        self.0.list().unwrap_or_default()
+    }
+}
+
+fn usage() -> ! {
+    eprintln!("usage: serve_dir --dir D [--listen ADDR] [--create NAME:SIZE]... [--no-tracking]");
+    std::process::exit(2)
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let (num, mul) = match s.char_indices().last()? {
+        (i, 'K' | 'k') => (&s[..i], 1u64 << 10),
+        (i, 'M' | 'm') => (&s[..i], 1 << 20),
+        (i, 'G' | 'g') => (&s[..i], 1 << 30),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mul)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let mut dir = None;
+    let mut listen = "127.0.0.1:10809".to_string();
+    let mut creates = Vec::new();
+    let mut tracking = true;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--dir" => dir = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
+            "--listen" => listen = args.next().unwrap_or_else(|| usage()),
+            "--create" => creates.push(args.next().unwrap_or_else(|| usage())),
+            "--no-tracking" => tracking = false,
+            _ => usage(),
+        }
+    }
+    let dir = dir.unwrap_or_else(|| usage());
+    let store = VolumeStore::open_with(dir, StoreOptions { change_tracking: tracking })?;
+    for c in creates {
+        let (name, size) = c.split_once(':').unwrap_or_else(|| usage());
+        let size = parse_size(size).unwrap_or_else(|| usage());
+        if !store.exists(name) {
+            store.create(name, size)?;
+        }
+    }
+    let listener = tokio::net::TcpListener::bind(&listen).await?;
+    eprintln!("serving on {}", listener.local_addr()?);
+    let server = Arc::new(NbdServer::new(Arc::new(StoreResolver(store))));
+    let s2 = server.clone();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        s2.shutdown().await;
+    });
+    server.serve(listener).await?;
+    Ok(())
+}

@@ -1,0 +1,653 @@
+//! The NBD server: handshake, option haggling, and the transmission phase with
+//! many requests in flight per connection.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::device::{BlockDevice, Export, ExportResolver, errno_of};
+use crate::metrics::{ConnMetrics, Op};
+use crate::proto::*;
+
+/// Tunables of an [`NbdServer`].
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// A client must finish option haggling within this time.
+    pub handshake_timeout: Duration,
+    /// Request payload bytes (read + write) in flight per connection.
+    pub max_inflight_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { handshake_timeout: Duration::from_secs(30), max_inflight_bytes: 256 << 20 }
+    }
+}
+
+/// Options longer than this are answered `NBD_REP_ERR_TOO_BIG`; longer than
+/// [`MAX_OPTION_DISCARD`] the client is dropped.
+const MAX_OPTION_LEN: u32 = 64 << 10;
+const MAX_OPTION_DISCARD: u32 = 1 << 20;
+/// In-flight accounting unit.
+const BUDGET_UNIT: usize = 64 << 10;
+
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+    #[error("protocol: {0}")]
+    Protocol(&'static str),
+}
+
+struct ConnEntry {
+    export: String,
+    stop: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+}
+
+#[derive(Default)]
+struct Registry {
+    next_id: u64,
+    conns: HashMap<u64, ConnEntry>,
+    /// Bumped by `close_export`: a connection whose lookup raced with a close
+    /// is refused rather than left open.
+    generations: HashMap<String, u64>,
+    shutting_down: bool,
+}
+
+/// An NBD server over an [`ExportResolver`].
+pub struct NbdServer {
+    resolver: Arc<dyn ExportResolver>,
+    config: ServerConfig,
+    registry: Mutex<Registry>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// A connection's place in the registry; dropping it marks the connection
+/// done and removes it.
+struct Registration {
+    server: Arc<NbdServer>,
+    id: u64,
+    stop: watch::Receiver<bool>,
+    done: watch::Sender<bool>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.server.registry().conns.remove(&self.id);
+        let _ = self.done.send(true);
+    }
+}
+
+struct Negotiated {
+    name: String,
+    export: Export,
+    size: u64,
+    read_only: bool,
+    structured: bool,
+    base_allocation: bool,
+    reg: Registration,
+}
+
+fn transmission_flags(read_only: bool) -> u16 {
+    let mut f = TF_HAS_FLAGS
+        | TF_SEND_FLUSH
+        | TF_SEND_FUA
+        | TF_SEND_TRIM
+        | TF_SEND_WRITE_ZEROES
+        | TF_SEND_DF
+        | TF_CAN_MULTI_CONN
+        | TF_SEND_CACHE
+        | TF_SEND_FAST_ZERO;
+    if read_only {
+        f |= TF_READ_ONLY;
+    }
+    f
+}
+
+impl NbdServer {
+    pub fn new(resolver: Arc<dyn ExportResolver>) -> NbdServer {
+        Self::with_config(resolver, ServerConfig::default())
+    }
+
+    pub fn with_config(resolver: Arc<dyn ExportResolver>, config: ServerConfig) -> NbdServer {
+        NbdServer { resolver, config, registry: Mutex::new(Registry::default()), shutdown: watch::channel(false).0 }
+    }
+
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Accepts connections until [`NbdServer::shutdown`] is called.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> io::Result<()> {
+        let mut stop = self.shutdown.subscribe();
+        loop {
+            let accepted = tokio::select! {
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move { me.serve_tcp(stream, peer.to_string()).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "nbd accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    async fn serve_tcp(self: Arc<Self>, stream: TcpStream, peer: String) {
+        let _ = stream.set_nodelay(true);
+        let (rd, wr) = stream.into_split();
+        self.serve_connection(rd, wr, peer).await;
+    }
+
+    /// Serves one client over any byte stream (used for TCP, and by tests).
+    pub async fn serve_connection<R, W>(self: Arc<Self>, mut rd: R, mut wr: W, peer: String)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let hs = tokio::time::timeout(self.config.handshake_timeout, self.handshake(&mut rd, &mut wr)).await;
+        let neg = match hs {
+            Ok(Ok(Some(n))) => n,
+            Ok(Ok(None)) => {
+                let _ = wr.shutdown().await;
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "nbd handshake ended");
+                let _ = wr.shutdown().await;
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "nbd handshake timed out");
+                return;
+            }
+        };
+        tracing::debug!(%peer, export = %neg.name, structured = neg.structured, "nbd client connected");
+        self.transmission(rd, wr, neg).await;
+        tracing::debug!(%peer, "nbd client disconnected");
+    }
+
+    /// Closes every live connection of `name` after its in-flight requests
+    /// have been answered, and returns once they are gone. A connection still
+    /// in its handshake that resolved `name` before this call is refused.
+    pub async fn close_export(&self, name: &str) {
+        let waits: Vec<watch::Receiver<bool>> = {
+            let mut r = self.registry();
+            *r.generations.entry(name.to_string()).or_insert(0) += 1;
+            r.conns
+                .values()
+                .filter(|c| c.export == name)
+                .map(|c| {
+                    let _ = c.stop.send(true);
+                    c.done.clone()
+                })
+                .collect()
+        };
+        for mut w in waits {
+            let _ = w.wait_for(|d| *d).await;
+        }
+    }
+
+    /// Stops accepting, closes every connection cleanly, and returns once
+    /// they are gone.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        let waits: Vec<watch::Receiver<bool>> = {
+            let mut r = self.registry();
+            r.shutting_down = true;
+            r.conns
+                .values()
+                .map(|c| {
+                    let _ = c.stop.send(true);
+                    c.done.clone()
+                })
+                .collect()
+        };
+        for mut w in waits {
+            let _ = w.wait_for(|d| *d).await;
+        }
+    }
+
+    /// Live connections in transmission, to one export or in all.
+    pub fn connection_count(&self, export: Option<&str>) -> usize {
+        self.registry().conns.values().filter(|c| export.is_none_or(|e| e == c.export)).count()
+    }
+
+    /// Looks an export up and registers the connection, unless a
+    /// `close_export` of that name raced with the lookup.
+    fn register(self: &Arc<Self>, name: &str) -> Option<(Export, Registration)> {
+        let gen0 = {
+            let r = self.registry();
+            if r.shutting_down {
+                return None;
+            }
+            r.generations.get(name).copied().unwrap_or(0)
+        };
+        let export = self.resolver.lookup(name)?;
+        let mut r = self.registry();
+        if r.shutting_down || r.generations.get(name).copied().unwrap_or(0) != gen0 {
+            return None;
+        }
+        let id = r.next_id;
+        r.next_id += 1;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(false);
+        r.conns.insert(id, ConnEntry { export: name.to_string(), stop: stop_tx, done: done_rx });
+        Some((export, Registration { server: self.clone(), id, stop: stop_rx, done: done_tx }))
+    }
+
+    async fn handshake<R, W>(self: &Arc<Self>, rd: &mut R, wr: &mut W) -> Result<Option<Negotiated>, HandshakeError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut hello = Vec::with_capacity(18);
+        hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
+        hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+        wr.write_all(&hello).await?;
+        wr.flush().await?;
+        let client_flags = rd.read_u32().await?;
+        if client_flags & !(CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES) != 0 {
+            return Err(HandshakeError::Protocol("unknown client flags"));
+        }
+        if client_flags & CLIENT_FIXED_NEWSTYLE == 0 {
+            return Err(HandshakeError::Protocol("client is not fixed-newstyle"));
+        }
+        let no_zeroes = client_flags & CLIENT_NO_ZEROES != 0;
+        let mut structured = false;
+        // Export the base:allocation context was selected for.
+        let mut meta_for: Option<String> = None;
+
+        loop {
+            let mut h = [0u8; 16];
+            rd.read_exact(&mut h).await?;
+            let (opt, len) = parse_option_header(&h).ok_or(HandshakeError::Protocol("bad option magic"))?;
+            if len > MAX_OPTION_DISCARD {
+                return Err(HandshakeError::Protocol("option too long"));
+            }
+            let mut data = vec![0u8; len as usize];
+            rd.read_exact(&mut data).await?;
+            if len > MAX_OPTION_LEN {
+                reply(wr, opt, REP_ERR_TOO_BIG, b"option too long").await?;
+                continue;
+            }
+            match opt {
+                OPT_EXPORT_NAME => {
+                    let name =
+                        String::from_utf8(data).map_err(|_| HandshakeError::Protocol("export name is not UTF-8"))?;
+                    // This option has no way to report an error: just close.
+                    let Some((export, reg)) = self.register(&name) else {
+                        return Err(HandshakeError::Protocol("unknown export (EXPORT_NAME)"));
+                    };
+                    let n = self.negotiated(name, export, reg, structured, &meta_for);
+                    let mut v = Vec::with_capacity(10 + 124);
+                    v.extend_from_slice(&n.size.to_be_bytes());
+                    v.extend_from_slice(&transmission_flags(n.read_only).to_be_bytes());
+                    if !no_zeroes {
+                        v.extend_from_slice(&[0u8; 124]);
+                    }
+                    wr.write_all(&v).await?;
+                    wr.flush().await?;
+                    return Ok(Some(n));
+                }
+                OPT_ABORT => {
+                    // Best effort: the client may already be gone.
+                    let _ = reply(wr, opt, REP_ACK, &[]).await;
+                    return Ok(None);
+                }
+                OPT_LIST => {
+                    if !data.is_empty() {
+                        reply(wr, opt, REP_ERR_INVALID, b"LIST takes no data").await?;
+                        continue;
+                    }
+                    for name in self.resolver.list() {
+                        let mut d = (name.len() as u32).to_be_bytes().to_vec();
+                        d.extend_from_slice(name.as_bytes());
+                        wr.write_all(&option_reply(opt, REP_SERVER, &d)).await?;
+                    }
+                    reply(wr, opt, REP_ACK, &[]).await?;
+                }
+                OPT_INFO | OPT_GO => {
+                    let Some(req) = parse_info_request(&data) else {
+                        reply(wr, opt, REP_ERR_INVALID, b"malformed request").await?;
+                        continue;
+                    };
+                    let found = if opt == OPT_GO {
+                        self.register(&req.name).map(|(e, r)| (e, Some(r)))
+                    } else {
+                        self.resolver.lookup(&req.name).map(|e| (e, None))
+                    };
+                    let Some((export, reg)) = found else {
+                        reply(wr, opt, REP_ERR_UNKNOWN, b"unknown export").await?;
+                        continue;
+                    };
+                    let read_only = export.read_only || export.device.read_only();
+                    let size = export.device.size();
+                    let mut d = INFO_EXPORT.to_be_bytes().to_vec();
+                    d.extend_from_slice(&size.to_be_bytes());
+                    d.extend_from_slice(&transmission_flags(read_only).to_be_bytes());
+                    wr.write_all(&option_reply(opt, REP_INFO, &d)).await?;
+                    let mut d = INFO_BLOCK_SIZE.to_be_bytes().to_vec();
+                    for v in [MIN_BLOCK, PREFERRED_BLOCK, MAX_PAYLOAD] {
+                        d.extend_from_slice(&v.to_be_bytes());
+                    }
+                    wr.write_all(&option_reply(opt, REP_INFO, &d)).await?;
+                    if req.infos.contains(&INFO_NAME) {
+                        let mut d = INFO_NAME.to_be_bytes().to_vec();
+                        d.extend_from_slice(req.name.as_bytes());
+                        wr.write_all(&option_reply(opt, REP_INFO, &d)).await?;
+                    }
+                    if let Some(desc) = export.description.as_ref().filter(|_| req.infos.contains(&INFO_DESCRIPTION)) {
+                        let mut d = INFO_DESCRIPTION.to_be_bytes().to_vec();
+                        d.extend_from_slice(&desc.as_bytes()[..desc.len().min(MAX_STRING)]);
+                        wr.write_all(&option_reply(opt, REP_INFO, &d)).await?;
+                    }
+                    reply(wr, opt, REP_ACK, &[]).await?;
+                    if let Some(reg) = reg {
+                        return Ok(Some(self.negotiated(req.name, export, reg, structured, &meta_for)));
+                    }
+                }
+                OPT_STRUCTURED_REPLY => {
+                    if !data.is_empty() {
+                        reply(wr, opt, REP_ERR_INVALID, b"takes no data").await?;
+                        continue;
+                    }
+                    structured = true;
+                    reply(wr, opt, REP_ACK, &[]).await?;
+                }
+                OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+                    if !structured {
+                        reply(wr, opt, REP_ERR_INVALID, b"needs structured replies").await?;
+                        continue;
+                    }
+                    let Some(req) = parse_meta_request(&data) else {
+                        reply(wr, opt, REP_ERR_INVALID, b"malformed request").await?;
+                        continue;
+                    };
+                    if self.resolver.lookup(&req.name).is_none() {
+                        reply(wr, opt, REP_ERR_UNKNOWN, b"unknown export").await?;
+                        continue;
+                    }
+                    let listing = opt == OPT_LIST_META_CONTEXT;
+                    let selected = if listing && req.queries.is_empty() {
+                        true
+                    } else {
+                        req.queries.iter().any(|q| meta_matches(q, listing))
+                    };
+                    if !listing {
+                        meta_for = selected.then(|| req.name.clone());
+                    }
+                    if selected {
+                        let mut d = BASE_ALLOCATION_ID.to_be_bytes().to_vec();
+                        d.extend_from_slice(BASE_ALLOCATION.as_bytes());
+                        wr.write_all(&option_reply(opt, REP_META_CONTEXT, &d)).await?;
+                    }
+                    reply(wr, opt, REP_ACK, &[]).await?;
+                }
+                OPT_STARTTLS => {
+                    reply(wr, opt, REP_ERR_POLICY, b"TLS is not offered").await?;
+                }
+                _ => {
+                    reply(wr, opt, REP_ERR_UNSUP, b"unsupported option").await?;
+                }
+            }
+        }
+    }
+
+    fn negotiated(
+        &self,
+        name: String,
+        export: Export,
+        reg: Registration,
+        structured: bool,
+        meta_for: &Option<String>,
+    ) -> Negotiated {
+        let base_allocation = structured && meta_for.as_deref() == Some(name.as_str());
+        Negotiated {
+            size: export.device.size(),
+            read_only: export.read_only || export.device.read_only(),
+            name,
+            export,
+            structured,
+            base_allocation,
+            reg,
+        }
+    }
+
+    async fn transmission<R, W>(self: Arc<Self>, rd: R, wr: W, n: Negotiated)
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
+        let metrics = Arc::new(ConnMetrics::new(&n.name));
+        let mut rd = BufReader::with_capacity(256 << 10, rd);
+        let (tx, rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        let writer = tokio::spawn(write_loop(wr, rx));
+        let budget_units = (self.config.max_inflight_bytes / BUDGET_UNIT).max(1024) as u32;
+        let sem = Arc::new(Semaphore::new(budget_units as usize));
+        let ctx = CmdContext {
+            size: n.size,
+            read_only: n.read_only,
+            structured: n.structured,
+            base_allocation: n.base_allocation,
+        };
+        let mut stop = n.reg.stop.clone();
+        let device = n.export.device.clone();
+
+        loop {
+            let mut hdr = [0u8; REQUEST_HEADER_LEN];
+            let r = tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => break,
+                r = rd.read_exact(&mut hdr) => r,
+            };
+            if r.is_err() {
+                // Client closed or vanished: finish what is in flight.
+                break;
+            }
+            let Some(h) = parse_request_header(&hdr) else {
+                tracing::debug!(export = %n.name, "bad request magic; disconnecting");
+                break;
+            };
+            let started = Instant::now();
+            let cmd = match validate(&h, &ctx) {
+                Ok(c) => c,
+                Err(refusal) => {
+                    metrics.error(op_of_type(h.typ));
+                    let payload = payload_len(&h);
+                    if !refusal.disconnect && payload > 0 {
+                        let discarded =
+                            tokio::io::copy(&mut (&mut rd).take(u64::from(payload)), &mut tokio::io::sink()).await;
+                        if !matches!(discarded, Ok(x) if x == u64::from(payload)) {
+                            break;
+                        }
+                    }
+                    let structured_err = ctx.structured && matches!(h.typ, CMD_READ | CMD_BLOCK_STATUS);
+                    let msg = if structured_err {
+                        error_chunk(refusal.errno, h.cookie, "request refused")
+                    } else {
+                        simple_reply(refusal.errno, h.cookie)
+                    };
+                    let _ = tx.send(msg);
+                    if refusal.disconnect {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            let mut payload = Vec::new();
+            let units = match cmd {
+                Command::Disc => break,
+                Command::Write { len, .. } => {
+                    payload = vec![0u8; len as usize];
+                    if rd.read_exact(&mut payload).await.is_err() {
+                        // Vanished mid-payload: the partial write is never applied.
+                        break;
+                    }
+                    1 + len as usize / BUDGET_UNIT
+                }
+                Command::Read { len, .. } => 1 + len as usize / BUDGET_UNIT,
+                _ => 1,
+            };
+            let units = (units as u32).min(budget_units);
+            let Ok(permit) = sem.clone().acquire_many_owned(units).await else {
+                break;
+            };
+            let (device, tx, metrics) = (device.clone(), tx.clone(), metrics.clone());
+            let structured = ctx.structured;
+            let cookie = h.cookie;
+            tokio::task::spawn_blocking(move || {
+                let (msg, res) = execute(&*device, cmd, cookie, payload, structured);
+                let _ = tx.send(msg);
+                metrics.record(cmd, res, started.elapsed());
+                drop(permit);
+            });
+        }
+        // Drain: every in-flight request answers before the socket closes.
+        let _ = sem.acquire_many(budget_units).await;
+        drop(tx);
+        let _ = writer.await;
+        drop(n.reg);
+    }
+}
+
+async fn reply<W: AsyncWrite + Unpin>(wr: &mut W, opt: u32, typ: u32, data: &[u8]) -> io::Result<()> {
+    wr.write_all(&option_reply(opt, typ, data)).await?;
+    wr.flush().await
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::UnboundedReceiver<Vec<u8>>) {
+    let mut w = BufWriter::with_capacity(256 << 10, wr);
+    while let Some(buf) = rx.recv().await {
+        if w.write_all(&buf).await.is_err() {
+            return;
+        }
+        // Batch whatever else is ready into one flush.
+        while let Ok(buf) = rx.try_recv() {
+            if w.write_all(&buf).await.is_err() {
+                return;
+            }
+        }
+        if w.flush().await.is_err() {
+            return;
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+fn op_of_type(typ: u16) -> Op {
+    match typ {
+        CMD_READ => Op::Read,
+        CMD_WRITE => Op::Write,
+        CMD_FLUSH => Op::Flush,
+        CMD_TRIM => Op::Trim,
+        CMD_WRITE_ZEROES => Op::WriteZeroes,
+        CMD_BLOCK_STATUS => Op::BlockStatus,
+        CMD_CACHE => Op::Cache,
+        _ => Op::Other,
+    }
+}
+
+/// Runs one command on the device (blocking) and builds its reply. Returns
+/// the reply and `Ok(bytes moved)` or `Err(errno)`.
+fn execute(
+    dev: &dyn BlockDevice,
+    cmd: Command,
+    cookie: u64,
+    payload: Vec<u8>,
+    structured: bool,
+) -> (Vec<u8>, Result<u64, u32>) {
+    let simple = |r: io::Result<()>, bytes: u64| match r {
+        Ok(()) => (simple_reply(0, cookie), Ok(bytes)),
+        Err(e) => {
+            let errno = errno_of(&e);
+            tracing::debug!(?cmd, error = %e, errno, "nbd request failed");
+            (simple_reply(errno, cookie), Err(errno))
+        }
+    };
+    let then_flush = |r: io::Result<()>, fua: bool| r.and_then(|()| if fua { dev.flush() } else { Ok(()) });
+    match cmd {
+        Command::Read { offset, len } => {
+            let hdr = if structured { CHUNK_HEADER_LEN + 8 } else { SIMPLE_HEADER_LEN };
+            let mut buf = vec![0u8; hdr + len as usize];
+            match dev.read_at(offset, &mut buf[hdr..]) {
+                Ok(()) => {
+                    if structured {
+                        put_chunk_header(&mut buf, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, cookie, 8 + len);
+                        buf[CHUNK_HEADER_LEN..hdr].copy_from_slice(&offset.to_be_bytes());
+                    } else {
+                        put_simple_header(&mut buf, 0, cookie);
+                    }
+                    (buf, Ok(u64::from(len)))
+                }
+                Err(e) => {
+                    let errno = errno_of(&e);
+                    tracing::debug!(offset, len, error = %e, "nbd read failed");
+                    let msg = if structured {
+                        error_chunk(errno, cookie, "read failed")
+                    } else {
+                        simple_reply(errno, cookie)
+                    };
+                    (msg, Err(errno))
+                }
+            }
+        }
+        Command::Write { offset, len, fua } => simple(dev.write_at(offset, &payload, fua), u64::from(len)),
+        Command::Flush => simple(dev.flush(), 0),
+        Command::Trim { offset, len, fua } => simple(then_flush(dev.trim(offset, u64::from(len)), fua), u64::from(len)),
+        Command::WriteZeroes { offset, len, fua, no_hole, fast } => {
+            simple(then_flush(dev.write_zeroes(offset, u64::from(len), !no_hole, fast), fua), u64::from(len))
+        }
+        Command::Cache { offset, len } => simple(dev.cache(offset, u64::from(len)), u64::from(len)),
+        Command::BlockStatus { offset, len, req_one } => {
+            match dev.block_status(offset, u64::from(len)) {
+                Ok(extents) => {
+                    let mut out: Vec<(u32, u32)> = Vec::new();
+                    let mut left = u64::from(len);
+                    for e in extents {
+                        if left == 0 || out.len() >= 1 << 20 {
+                            break;
+                        }
+                        let l = e.len.min(left);
+                        if l == 0 {
+                            continue;
+                        }
+                        let flags = (if e.hole { STATE_HOLE } else { 0 }) | (if e.zero { STATE_ZERO } else { 0 });
+                        match out.last_mut() {
+                            Some(last) if last.1 == flags => last.0 += l as u32,
+                            _ => out.push((l as u32, flags)),
+                        }
+                        left -= l;
+                    }
+                    if out.is_empty() {
+                        // The device said nothing: claim data, which is always safe.
+                        out.push((len, 0));
+                    }
+                    if req_one {
+                        out.truncate(1);
+                    }
+                    (block_status_chunk(cookie, &out), Ok(0))
+                }
+                Err(e) => {
+                    let errno = errno_of(&e);
+                    (error_chunk(errno, cookie, "block status failed"), Err(errno))
+                }
+            }
+        }
+        // Handled by the reader.
+        Command::Disc => (Vec::new(), Ok(0)),
+    }
+}
