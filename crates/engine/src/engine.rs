@@ -19,6 +19,7 @@ pub(crate) const KIND_ACCOUNT: &str = "account";
 pub(crate) const KIND_ACCESS_KEY: &str = "access_key";
 pub(crate) const KIND_VOLUME: &str = "volume";
 pub(crate) const KIND_INSTANCE: &str = "instance";
+pub(crate) const KIND_SNAPSHOT: &str = "snapshot";
 pub(crate) const KIND_KMS_KEY: &str = "kms_key";
 pub(crate) const KIND_SETTINGS: &str = "settings";
 pub(crate) const KIND_META: &str = "meta";
@@ -54,6 +55,7 @@ pub(crate) struct State {
     pub keys: HashMap<String, AccessKey>,
     pub volumes: BTreeMap<String, Volume>,
     pub instances: BTreeMap<String, Instance>,
+    pub snapshots: BTreeMap<String, Snapshot>,
     pub kms_keys: BTreeMap<String, KmsKey>,
     /// Keyed by `account/region`.
     pub settings: HashMap<String, RegionSettings>,
@@ -68,6 +70,8 @@ pub(crate) enum Rec {
     Volume(Volume),
     DeleteVolume(String),
     Instance(Instance),
+    Snapshot(Snapshot),
+    DeleteSnapshot(String),
     KmsKey(KmsKey),
     Settings { account: String, region: String, settings: RegionSettings },
     RootAccount(String),
@@ -120,6 +124,9 @@ impl Engine {
         for (_, i) in load::<Instance>(&*catalog, KIND_INSTANCE)? {
             st.instances.insert(i.id.clone(), i);
         }
+        for (_, s) in load::<Snapshot>(&*catalog, KIND_SNAPSHOT)? {
+            st.snapshots.insert(s.id.clone(), s);
+        }
         for (_, k) in load::<KmsKey>(&*catalog, KIND_KMS_KEY)? {
             st.kms_keys.insert(k.key_id.clone(), k);
         }
@@ -133,6 +140,7 @@ impl Engine {
             accounts = st.accounts.len(),
             volumes = st.volumes.len(),
             instances = st.instances.len(),
+            snapshots = st.snapshots.len(),
             "catalog loaded"
         );
         Ok(Engine { catalog, config, state: Mutex::new(st), data })
@@ -154,6 +162,8 @@ impl Engine {
                 Rec::Volume(v) => row(KIND_VOLUME, &v.id, &v.account, &v.region, v)?,
                 Rec::DeleteVolume(id) => Change::Delete { kind: KIND_VOLUME.into(), id: id.clone() },
                 Rec::Instance(i) => row(KIND_INSTANCE, &i.id, &i.account, &i.region, i)?,
+                Rec::Snapshot(s) => row(KIND_SNAPSHOT, &s.id, &s.account, &s.region, s)?,
+                Rec::DeleteSnapshot(id) => Change::Delete { kind: KIND_SNAPSHOT.into(), id: id.clone() },
                 Rec::KmsKey(k) => row(KIND_KMS_KEY, &k.key_id, &k.account, &k.region, k)?,
                 Rec::Settings { account, region, settings } => {
                     row(KIND_SETTINGS, &settings_key(account, region), account, region, settings)?
@@ -178,6 +188,12 @@ impl Engine {
                 }
                 Rec::Instance(i) => {
                     st.instances.insert(i.id.clone(), i);
+                }
+                Rec::Snapshot(s) => {
+                    st.snapshots.insert(s.id.clone(), s);
+                }
+                Rec::DeleteSnapshot(id) => {
+                    st.snapshots.remove(&id);
                 }
                 Rec::KmsKey(k) => {
                     st.kms_keys.insert(k.key_id.clone(), k);

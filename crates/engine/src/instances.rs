@@ -405,6 +405,9 @@ impl Engine {
                     tags: volume_tags.clone(),
                     client_token: None,
                     request_fingerprint: None,
+                    wrapped_data_key: None,
+                    data_key_id: None,
+                    restore: None,
                 };
                 if let Some(d) = &self.data
                     && let Err(e) = d.create_volume(&vid, v.size_gib as u64 * GIB)

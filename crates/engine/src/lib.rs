@@ -2,6 +2,7 @@
 //! keys, their state machines and the semantic validation of typed requests. It never sees HTTP,
 //! XML, JSON or NBD bytes; its errors are [`EngineError`]s that map 1:1 to AWS error codes.
 
+mod data;
 mod describe;
 mod engine;
 mod error;
@@ -12,6 +13,7 @@ mod kms;
 pub mod model;
 pub mod regions;
 mod settings;
+mod snapshots;
 mod tags;
 mod volumes;
 
@@ -23,5 +25,6 @@ pub use instances::{
     BlockDeviceMappingSpec, EbsSpec, InstanceView, MAX_INSTANCES_PER_CALL, Reservation, RunInstances, StateChange,
 };
 pub use kms::{AliasInfo, DEFAULT_EBS_ALIAS};
+pub use snapshots::{CreateSnapshot, CreateSnapshots, DescribeSnapshots, MAX_PENDING_PER_VOLUME, PermissionChange};
 pub use tags::{TagDescription, TagSelector, TagSpec};
 pub use volumes::{AttachmentInfo, CreateVolume, DetachVolume, GIB, ModifyVolume, VolumeModification, format_time};

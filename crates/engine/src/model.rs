@@ -116,6 +116,20 @@ pub struct Volume {
     /// Fingerprint of the request that created it, to detect ClientToken reuse with other parameters.
     #[serde(default)]
     pub request_fingerprint: Option<String>,
+    /// Encrypted volumes: the lineage's data key wrapped under the KMS key (hex) and its id.
+    #[serde(default)]
+    pub wrapped_data_key: Option<String>,
+    #[serde(default)]
+    pub data_key_id: Option<String>,
+    /// Restore from a snapshot still running (blocks copied so far / total), if any.
+    #[serde(default)]
+    pub restore: Option<RestoreProgress>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RestoreProgress {
+    pub done: u64,
+    pub total: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,4 +269,68 @@ impl ResourceType {
             _ => None,
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SnapshotState {
+    Pending,
+    Completed,
+    Error,
+}
+
+impl SnapshotState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotState::Pending => "pending",
+            SnapshotState::Completed => "completed",
+            SnapshotState::Error => "error",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub account: String,
+    pub region: String,
+    /// The source volume (for copies, the arbitrary id AWS uses: `vol-ffffffff`).
+    pub volume_id: String,
+    pub volume_size_gib: u32,
+    pub state: SnapshotState,
+    #[serde(default)]
+    pub state_message: Option<String>,
+    /// 0..=100.
+    pub progress: u8,
+    pub start_time: Millis,
+    #[serde(default)]
+    pub completion_time: Option<Millis>,
+    pub description: String,
+    pub encrypted: bool,
+    pub kms_key_id: Option<String>,
+    #[serde(default)]
+    pub tags: Tags,
+    /// The snapshot this one is incremental against (same volume lineage), if any.
+    #[serde(default)]
+    pub parent: Option<String>,
+    /// The volume's change-tracking epoch this snapshot froze (pending snapshots only).
+    #[serde(default)]
+    pub epoch: Option<u64>,
+    /// Accounts (or "all") that may create volumes from this snapshot.
+    #[serde(default)]
+    pub create_volume_permissions: Vec<String>,
+    /// The lineage data key wrapped under the KMS key (hex), for encrypted snapshots.
+    #[serde(default)]
+    pub wrapped_data_key: Option<String>,
+    #[serde(default)]
+    pub data_encryption_key_id: Option<String>,
+    /// Bytes this snapshot added to the store (what it costs beyond its parent).
+    #[serde(default)]
+    pub stored_bytes: u64,
+    /// Blocks the uploader must read (the frozen changed set), for progress.
+    #[serde(default)]
+    pub blocks_total: u64,
+    /// Instance of a multi-volume set (CreateSnapshots), if any.
+    #[serde(default)]
+    pub instance_set: Option<String>,
 }

@@ -103,6 +103,7 @@ impl Engine {
         match ResourceType::from_id(id) {
             Some(ResourceType::Volume) => Ok(self.volume_of(st, ctx, id)?.tags.clone()),
             Some(ResourceType::Instance) => Ok(self.instance_of(st, ctx, id)?.tags.clone()),
+            Some(ResourceType::Snapshot) => Ok(self.own_snapshot(st, ctx, id)?.tags.clone()),
             _ => Err(EngineError::client("InvalidID", format!("The ID '{id}' is not valid"))),
         }
     }
@@ -118,6 +119,11 @@ impl Engine {
                 let mut i = self.instance_of(st, ctx, id)?.clone();
                 i.tags = tags;
                 Rec::Instance(i)
+            }
+            Some(ResourceType::Snapshot) => {
+                let mut s = self.own_snapshot(st, ctx, id)?.clone();
+                s.tags = tags;
+                Rec::Snapshot(s)
             }
             _ => return Err(EngineError::client("InvalidID", format!("The ID '{id}' is not valid"))),
         })
@@ -211,6 +217,9 @@ impl Engine {
         }
         for i in st.instances.values().filter(|i| i.account == ctx.account && i.region == ctx.region) {
             push(&i.id, ResourceType::Instance, &i.tags);
+        }
+        for s in st.snapshots.values().filter(|s| s.account == ctx.account && s.region == ctx.region) {
+            push(&s.id, ResourceType::Snapshot, &s.tags);
         }
         drop(st);
         // Page by (resource, key): the token names the last pair.

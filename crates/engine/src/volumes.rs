@@ -328,13 +328,32 @@ impl Engine {
             }
         }
         check_zone(ctx, &zone)?;
-        if let Some(s) = &req.snapshot_id {
-            // Snapshots arrive with the snapshot store; until then no snapshot id can exist.
-            return Err(EngineError::client("InvalidSnapshot.NotFound", format!("The snapshot '{s}' does not exist.")));
-        }
-        let size = req
-            .size
-            .ok_or_else(|| EngineError::missing("The request must contain the parameter size or snapshotId"))?;
+        let source = match &req.snapshot_id {
+            Some(sid) => {
+                let snap = self.visible_snapshot(&st, ctx, sid)?.clone();
+                if snap.state != SnapshotState::Completed {
+                    return Err(EngineError::client(
+                        "IncorrectState",
+                        format!("Snapshot is in invalid state - {}", snap.state.as_str()),
+                    ));
+                }
+                Some(snap)
+            }
+            None => None,
+        };
+        let size = match (req.size, &source) {
+            (Some(s), Some(snap)) if s < snap.volume_size_gib as i64 => {
+                return Err(EngineError::invalid_value(format!(
+                    "The volume size is invalid for the given snapshot: it must be at least {}GiB (the snapshot's size), not {s}GiB.",
+                    snap.volume_size_gib
+                )));
+            }
+            (Some(s), _) => s,
+            (None, Some(snap)) => snap.volume_size_gib as i64,
+            (None, None) => {
+                return Err(EngineError::missing("The request must contain the parameter size or snapshotId"));
+            }
+        };
         let vtype = req.volume_type.clone().unwrap_or_else(|| "gp2".into());
         let multi_attach = req.multi_attach_enabled.unwrap_or(false);
         let (iops, throughput) = check_type(&vtype, size, req.iops, req.throughput, multi_attach)?;
@@ -346,14 +365,31 @@ impl Engine {
                 "The parameter KmsKeyId requires the parameter Encrypted to be set.",
             ));
         }
-        if req.encrypted == Some(false) && settings.ebs_encryption_by_default {
-            // AWS: with encryption by default on, Encrypted=false is ignored and the volume is encrypted.
+        let from_encrypted = source.as_ref().is_some_and(|s| s.encrypted);
+        if from_encrypted && req.encrypted == Some(false) {
+            // AWS ignores Encrypted=false here: a volume from an encrypted snapshot is always encrypted.
         }
-        let encrypted = req.encrypted.unwrap_or(false) || settings.ebs_encryption_by_default;
+        // With encryption by default on, Encrypted=false is ignored too.
+        let encrypted = req.encrypted.unwrap_or(false) || settings.ebs_encryption_by_default || from_encrypted;
         let kms_key_id = if encrypted {
-            let key = match req.kms_key_id.as_deref().or(settings.default_kms_key.as_deref()) {
-                Some(k) => self.resolve_kms_key(&st, ctx, &mut recs, k)?,
-                None => self.default_ebs_key(&st, ctx, &mut recs),
+            let key = match (req.kms_key_id.as_deref(), &source) {
+                (Some(k), _) => self.resolve_kms_key(&st, ctx, &mut recs, k)?,
+                (None, Some(snap)) if snap.encrypted => {
+                    let arn = snap.kms_key_id.clone().unwrap_or_default();
+                    match st.kms_keys.values().find(|k| k.arn == arn) {
+                        Some(k) => k.clone(),
+                        None => {
+                            return Err(EngineError::client(
+                                "InvalidParameterValue",
+                                format!("The KMS key {arn} of snapshot {} is not accessible.", snap.id),
+                            ));
+                        }
+                    }
+                }
+                (None, _) => match settings.default_kms_key.as_deref() {
+                    Some(k) => self.resolve_kms_key(&st, ctx, &mut recs, k)?,
+                    None => self.default_ebs_key(&st, ctx, &mut recs),
+                },
             };
             Some(key.arn)
         } else {
@@ -377,14 +413,17 @@ impl Engine {
             throughput,
             encrypted,
             kms_key_id,
-            snapshot_id: None,
+            snapshot_id: source.as_ref().map(|s| s.id.clone()),
             multi_attach_enabled: multi_attach,
-            state: VolumeState::Available,
+            state: if source.is_some() { VolumeState::Creating } else { VolumeState::Available },
             create_time: now_millis(),
             attachments: vec![],
             tags,
             client_token: req.client_token.clone(),
             request_fingerprint: req.client_token.as_ref().map(|_| fingerprint),
+            wrapped_data_key: None,
+            data_key_id: None,
+            restore: None,
         };
         if let Some(d) = &self.data {
             d.create_volume(&id, vol.size_gib as u64 * GIB)
@@ -396,6 +435,10 @@ impl Engine {
                 let _ = d.delete_volume(&id);
             }
             return Err(e);
+        }
+        drop(st);
+        if let Some(snap) = &source {
+            self.start_restore(&vol, snap);
         }
         // The call answers `creating`, as EC2 does; the volume is available as soon as it is described.
         let mut answer = vol;

@@ -4,6 +4,7 @@
 mod account;
 mod instances;
 pub mod params;
+mod snapshots;
 mod tags;
 mod volumes;
 pub mod xml;
@@ -31,6 +32,13 @@ const ACTIONS: &[(&str, Handler, bool)] = &[
     ("StartInstances", instances::start_instances, true),
     ("TerminateInstances", instances::terminate_instances, true),
     ("DescribeImages", instances::describe_images, false),
+    ("CreateSnapshot", snapshots::create_snapshot, true),
+    ("CreateSnapshots", snapshots::create_snapshots, true),
+    ("DescribeSnapshots", snapshots::describe_snapshots, false),
+    ("DeleteSnapshot", snapshots::delete_snapshot, true),
+    ("ModifySnapshotAttribute", snapshots::modify_snapshot_attribute, true),
+    ("DescribeSnapshotAttribute", snapshots::describe_snapshot_attribute, false),
+    ("ResetSnapshotAttribute", snapshots::reset_snapshot_attribute, true),
     ("CreateTags", tags::create_tags, true),
     ("DeleteTags", tags::delete_tags, true),
     ("DescribeTags", tags::describe_tags, false),

@@ -1,0 +1,190 @@
+//! CreateSnapshot, CreateSnapshots, DescribeSnapshots, DeleteSnapshot and the snapshot attribute calls.
+
+use blocksnap_engine::model::{Ctx, Snapshot, SnapshotState};
+use blocksnap_engine::{
+    CreateSnapshot, CreateSnapshots, DescribeSnapshots, Engine, EngineError, PermissionChange, Result, format_time,
+};
+
+use super::params::Params;
+use super::xml::Xml;
+
+fn progress(s: &Snapshot) -> String {
+    format!("{}%", if s.state == SnapshotState::Completed { 100 } else { s.progress.min(99) })
+}
+
+pub fn render_snapshot(x: &mut Xml, s: &Snapshot) {
+    x.leaf("snapshotId", &s.id)
+        .leaf("volumeId", &s.volume_id)
+        .leaf("status", s.state.as_str())
+        .opt("statusMessage", s.state_message.as_deref())
+        .leaf("startTime", format_time(s.start_time))
+        .leaf("progress", progress(s))
+        .leaf("ownerId", &s.account)
+        .leaf("volumeSize", s.volume_size_gib)
+        .leaf("description", &s.description)
+        .leaf("encrypted", s.encrypted)
+        .opt("kmsKeyId", s.kms_key_id.as_deref())
+        .opt("dataEncryptionKeyId", s.data_encryption_key_id.as_deref())
+        .leaf("storageTier", "standard")
+        .opt("completionTime", s.completion_time.map(format_time));
+    if s.encrypted {
+        x.leaf("sseType", "sse-ebs");
+    }
+    x.tag_set(&s.tags);
+}
+
+pub fn create_snapshot(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Result<()> {
+    let s = e.create_snapshot(
+        ctx,
+        CreateSnapshot {
+            volume_id: p.required("VolumeId")?,
+            description: p.str("Description"),
+            tag_specifications: p.tag_specifications()?,
+            location: p.str("Location"),
+            outpost_arn: p.str("OutpostArn"),
+            dry_run: p.dry_run()?,
+        },
+    )?;
+    render_snapshot(x, &s);
+    Ok(())
+}
+
+pub fn create_snapshots(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Result<()> {
+    let spec = p
+        .sub("InstanceSpecification")
+        .ok_or_else(|| EngineError::missing("The request must contain the parameter InstanceSpecification"))?;
+    let snaps = e.create_snapshots(
+        ctx,
+        CreateSnapshots {
+            instance_id: spec.required("InstanceId").map_err(|_| {
+                EngineError::missing("The request must contain the parameter InstanceSpecification.InstanceId")
+            })?,
+            exclude_boot_volume: spec.bool("ExcludeBootVolume")?.unwrap_or(false),
+            exclude_data_volume_ids: spec.list("ExcludeDataVolumeId")?,
+            description: p.str("Description"),
+            tag_specifications: p.tag_specifications()?,
+            copy_tags_from_source: p.str("CopyTagsFromSource"),
+            outpost_arn: p.str("OutpostArn"),
+            location: p.str("Location"),
+            dry_run: p.dry_run()?,
+        },
+    )?;
+    x.set("snapshotSet", &snaps, |x, s| {
+        x.leaf("description", &s.description);
+        x.tag_set(&s.tags);
+        x.leaf("encrypted", s.encrypted)
+            .leaf("volumeId", &s.volume_id)
+            .leaf("state", s.state.as_str())
+            .leaf("volumeSize", s.volume_size_gib)
+            .leaf("startTime", format_time(s.start_time))
+            .leaf("progress", progress(s))
+            .leaf("ownerId", &s.account)
+            .leaf("snapshotId", &s.id);
+        if s.encrypted {
+            x.leaf("sseType", "sse-ebs");
+        }
+    });
+    Ok(())
+}
+
+pub fn describe_snapshots(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Result<()> {
+    let req = DescribeSnapshots {
+        query: p.list_query("SnapshotId")?,
+        owner_ids: p.list("Owner")?,
+        restorable_by: p.list("RestorableBy")?,
+    };
+    if p.dry_run()? {
+        return Err(EngineError::DryRun);
+    }
+    let page = e.describe_snapshots(ctx, &req)?;
+    x.set("snapshotSet", &page.items, |x, s| render_snapshot(x, s));
+    x.opt("nextToken", page.next_token);
+    Ok(())
+}
+
+pub fn delete_snapshot(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Result<()> {
+    e.delete_snapshot(ctx, &p.required("SnapshotId")?, p.dry_run()?)?;
+    x.leaf("return", true);
+    Ok(())
+}
+
+fn check_attribute(p: &Params, required: bool) -> Result<()> {
+    match p.str("Attribute").as_deref() {
+        Some("createVolumePermission") => Ok(()),
+        Some("productCodes") => Ok(()),
+        None if !required => Ok(()),
+        None => Err(EngineError::missing("The request must contain the parameter Attribute")),
+        Some(a) => Err(EngineError::invalid_value(format!(
+            "Value ({a}) for parameter attribute is invalid. Valid values: createVolumePermission, productCodes"
+        ))),
+    }
+}
+
+fn who(item: &Params) -> Option<String> {
+    item.str("UserId").or_else(|| item.str("Group"))
+}
+
+pub fn modify_snapshot_attribute(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Result<()> {
+    check_attribute(p, false)?;
+    let mut change = PermissionChange::default();
+    if let Some(cvp) = p.sub("CreateVolumePermission") {
+        change.add = cvp.structs("Add")?.iter().filter_map(who).collect();
+        change.remove = cvp.structs("Remove")?.iter().filter_map(who).collect();
+    }
+    // The older form: OperationType=add|remove with UserId.N / UserGroup.N.
+    let mut legacy = p.list("UserId")?;
+    legacy.extend(p.list("UserGroup")?);
+    if !legacy.is_empty() {
+        match p.str("OperationType").as_deref() {
+            Some("add") => change.add.extend(legacy),
+            Some("remove") => change.remove.extend(legacy),
+            _ => {
+                return Err(EngineError::missing(
+                    "The request must contain the parameter OperationType (add or remove) with UserId/UserGroup",
+                ));
+            }
+        }
+    }
+    if change.add.is_empty() && change.remove.is_empty() {
+        return Err(EngineError::missing("The request must contain the parameter createVolumePermission"));
+    }
+    e.modify_snapshot_permissions(ctx, &p.required("SnapshotId")?, change, p.dry_run()?)?;
+    x.leaf("return", true);
+    Ok(())
+}
+
+pub fn describe_snapshot_attribute(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Result<()> {
+    check_attribute(p, true)?;
+    let id = p.required("SnapshotId")?;
+    let perms = e.snapshot_permissions(ctx, &id)?;
+    if p.dry_run()? {
+        return Err(EngineError::DryRun);
+    }
+    x.leaf("snapshotId", &id);
+    if p.str("Attribute").as_deref() == Some("productCodes") {
+        x.open("productCodes").close("productCodes");
+    } else {
+        x.set("createVolumePermission", &perms, |x, w| {
+            if w == "all" {
+                x.leaf("group", "all");
+            } else {
+                x.leaf("userId", w);
+            }
+        });
+    }
+    Ok(())
+}
+
+pub fn reset_snapshot_attribute(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Result<()> {
+    check_attribute(p, true)?;
+    let id = p.required("SnapshotId")?;
+    let current = e.snapshot_permissions(ctx, &id)?;
+    if p.dry_run()? {
+        return Err(EngineError::DryRun);
+    }
+    if !current.is_empty() {
+        e.modify_snapshot_permissions(ctx, &id, PermissionChange { add: vec![], remove: current }, false)?;
+    }
+    x.leaf("return", true);
+    Ok(())
+}
