@@ -416,3 +416,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_b)
         elif "moto_deviates" in item.keywords and not os.environ.get("BLOCKSNAP_E2E_RUN_DEVIATING"):
             item.add_marker(skip_m)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure, attach the tail of the server's log to the report."""
+    outcome = yield
+    rep = outcome.get_result()
+    if rep.when == "call" and rep.failed:
+        for name in ("fresh_server", "server"):
+            srv = item.funcargs.get(name)
+            if isinstance(srv, Server):
+                rep.sections.append((f"{srv.kind} log ({srv.log_path})", _tail(srv.log_path, 3000)))
+                break

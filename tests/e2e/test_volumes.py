@@ -550,3 +550,15 @@ def test_modify_unknown_volume(ec2):
     with pytest.raises(ClientError) as e:
         ec2.modify_volume(VolumeId="vol-0fedcba9876543210", Size=10)
     assert client_error_code(e) == "InvalidVolume.NotFound"
+
+
+def test_create_encrypted_with_alias_records_key_arn(ec2, az, run_tag, server):
+    v = ec2.create_volume(AvailabilityZone=az, Size=1, Encrypted=True, KmsKeyId="alias/aws/ebs",
+                          TagSpecifications=tagspec("volume", run_tag))
+    vol = describe_volume(ec2, v["VolumeId"])
+    assert vol["Encrypted"] is True
+    if not IS_MOTO:  # moto stores the alias as given; EBS records the key ARN
+        assert re.match(rf"^arn:aws:kms:{server.region}:\d{{12}}:key/[0-9a-f-]{{36}}$", vol["KmsKeyId"]), vol["KmsKeyId"]
+        plain = ec2.create_volume(AvailabilityZone=az, Size=1, Encrypted=True,
+                                  TagSpecifications=tagspec("volume", run_tag))
+        assert describe_volume(ec2, plain["VolumeId"])["KmsKeyId"] == vol["KmsKeyId"]
