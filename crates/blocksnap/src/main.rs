@@ -1,6 +1,7 @@
 //! The `blocksnap` binary: `serve` runs the service; `admin` manages accounts.
 
 mod config;
+mod exports;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use blocksnap_catalog::SqliteCatalog;
-use blocksnap_engine::{Engine, EngineConfig};
+use blocksnap_engine::{Engine, EngineConfig, Storage};
+use blocksnap_nbd::NbdServer;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -74,7 +76,7 @@ fn main() -> anyhow::Result<()> {
             serve(&data.data_dir, listen, nbd_listen, config.as_deref())
         }
         Command::Admin { command: AdminCommand::CreateAccount { data, name } } => {
-            let engine = open_engine(&data.data_dir, EngineConfig::default())?;
+            let engine = open_engine(&data.data_dir, EngineConfig::default(), None)?;
             let (account, key) = engine.create_account(&name)?;
             println!("# account {}", account.id);
             println!("export AWS_ACCESS_KEY_ID={}", key.access_key_id);
@@ -84,10 +86,10 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-fn open_engine(data_dir: &Path, cfg: EngineConfig) -> anyhow::Result<Engine> {
+fn open_engine(data_dir: &Path, cfg: EngineConfig, storage: Option<Storage>) -> anyhow::Result<Engine> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
     let catalog = SqliteCatalog::open(&data_dir.join("catalog.db")).context("opening the catalog")?;
-    Ok(Engine::open(Arc::new(catalog), cfg, None)?)
+    Ok(Engine::open(Arc::new(catalog), cfg, storage)?)
 }
 
 /// Write the generated root credentials beside the data, readable by the owner only.
@@ -112,7 +114,15 @@ fn serve(data_dir: &Path, listen: SocketAddr, nbd_listen: SocketAddr, config: Op
     if let Some(r) = file_cfg.regions {
         cfg.regions = r;
     }
-    let engine = Arc::new(open_engine(data_dir, cfg)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let volumes = blocksnap_volume::VolumeStore::open(data_dir.join("volumes")).context("opening the volume store")?;
+    let storage = Storage {
+        volumes: Arc::new(volumes),
+        snapshot_root: data_dir.join("snapshots"),
+        runtime: runtime.handle().clone(),
+    };
+    let engine = Arc::new(open_engine(data_dir, cfg, Some(storage))?);
+    engine.remove_orphan_volumes()?;
     let env_key =
         match (std::env::var("BLOCKSNAP_ROOT_ACCESS_KEY_ID"), std::env::var("BLOCKSNAP_ROOT_SECRET_ACCESS_KEY")) {
             (Ok(a), Ok(s)) if !a.is_empty() && !s.is_empty() => Some((a, s)),
@@ -129,13 +139,24 @@ fn serve(data_dir: &Path, listen: SocketAddr, nbd_listen: SocketAddr, config: Op
         save_credentials(data_dir, &text)?;
         println!("{text}# (saved in {})", data_dir.join("root-credentials").display());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let handle = runtime.handle().clone();
     runtime.block_on(async move {
-        let state = Arc::new(blocksnap_api::AppState { engine: engine.clone(), metrics: None });
+        let nbd = Arc::new(NbdServer::new(Arc::new(exports::Exports { engine: engine.clone() })));
+        engine.set_export_hooks(Arc::new(exports::CloseOnDetach { server: nbd.clone(), runtime: handle }));
+        let nbd_listener =
+            tokio::net::TcpListener::bind(nbd_listen).await.with_context(|| format!("binding NBD {nbd_listen}"))?;
+        let nbd_task = tokio::spawn(nbd.clone().serve(nbd_listener));
+        let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || prometheus.render());
+        let state = Arc::new(blocksnap_api::AppState { engine: engine.clone(), metrics: Some(render) });
         let app = blocksnap_api::router(state);
         let http = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding HTTP {listen}"))?;
         tracing::info!(%listen, %nbd_listen, data_dir = %data_dir.display(), "blocksnap serving");
         axum::serve(http, app).with_graceful_shutdown(shutdown_signal()).await?;
+        nbd.shutdown().await;
+        nbd_task.abort();
         tracing::info!("blocksnap stopped");
         anyhow::Ok(())
     })

@@ -2,6 +2,10 @@
 //! and the background jobs that move blocks (snapshot upload, restore).
 
 use crate::engine::{Engine, Rec, State};
+
+/// Background jobs in flight (uploads, restores), so deletes can refuse what is in use.
+#[derive(Default)]
+pub(crate) struct Jobs {}
 use crate::error::Result;
 use crate::model::{Snapshot, Volume};
 

@@ -28,11 +28,11 @@ pub(crate) struct Limits {
 }
 
 /// Validate and apply a query to items already restricted to the caller and sorted by id.
-pub(crate) fn run<T: Filterable + Clone>(
+pub(crate) fn run<'a, T: Filterable + Clone + 'a>(
     q: &ListQuery,
     known_filters: &[&str],
     limits: Limits,
-    items: impl Iterator<Item = T>,
+    items: impl Iterator<Item = &'a T>,
     id_of: impl Fn(&T) -> &str,
 ) -> Result<Page<T>> {
     filter::validate(&q.filters, known_filters)?;
@@ -53,10 +53,14 @@ pub(crate) fn run<T: Filterable + Clone>(
         None => None,
         Some(t) => Some(decode_token(t)?),
     };
+    // Filter on references and clone only what is returned: Describe calls stay cheap however many
+    // resources the account has.
     let mut out: Vec<T> = items
         .filter(|it| q.ids.is_empty() || q.ids.iter().any(|id| id == id_of(it)))
         .filter(|it| after.as_deref().is_none_or(|a| id_of(it) > a))
-        .filter(|it| filter::matches(it, &q.filters))
+        .filter(|it| filter::matches(*it, &q.filters))
+        .take(page_size.map_or(usize::MAX, |n| n + 1))
+        .cloned()
         .collect();
     let mut next_token = None;
     if let Some(n) = page_size

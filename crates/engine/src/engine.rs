@@ -24,17 +24,18 @@ pub(crate) const KIND_KMS_KEY: &str = "kms_key";
 pub(crate) const KIND_SETTINGS: &str = "settings";
 pub(crate) const KIND_META: &str = "meta";
 
-/// The hooks the engine calls on the live volume store (the data plane). Kept as a trait so the engine
-/// crate does not depend on how bytes are stored; `blocksnap serve` plugs the real store in.
-pub trait DataPlane: Send + Sync + 'static {
-    /// Allocate the bytes of a new volume (zeros).
-    fn create_volume(&self, volume_id: &str, size_bytes: u64) -> std::io::Result<()>;
-    /// Grow a volume.
-    fn resize_volume(&self, volume_id: &str, size_bytes: u64) -> std::io::Result<()>;
-    /// Free a volume's bytes.
-    fn delete_volume(&self, volume_id: &str) -> std::io::Result<()>;
-    /// The volume stopped being attached: close its exports once in-flight requests finish.
-    fn volume_detached(&self, volume_id: &str);
+/// What the engine tells the NBD front end: a volume stopped being attached (or is going away), so
+/// its export must close once in-flight requests finish. A hook, so the engine does not depend on NBD.
+pub trait ExportHooks: Send + Sync + 'static {
+    fn close_export(&self, name: &str);
+}
+
+/// The storage the engine drives: the live volume store, the snapshot stores (one per region, under
+/// `snapshot_root`), and the runtime its background jobs run on.
+pub struct Storage {
+    pub volumes: Arc<blocksnap_volume::VolumeStore>,
+    pub snapshot_root: std::path::PathBuf,
+    pub runtime: tokio::runtime::Handle,
 }
 
 #[derive(Debug, Clone)]
@@ -81,7 +82,10 @@ pub struct Engine {
     pub(crate) catalog: Arc<dyn Catalog>,
     pub(crate) config: EngineConfig,
     pub(crate) state: Mutex<State>,
-    pub(crate) data: Option<Arc<dyn DataPlane>>,
+    pub(crate) storage: Option<Storage>,
+    pub(crate) exports: std::sync::OnceLock<Arc<dyn ExportHooks>>,
+    #[allow(dead_code)] // read by the snapshot jobs
+    pub(crate) jobs: crate::data::Jobs,
 }
 
 fn row<T: Serialize>(kind: &str, id: &str, account: &str, region: &str, doc: &T) -> Result<Change> {
@@ -110,7 +114,8 @@ pub(crate) fn settings_key(account: &str, region: &str) -> String {
 
 impl Engine {
     /// Load every record from the catalog.
-    pub fn open(catalog: Arc<dyn Catalog>, config: EngineConfig, data: Option<Arc<dyn DataPlane>>) -> Result<Self> {
+    /// `storage` is `None` only for tools that touch the catalog alone (`blocksnap admin`).
+    pub fn open(catalog: Arc<dyn Catalog>, config: EngineConfig, storage: Option<Storage>) -> Result<Self> {
         let mut st = State::default();
         for (_, a) in load::<Account>(&*catalog, KIND_ACCOUNT)? {
             st.accounts.insert(a.id.clone(), a);
@@ -143,7 +148,25 @@ impl Engine {
             snapshots = st.snapshots.len(),
             "catalog loaded"
         );
-        Ok(Engine { catalog, config, state: Mutex::new(st), data })
+        Ok(Engine {
+            catalog,
+            config,
+            state: Mutex::new(st),
+            storage,
+            exports: std::sync::OnceLock::new(),
+            jobs: Default::default(),
+        })
+    }
+
+    /// Connect the NBD front end (once, at start).
+    pub fn set_export_hooks(&self, hooks: Arc<dyn ExportHooks>) {
+        let _ = self.exports.set(hooks);
+    }
+
+    pub(crate) fn close_export(&self, name: &str) {
+        if let Some(h) = self.exports.get() {
+            h.close_export(name);
+        }
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, State> {

@@ -9,7 +9,7 @@ use crate::filter::Filterable;
 use crate::ids;
 use crate::model::*;
 use crate::tags::{TagSpec, check_tag};
-use crate::volumes::{GIB, check_type, check_zone, valid_device};
+use crate::volumes::{check_type, check_zone, valid_device};
 
 /// Instances one RunInstances call may launch (EC2's per-call capacity answer).
 pub const MAX_INSTANCES_PER_CALL: i64 = 100;
@@ -409,13 +409,11 @@ impl Engine {
                     data_key_id: None,
                     restore: None,
                 };
-                if let Some(d) = &self.data
-                    && let Err(e) = d.create_volume(&vid, v.size_gib as u64 * GIB)
-                {
+                if let Err(e) = self.allocate_volume(&vid, v.size_gib) {
                     for c in &created {
-                        let _ = d.delete_volume(c);
+                        self.release_volume_bytes(c);
                     }
-                    return Err(EngineError::Internal(format!("allocating volume {vid}: {e}")));
+                    return Err(e);
                 }
                 created.push(vid);
                 recs.push(Rec::Volume(v));
@@ -424,10 +422,8 @@ impl Engine {
             recs.push(Rec::Instance(inst));
         }
         if let Err(e) = self.commit(&mut st, recs) {
-            if let Some(d) = &self.data {
-                for c in &created {
-                    let _ = d.delete_volume(c);
-                }
+            for c in &created {
+                self.release_volume_bytes(c);
             }
             return Err(e);
         }
@@ -452,12 +448,14 @@ impl Engine {
             "InvalidInstanceID.Malformed",
             "instance ID",
         )?;
-        let mine = st
+        let mine: Vec<InstanceView> = st
             .instances
             .values()
             .filter(|i| i.account == ctx.account && i.region == ctx.region)
-            .map(|i| Self::view(&st, i));
-        describe::run(q, INSTANCE_FILTERS, Limits { min: 5, max: 1000, ids_exclude_max: true }, mine, |v| {
+            .filter(|i| q.ids.is_empty() || q.ids.contains(&i.id))
+            .map(|i| Self::view(&st, i))
+            .collect();
+        describe::run(q, INSTANCE_FILTERS, Limits { min: 5, max: 1000, ids_exclude_max: true }, mine.iter(), |v| {
             &v.instance.id
         })
     }
@@ -549,10 +547,8 @@ impl Engine {
         for id in &freed {
             self.free_volume_bytes(id);
         }
-        if let Some(d) = &self.data {
-            for id in &detached {
-                d.volume_detached(id);
-            }
+        for id in &detached {
+            self.close_export(id);
         }
         Ok(out)
     }

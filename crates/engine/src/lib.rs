@@ -18,7 +18,7 @@ mod tags;
 mod volumes;
 
 pub use describe::{ListQuery, Page};
-pub use engine::{DataPlane, Engine, EngineConfig};
+pub use engine::{Engine, EngineConfig, ExportHooks, Storage};
 pub use error::{EngineError, Result};
 pub use filter::{Filter, glob};
 pub use instances::{

@@ -328,8 +328,7 @@ impl Engine {
                     || restorable
                         .iter()
                         .any(|a| s.account == *a || s.create_volume_permissions.iter().any(|p| p == a || p == "all"))
-            })
-            .cloned();
+            });
         describe::run(&req.query, SNAPSHOT_FILTERS, Limits { min: 5, max: 1000, ids_exclude_max: true }, items, |s| {
             &s.id
         })

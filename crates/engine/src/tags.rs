@@ -230,7 +230,7 @@ impl Engine {
             q,
             &["key", "value", "resource-id", "resource-type"],
             Limits { min: 5, max: 1000, ids_exclude_max: false },
-            keyed.into_iter().map(|(k, t)| Keyed { key: k, item: t }),
+            keyed.into_iter().map(|(k, t)| Keyed { key: k, item: t }).collect::<Vec<_>>().iter(),
             |k| &k.key,
         )?;
         Ok(Page { items: page.items.into_iter().map(|k| k.item).collect(), next_token: page.next_token })

@@ -1,5 +1,7 @@
 //! Volumes and attachments: CreateVolume, DescribeVolumes, ModifyVolume, DeleteVolume, Attach/Detach.
 
+use std::sync::Arc;
+
 use crate::describe::{self, Limits, ListQuery, Page};
 use crate::engine::{Engine, Rec, State, settings_key};
 use crate::error::{EngineError, Result};
@@ -425,15 +427,10 @@ impl Engine {
             data_key_id: None,
             restore: None,
         };
-        if let Some(d) = &self.data {
-            d.create_volume(&id, vol.size_gib as u64 * GIB)
-                .map_err(|e| EngineError::Internal(format!("allocating volume {id}: {e}")))?;
-        }
+        self.allocate_volume(&id, vol.size_gib)?;
         recs.push(Rec::Volume(vol.clone()));
         if let Err(e) = self.commit(&mut st, recs) {
-            if let Some(d) = &self.data {
-                let _ = d.delete_volume(&id);
-            }
+            self.release_volume_bytes(&id);
             return Err(e);
         }
         drop(st);
@@ -456,7 +453,15 @@ impl Engine {
             "InvalidVolumeID.Malformed",
             "volume",
         )?;
-        let mine = st.volumes.values().filter(|v| v.account == ctx.account && v.region == ctx.region).cloned();
+        let mine: Box<dyn Iterator<Item = &Volume>> = if q.ids.is_empty() {
+            Box::new(st.volumes.values().filter(|v| v.account == ctx.account && v.region == ctx.region))
+        } else {
+            // Explicit ids (all checked above): straight lookups, in id order.
+            let mut ids: Vec<&String> = q.ids.iter().collect();
+            ids.sort();
+            ids.dedup();
+            Box::new(ids.into_iter().filter_map(|id| st.volumes.get(id)))
+        };
         describe::run(q, VOLUME_FILTERS, Limits { min: 5, max: 500, ids_exclude_max: true }, mine, |v| &v.id)
     }
 
@@ -478,15 +483,29 @@ impl Engine {
         Ok(())
     }
 
-    /// The catalog no longer knows the volume: its bytes go. A failure here leaves an orphan file that
-    /// the next start removes; it never resurrects the volume.
+    /// The catalog no longer knows the volume: its bytes go. A failure here leaves an orphan that the
+    /// next start removes; it never resurrects the volume.
     pub(crate) fn free_volume_bytes(&self, volume_id: &str) {
-        if let Some(d) = &self.data {
-            d.volume_detached(volume_id);
-            if let Err(e) = d.delete_volume(volume_id) {
-                tracing::warn!(volume_id, error = %e, "could not free volume bytes");
-            }
+        self.close_export(volume_id);
+        self.release_volume_bytes(volume_id);
+    }
+
+    pub(crate) fn release_volume_bytes(&self, volume_id: &str) {
+        if let Some(s) = &self.storage
+            && let Err(e) = s.volumes.delete(volume_id)
+        {
+            tracing::warn!(volume_id, error = %e, "could not free volume bytes");
         }
+    }
+
+    /// Allocate a new volume's bytes (before its row is committed).
+    pub(crate) fn allocate_volume(&self, volume_id: &str, size_gib: u32) -> Result<()> {
+        if let Some(s) = &self.storage {
+            s.volumes
+                .create(volume_id, size_gib as u64 * GIB)
+                .map_err(|e| EngineError::Internal(format!("allocating volume {volume_id}: {e}")))?;
+        }
+        Ok(())
     }
 
     pub fn modify_volume(&self, ctx: &Ctx, req: ModifyVolume) -> Result<VolumeModification> {
@@ -537,9 +556,10 @@ impl Engine {
             end_time: None,
         };
         if size as u32 != v.size_gib
-            && let Some(d) = &self.data
+            && let Some(s) = &self.storage
         {
-            d.resize_volume(&v.id, size as u64 * GIB)
+            s.volumes
+                .resize(&v.id, size as u64 * GIB)
                 .map_err(|e| EngineError::Internal(format!("growing volume {}: {e}", v.id)))?;
         }
         let mut nv = v;
@@ -694,8 +714,8 @@ impl Engine {
         let still_attached = !nv.attachments.is_empty();
         self.commit(&mut st, vec![Rec::Volume(nv)])?;
         drop(st);
-        if !still_attached && let Some(d) = &self.data {
-            d.volume_detached(&req.volume_id);
+        if !still_attached {
+            self.close_export(&req.volume_id);
         }
         let mut answer = att;
         answer.state = AttachState::Detaching;
@@ -707,9 +727,33 @@ impl Engine {
         self.lock().volumes.get(volume_id).is_some_and(|v| !v.attachments.is_empty())
     }
 
-    /// Every volume id and size the catalog knows (the data plane reconciles its files with this).
-    pub fn all_volume_sizes(&self) -> Vec<(String, u64)> {
-        self.lock().volumes.values().map(|v| (v.id.clone(), v.size_gib as u64 * GIB)).collect()
+    /// The live volume behind an attached volume's NBD export, if it is attached.
+    pub fn attached_volume(&self, volume_id: &str) -> Option<Arc<blocksnap_volume::Volume>> {
+        if !self.volume_attached(volume_id) {
+            return None;
+        }
+        self.storage.as_ref()?.volumes.open_volume(volume_id).ok()
+    }
+
+    /// Volume ids whose NBD export may be served (attached), for NBD `LIST`.
+    pub fn attached_volume_ids(&self) -> Vec<String> {
+        self.lock().volumes.values().filter(|v| !v.attachments.is_empty()).map(|v| v.id.clone()).collect()
+    }
+
+    /// Remove volume directories the catalog does not know (left by a crash between allocating a
+    /// volume and committing its row, or between deleting the row and freeing the bytes).
+    pub fn remove_orphan_volumes(&self) -> Result<usize> {
+        let Some(s) = &self.storage else { return Ok(0) };
+        let known: std::collections::HashSet<String> = self.lock().volumes.keys().cloned().collect();
+        let mut removed = 0;
+        for id in s.volumes.list().map_err(|e| EngineError::Internal(format!("listing volumes: {e}")))? {
+            if !known.contains(&id) {
+                tracing::info!(volume_id = %id, "removing orphan volume data");
+                s.volumes.delete(&id).map_err(|e| EngineError::Internal(format!("removing orphan {id}: {e}")))?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }
 
