@@ -47,6 +47,7 @@
 //! active set), so a crash between the swap and the snapshot commit never
 //! loses changed blocks.
 
+mod capture;
 mod cbt;
 mod gate;
 
@@ -322,6 +323,10 @@ pub struct Volume {
     gate: Gate,
     cbt: Cbt,
     deleted: AtomicBool,
+    /// Snapshot captures in progress (copy-before-write), and a flag so writes skip the lock when
+    /// there are none.
+    captures: Mutex<Vec<Arc<capture::Capture>>>,
+    capturing: AtomicBool,
 }
 
 /// Holds a volume's write gate: new writes wait, and every write that had
@@ -355,6 +360,8 @@ impl Volume {
             gate: Gate::default(),
             cbt,
             deleted: AtomicBool::new(false),
+            captures: Mutex::new(Vec::new()),
+            capturing: AtomicBool::new(false),
         })
     }
 
@@ -392,6 +399,82 @@ impl Volume {
         Ok(())
     }
 
+    /// Copy the frozen bytes of blocks in `offset..offset+len` aside before they change.
+    fn capture_before_write(&self, offset: u64, len: u64) -> Result<()> {
+        if len == 0 || !self.capturing.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let first = offset / BLOCK_SIZE;
+        let last = (offset + len - 1) / BLOCK_SIZE;
+        let captures = self.captures.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        for c in captures {
+            c.before_write(&self.file, first, last)?;
+        }
+        Ok(())
+    }
+
+    /// Starts copy-before-write for a frozen epoch's blocks (call under the gate, right after
+    /// [`Volume::swap_epoch`]). The log is durable before this returns.
+    pub fn begin_capture(&self, gate: &WriteGateGuard<'_>, epoch: u64, set: &RoaringBitmap) -> Result<()> {
+        if !std::ptr::eq(gate.vol, self) {
+            return Err(Error::WrongGate);
+        }
+        let c = capture::Capture::create(&self.dir, epoch, self.size(), set)?;
+        self.register_capture(c);
+        Ok(())
+    }
+
+    /// Re-registers a capture after a restart, from its log (call before the volume is served).
+    pub fn resume_capture(&self, epoch: u64, snapshot_size: u64, set: &RoaringBitmap) -> Result<()> {
+        if self.captures.lock().unwrap_or_else(PoisonError::into_inner).iter().any(|c| c.epoch == epoch) {
+            return Ok(());
+        }
+        let c = capture::Capture::resume(&self.dir, epoch, snapshot_size, set)?;
+        self.register_capture(c);
+        Ok(())
+    }
+
+    fn register_capture(&self, c: capture::Capture) {
+        let mut list = self.captures.lock().unwrap_or_else(PoisonError::into_inner);
+        list.push(Arc::new(c));
+        self.capturing.store(true, Ordering::Release);
+    }
+
+    /// Reads block `block` as it was when `epoch` was frozen. `buf` is `BLOCK_SIZE` long (the tail
+    /// past the snapshot's size reads as zeros).
+    pub fn read_frozen_block(&self, epoch: u64, block: u32, buf: &mut [u8]) -> Result<()> {
+        if self.deleted.load(Ordering::Acquire) {
+            return Err(Error::Deleted(self.id.clone()));
+        }
+        let c = self
+            .captures
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .find(|c| c.epoch == epoch)
+            .cloned()
+            .ok_or_else(|| Error::Io(io::Error::other(format!("no capture for epoch {epoch} of {}", self.id))))?;
+        let start = block as u64 * BLOCK_SIZE;
+        let len = c.size.saturating_sub(start).min(buf.len() as u64) as usize;
+        c.read_block(&self.file, block, &mut buf[..len])?;
+        buf[len..].fill(0);
+        Ok(())
+    }
+
+    /// Ends a capture (its snapshot is durable or abandoned) and removes its log.
+    pub fn end_capture(&self, epoch: u64) -> Result<()> {
+        let mut list = self.captures.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(i) = list.iter().position(|c| c.epoch == epoch) {
+            let c = list.remove(i);
+            c.remove_file()?;
+        } else {
+            // Not registered (e.g. never resumed): still drop a leftover log.
+            let _ = std::fs::remove_file(capture::log_path(&self.dir, epoch));
+        }
+        self.capturing.store(!list.is_empty(), Ordering::Release);
+        Ok(())
+    }
+
     /// Reads `buf.len()` bytes at `offset`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check(offset, buf.len() as u64)?;
@@ -416,6 +499,7 @@ impl Volume {
         let _w = WriterGuard::new(&self.gate);
         self.check(offset, buf.len() as u64)?;
         self.track(offset, buf.len() as u64)?;
+        self.capture_before_write(offset, buf.len() as u64)?;
         self.file.write_all_at(buf, offset)?;
         if fua {
             self.file.sync_data()?;
@@ -448,6 +532,7 @@ impl Volume {
             return Ok(());
         }
         self.track(offset, len)?;
+        self.capture_before_write(offset, len)?;
         let flags = if may_punch_hole {
             FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE
         } else {
