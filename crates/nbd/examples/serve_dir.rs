@@ -1,12 +1,12 @@
 //! Serves every volume of a VolumeStore directory over NBD (read-write).
 //!
 //! cargo run --release -p blocksnap-nbd --example serve_dir -- \
-//!     --dir D --listen 127.0.0.1:10809 [--create NAME:SIZE_BYTES]... [--no-tracking]
+//!     --dir D --listen 127.0.0.1:10809 [--create NAME:SIZE[K|M|G]]... [--no-tracking] [--no-inline]
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use blocksnap_nbd::{Export, ExportResolver, NbdServer};
+use blocksnap_nbd::{Export, ExportResolver, NbdServer, ServerConfig};
 use blocksnap_volume::{StoreOptions, VolumeStore};
 
 struct StoreResolver(VolumeStore);
@@ -22,7 +22,7 @@ impl ExportResolver for StoreResolver {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: serve_dir --dir D [--listen ADDR] [--create NAME:SIZE]... [--no-tracking]");
+    eprintln!("usage: serve_dir --dir D [--listen ADDR] [--create NAME:SIZE]... [--no-tracking] [--no-inline]");
     std::process::exit(2)
 }
 
@@ -46,6 +46,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut listen = "127.0.0.1:10809".to_string();
     let mut creates = Vec::new();
     let mut tracking = true;
+    let mut inline = true;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -53,6 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--listen" => listen = args.next().unwrap_or_else(|| usage()),
             "--create" => creates.push(args.next().unwrap_or_else(|| usage())),
             "--no-tracking" => tracking = false,
+            "--no-inline" => inline = false,
             _ => usage(),
         }
     }
@@ -67,7 +69,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     eprintln!("serving on {}", listener.local_addr()?);
-    let server = Arc::new(NbdServer::new(Arc::new(StoreResolver(store))));
+    let config = ServerConfig { inline_io: inline, ..ServerConfig::default() };
+    let server = Arc::new(NbdServer::with_config(Arc::new(StoreResolver(store)), config));
     let s2 = server.clone();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;

@@ -29,6 +29,18 @@ pub trait BlockDevice: Send + Sync + 'static {
         false
     }
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Fast path, called on the async executor for small reads: read only if
+    /// it can complete without waiting for the disk (e.g. the range is
+    /// cached). `Ok(false)`: the server calls `read_at` on a blocking thread.
+    fn try_read_at(&self, _offset: u64, _buf: &mut [u8]) -> io::Result<bool> {
+        Ok(false)
+    }
+    /// Fast path, called on the async executor for small writes without FUA:
+    /// write only if that needs no waiting on locks, commits or the disk
+    /// beyond a buffered write. `Ok(false)`: `write_at` on a blocking thread.
+    fn try_write_at(&self, _offset: u64, _buf: &[u8]) -> io::Result<bool> {
+        Ok(false)
+    }
     /// With `fua`, the data is durable when this returns.
     fn write_at(&self, offset: u64, buf: &[u8], fua: bool) -> io::Result<()>;
     /// Makes every completed write durable.
@@ -56,6 +68,12 @@ impl BlockDevice for Volume {
     }
     fn write_at(&self, offset: u64, buf: &[u8], fua: bool) -> io::Result<()> {
         Ok(Volume::write_at(self, offset, buf, fua)?)
+    }
+    fn try_read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
+        Ok(Volume::try_read_cached(self, offset, buf)?)
+    }
+    fn try_write_at(&self, offset: u64, buf: &[u8]) -> io::Result<bool> {
+        Ok(Volume::try_write_fast(self, offset, buf)?)
     }
     fn flush(&self) -> io::Result<()> {
         Ok(Volume::flush(self)?)

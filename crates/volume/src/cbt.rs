@@ -295,6 +295,11 @@ impl Cbt {
         self.lock().epoch
     }
 
+    /// True when writes to blocks `first..=last` need no bitmap update.
+    pub(crate) fn is_durable(&self, first: u64, last: u64) -> bool {
+        !self.enabled || self.all_durable(first, last)
+    }
+
     fn all_durable(&self, first: u64, last: u64) -> bool {
         let d = self.durable();
         (first..=last)

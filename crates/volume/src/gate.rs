@@ -43,6 +43,16 @@ impl Gate {
         }
     }
 
+    /// Enters the shared side only if no gate is held; never waits.
+    pub(crate) fn try_enter(&self) -> bool {
+        let prev = self.state.fetch_add(1, Ordering::Acquire);
+        if prev & GATED == 0 {
+            return true;
+        }
+        self.exit();
+        false
+    }
+
     /// Leaves the shared side.
     pub(crate) fn exit(&self) {
         let prev = self.state.fetch_sub(1, Ordering::Release);
@@ -79,6 +89,12 @@ impl<'a> WriterGuard<'a> {
     pub(crate) fn new(gate: &'a Gate) -> Self {
         gate.enter();
         WriterGuard(gate)
+    }
+}
+
+impl<'a> WriterGuard<'a> {
+    pub(crate) fn try_new(gate: &'a Gate) -> Option<Self> {
+        gate.try_enter().then_some(WriterGuard(gate))
     }
 }
 

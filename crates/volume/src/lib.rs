@@ -494,6 +494,48 @@ impl Volume {
         Ok(())
     }
 
+    /// Non-blocking read: reads only if the whole range is in the page cache
+    /// (`RWF_NOWAIT`). `Ok(false)` means "not cached: use [`Volume::read_at`]
+    /// from a blocking thread".
+    pub fn try_read_cached(&self, offset: u64, buf: &mut [u8]) -> Result<bool> {
+        self.check(offset, buf.len() as u64)?;
+        if buf.is_empty() {
+            return Ok(true);
+        }
+        let len = buf.len();
+        match rustix::io::preadv2(
+            &self.file,
+            &mut [io::IoSliceMut::new(buf)],
+            offset,
+            rustix::io::ReadWriteFlags::NOWAIT,
+        ) {
+            Ok(n) => Ok(n == len),
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::OPNOTSUPP | rustix::io::Errno::INTR) => Ok(false),
+            Err(e) => Err(Error::Io(e.into())),
+        }
+    }
+
+    /// Write fast path for callers that must not wait on the write gate or
+    /// on a bitmap commit (async executors): writes only when no gate is held
+    /// and the blocks' bits are already durable. `Ok(false)` means "use
+    /// [`Volume::write_at`] from a blocking thread". Like any buffered write it
+    /// can still block briefly in the page cache.
+    pub fn try_write_fast(&self, offset: u64, buf: &[u8]) -> Result<bool> {
+        let Some(_w) = WriterGuard::try_new(&self.gate) else {
+            return Ok(false);
+        };
+        self.check(offset, buf.len() as u64)?;
+        if !buf.is_empty() {
+            let first = offset / BLOCK_SIZE;
+            let last = (offset + buf.len() as u64 - 1) / BLOCK_SIZE;
+            if !self.cbt.is_durable(first, last) {
+                return Ok(false);
+            }
+        }
+        self.file.write_all_at(buf, offset)?;
+        Ok(true)
+    }
+
     /// Writes `buf` at `offset`; with `fua` it is durable on return.
     pub fn write_at(&self, offset: u64, buf: &[u8], fua: bool) -> Result<()> {
         let _w = WriterGuard::new(&self.gate);

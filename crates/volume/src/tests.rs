@@ -288,3 +288,26 @@ fn tracking_disabled_marks_nothing() {
     v.write_at(0, b"x", false).unwrap();
     assert!(v.changed_blocks().is_empty());
 }
+
+#[test]
+fn fast_paths_never_skip_the_bitmap_or_the_gate() {
+    let (_d, s) = store();
+    s.create("vol-a", 4 * MIB).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    // First write to a block must go the slow way (bitmap commit).
+    assert!(!v.try_write_fast(0, b"fast").unwrap());
+    v.write_at(0, b"slow", false).unwrap();
+    assert!(v.try_write_fast(4, b"fast").unwrap());
+    assert!(!v.try_write_fast(BLOCK_SIZE, b"x").unwrap());
+    // No fast writes while the gate is held.
+    {
+        let _g = v.gate();
+        assert!(!v.try_write_fast(8, b"x").unwrap());
+    }
+    assert!(matches!(v.try_write_fast(4 * MIB, b"x"), Err(Error::OutOfRange { .. })));
+    let mut b = [0u8; 8];
+    // Just written, so cached.
+    assert!(v.try_read_cached(0, &mut b).unwrap());
+    assert_eq!(&b, b"slowfast");
+    assert_eq!(v.changed_blocks(), blocks(&[0]));
+}
