@@ -524,6 +524,11 @@ impl Volume {
         let Some(_w) = WriterGuard::try_new(&self.gate) else {
             return Ok(false);
         };
+        // While a snapshot captures, a block's bit can be durable before its frozen bytes are copied
+        // (another writer is between `track` and the copy): only the slow path waits for the copy.
+        if self.capturing.load(Ordering::Acquire) {
+            return Ok(false);
+        }
         self.check(offset, buf.len() as u64)?;
         if !buf.is_empty() {
             let first = offset / BLOCK_SIZE;
