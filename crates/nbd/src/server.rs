@@ -45,6 +45,8 @@ const INLINE_MAX: u32 = 128 << 10;
 /// sends writes to blocking threads for [`INLINE_BACKOFF`].
 const INLINE_STALL: Duration = Duration::from_millis(2);
 const INLINE_BACKOFF: Duration = Duration::from_secs(1);
+/// Time the last replies get to reach a closing client.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 enum HandshakeError {
@@ -539,7 +541,12 @@ impl NbdServer {
         // Drain: every in-flight request answers before the socket closes.
         let _ = sem.acquire_many(budget_units).await;
         drop(tx);
-        let _ = writer.await;
+        // A client that stopped reading must not hold a close forever.
+        let abort = writer.abort_handle();
+        if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
+            tracing::debug!(export = %n.name, "client not reading replies; dropping it");
+            abort.abort();
+        }
         drop(n.reg);
     }
 }

@@ -324,17 +324,22 @@ impl Cbt {
                 st.dirty_pages.insert(w / WORDS_PER_PAGE);
             }
         }
-        drop(st);
+        // Another writer's flush may have covered these bits meanwhile.
         if self.all_durable(first, last) {
             return Ok(());
         }
-        self.commit()
+        self.commit_locked(st)
+    }
+
+    fn commit(&self) -> io::Result<()> {
+        self.commit_locked(self.lock())
     }
 
     /// Group commit: waits until every bit set so far is durable, flushing as
     /// the leader when no flush is running.
-    fn commit(&self) -> io::Result<()> {
-        let mut st = self.lock();
+    /// The target batch is read under the same lock that set the bits, so it
+    /// is the first batch whose snapshot includes them.
+    fn commit_locked<'a>(&'a self, mut st: MutexGuard<'a, State>) -> io::Result<()> {
         let target = st.open_batch;
         loop {
             if st.durable_batch >= target {

@@ -71,6 +71,8 @@ pub const BLOCK_SIZE: u64 = 524_288;
 pub const BITMAP_FORMAT_VERSION: u32 = cbt::FORMAT_VERSION;
 
 const DATA_NAME: &str = "data.img";
+/// Extra blocks a sequential writer marks changed at once.
+const SEQ_MARK_AHEAD: u64 = 15;
 
 /// Errors of the volume store.
 #[derive(Debug, thiserror::Error)]
@@ -323,6 +325,8 @@ pub struct Volume {
     gate: Gate,
     cbt: Cbt,
     deleted: AtomicBool,
+    /// End offset of the last write, to detect sequential streams.
+    seq_end: AtomicU64,
     /// Snapshot captures in progress (copy-before-write), and a flag so writes skip the lock when
     /// there are none.
     captures: Mutex<Vec<Arc<capture::Capture>>>,
@@ -360,6 +364,7 @@ impl Volume {
             gate: Gate::default(),
             cbt,
             deleted: AtomicBool::new(false),
+            seq_end: AtomicU64::new(u64::MAX),
             captures: Mutex::new(Vec::new()),
             capturing: AtomicBool::new(false),
         })
@@ -393,8 +398,18 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
+        let end = offset + len;
         let first = offset / BLOCK_SIZE;
-        let last = (offset + len - 1) / BLOCK_SIZE;
+        let mut last = (end - 1) / BLOCK_SIZE;
+        // A write that continues the previous one is part of a sequential
+        // stream: mark ahead so the stream pays one bitmap commit per
+        // 8 MiB instead of per block. Over-reporting is safe (the next
+        // snapshot re-reads a few unchanged blocks).
+        let sequential = self.seq_end.swap(end, Ordering::Relaxed) == offset;
+        if sequential && !self.cbt.is_durable(first, last) {
+            let nblocks = cbt::nblocks_for(self.size());
+            last = (last + SEQ_MARK_AHEAD).min(nblocks.saturating_sub(1)).max(last);
+        }
         self.cbt.mark(first, last)?;
         Ok(())
     }

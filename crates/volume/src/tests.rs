@@ -311,3 +311,24 @@ fn fast_paths_never_skip_the_bitmap_or_the_gate() {
     assert_eq!(&b, b"slowfast");
     assert_eq!(v.changed_blocks(), blocks(&[0]));
 }
+
+#[test]
+fn sequential_writers_mark_ahead() {
+    let (_d, s) = store();
+    s.create("vol-a", 64 * MIB).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    v.write_at(0, &[1u8; 4096], false).unwrap();
+    assert_eq!(v.changed_blocks(), blocks(&[0]));
+    // Continues the previous write into a new block: marks 16 blocks.
+    v.write_at(4096, &vec![1u8; BLOCK_SIZE as usize], false).unwrap();
+    let expect: RoaringBitmap = (0..=16).collect();
+    assert_eq!(v.changed_blocks(), expect);
+    assert_eq!(on_disk_bits(&s, "vol-a", 64 * MIB), expect);
+    // A random write marks only its own block.
+    v.write_at(40 * BLOCK_SIZE, b"r", false).unwrap();
+    assert!(v.changed_blocks().contains(40) && !v.changed_blocks().contains(41));
+    // Never past the end.
+    v.write_at(127 * BLOCK_SIZE - 4096, &[1u8; 4096], false).unwrap();
+    v.write_at(127 * BLOCK_SIZE, &[1u8; 4096], false).unwrap();
+    assert_eq!(v.changed_blocks().max(), Some(127));
+}
