@@ -6,6 +6,7 @@ mod auth;
 pub mod ec2;
 mod json;
 mod kms;
+mod lightsail;
 
 use std::sync::Arc;
 
@@ -125,6 +126,9 @@ async fn handle_json(
     let op = op.to_string();
     let result = match service {
         "TrentService" => tokio::task::spawn_blocking(move || kms::dispatch(&engine, &caller.ctx, &op, &parsed)).await,
+        "Lightsail_20161128" => {
+            tokio::task::spawn_blocking(move || lightsail::dispatch(&engine, &caller.ctx, &op, &parsed)).await
+        }
         other => {
             let e = EngineError::client(
                 "UnknownOperationException",

@@ -123,6 +123,8 @@ fn serve(data_dir: &Path, listen: SocketAddr, nbd_listen: SocketAddr, config: Op
     };
     let engine = Arc::new(open_engine(data_dir, cfg, Some(storage))?);
     engine.remove_orphan_volumes()?;
+    // Resume uploads and restores before any client can write: captures must be in place first.
+    engine.start()?;
     let env_key =
         match (std::env::var("BLOCKSNAP_ROOT_ACCESS_KEY_ID"), std::env::var("BLOCKSNAP_ROOT_SECRET_ACCESS_KEY")) {
             (Ok(a), Ok(s)) if !a.is_empty() && !s.is_empty() => Some((a, s)),

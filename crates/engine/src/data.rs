@@ -1,32 +1,619 @@
-//! The engine's data path: the point-in-time cut of volumes (write gates, epoch swap, pending rows)
-//! and the background jobs that move blocks (snapshot upload, restore).
+//! The engine's data path: the point-in-time cut of volumes (write gates, epoch swap, capture,
+//! pending rows), and the background jobs that move blocks: snapshot upload and volume restore.
+//!
+//! Upload: a snapshot's blocks are its parent's blocks with the frozen changed set replaced. Blocks
+//! are read through the volume's capture (copy-before-write), so the snapshot holds exactly the bytes
+//! of the cut while writes go on. The manifest is written last; then the row becomes `completed`.
+//! Any failure ends in `error` with a message and puts the frozen bits back into the volume's current
+//! epoch, so the next snapshot reads those blocks again: never a wrong snapshot.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use blocksnap_store::{BlockId, BlockStore, Codec, DataKey, EncryptionInfo, Manifest};
+use roaring::RoaringBitmap;
 
 use crate::engine::{Engine, Rec, State};
+use crate::error::{EngineError, Result};
+use crate::model::KmsKey;
+use crate::model::{Snapshot, SnapshotState, Volume, VolumeState, now_millis};
+use crate::volumes::GIB;
 
-/// Background jobs in flight (uploads, restores), so deletes can refuse what is in use.
+/// Blocks read and uploaded at once per snapshot.
+const UPLOAD_CONCURRENCY: usize = 4;
+pub const BLOCK_SIZE: u64 = blocksnap_volume::BLOCK_SIZE;
+
+/// Background jobs in flight, and the per-region snapshot stores.
 #[derive(Default)]
-pub(crate) struct Jobs {}
-use crate::error::Result;
-use crate::model::{Snapshot, Volume};
+pub(crate) struct Jobs {
+    me: std::sync::OnceLock<Weak<Engine>>,
+    stores: tokio::sync::Mutex<HashMap<String, Arc<BlockStore>>>,
+    /// Snapshots a running job reads (restores, copies): they cannot be deleted meanwhile.
+    readers: Mutex<HashMap<String, usize>>,
+    /// Snapshots whose upload task is running in this process.
+    uploading: Mutex<HashSet<String>>,
+}
+
+fn internal(what: &str, e: impl std::fmt::Display) -> EngineError {
+    EngineError::Internal(format!("{what}: {e}"))
+}
+
+/// Decrement a reader count when a job ends.
+struct ReaderGuard {
+    engine: Arc<Engine>,
+    snapshot: String,
+}
+
+impl Drop for ReaderGuard {
+    fn drop(&mut self) {
+        let mut r = self.engine.jobs.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = r.get_mut(&self.snapshot) {
+            *n -= 1;
+            if *n == 0 {
+                r.remove(&self.snapshot);
+            }
+        }
+    }
+}
 
 impl Engine {
-    /// Take every volume's write gate (in the given order), freeze each volume's changed blocks,
-    /// commit all pending rows in one catalog transaction, release the gates, start the uploads.
-    pub(crate) fn cut_and_commit(&self, st: &mut State, snaps: Vec<Snapshot>) -> Result<Vec<Snapshot>> {
+    /// Start background work: call once with the engine's `Arc` after opening. Resumes pending
+    /// uploads and restores left by a previous run.
+    pub fn start(self: &Arc<Self>) -> Result<()> {
+        let _ = self.jobs.me.set(Arc::downgrade(self));
+        let (pending, restoring): (Vec<Snapshot>, Vec<Volume>) = {
+            let st = self.lock();
+            (
+                st.snapshots
+                    .values()
+                    .filter(|s| s.state == SnapshotState::Pending && s.source_snapshot.is_none())
+                    .cloned()
+                    .collect(),
+                st.volumes
+                    .values()
+                    .filter(|v| v.state == VolumeState::Creating && v.snapshot_id.is_some())
+                    .cloned()
+                    .collect(),
+            )
+        };
+        for s in pending {
+            match self.resume_capture(&s) {
+                Ok(()) => self.spawn_upload(s.id.clone()),
+                Err(e) => self.fail_snapshot(&s.id, format!("the upload could not resume after a restart: {e}")),
+            }
+        }
+        for v in restoring {
+            if let Some(sid) = v.snapshot_id.clone() {
+                let snap = self.lock().snapshots.get(&sid).cloned();
+                match snap {
+                    Some(snap) => self.start_restore(&v, &snap),
+                    None => self.fail_volume(&v.id, "its source snapshot no longer exists"),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn me(&self) -> Option<Arc<Engine>> {
+        self.jobs.me.get().and_then(Weak::upgrade)
+    }
+
+    fn resume_capture(&self, s: &Snapshot) -> Result<()> {
+        let storage = self.storage.as_ref().ok_or_else(|| internal("resume", "no storage"))?;
+        let epoch = s.epoch.ok_or_else(|| internal("resume", "the snapshot has no frozen epoch"))?;
+        let vol = storage.volumes.open_volume(&s.volume_id).map_err(|e| internal("opening the volume", e))?;
+        let set = vol
+            .frozen_epochs()
+            .map_err(|e| internal("reading frozen epochs", e))?
+            .into_iter()
+            .find(|(e, _)| *e == epoch)
+            .map(|(_, set)| set)
+            .ok_or_else(|| internal("resume", format!("epoch {epoch} is no longer frozen")))?;
+        vol.resume_capture(epoch, s.volume_size_gib as u64 * GIB, &set).map_err(|e| internal("resuming the capture", e))
+    }
+
+    /// The snapshot store of a region, opened on first use.
+    pub(crate) async fn store(&self, region: &str) -> Result<Arc<BlockStore>> {
+        let storage = self.storage.as_ref().ok_or_else(|| internal("snapshot store", "no storage configured"))?;
+        let mut stores = self.jobs.stores.lock().await;
+        if let Some(s) = stores.get(region) {
+            return Ok(s.clone());
+        }
+        let dir = storage.snapshot_root.join(region);
+        let s = Arc::new(BlockStore::open_local(&dir).await.map_err(|e| internal("opening the snapshot store", e))?);
+        stores.insert(region.to_string(), s.clone());
+        Ok(s)
+    }
+
+    /// The codec of a lineage: plain, or encrypted with the data key unwrapped by its KMS key.
+    pub(crate) fn codec(&self, kms_arn: Option<&str>, wrapped: Option<&str>) -> Result<Codec> {
+        let (Some(arn), Some(wrapped)) = (kms_arn, wrapped) else {
+            return Ok(Codec::plain());
+        };
+        let st = self.lock();
+        let key =
+            st.kms_keys.values().find(|k| k.arn == arn).ok_or_else(|| {
+                EngineError::client("KMSKeyNotAccessible", format!("The KMS key {arn} does not exist"))
+            })?;
+        if !key.enabled {
+            return Err(EngineError::client("KMSKeyNotAccessible", format!("The KMS key {arn} is disabled")));
+        }
+        let master = crate::kms::material(key)?;
+        let wrapped = hex::decode(wrapped).map_err(|e| internal("wrapped data key", e))?;
+        let dk = blocksnap_store::unwrap_key(&master, &wrapped, key.key_id.as_bytes()).map_err(|e| {
+            EngineError::client("KMSKeyNotAccessible", format!("The data key cannot be unwrapped with {arn}: {e}"))
+        })?;
+        Codec::encrypted(&dk).map_err(|e| internal("deriving the lineage keys", e))
+    }
+
+    /// A fresh data key for a new encrypted lineage, wrapped under the KMS key (hex, key id).
+    pub(crate) fn new_data_key(key: &KmsKey) -> Result<(String, String)> {
+        let master = crate::kms::material(key)?;
+        let dk = DataKey::generate();
+        let wrapped =
+            blocksnap_store::wrap_key(&master, &dk, key.key_id.as_bytes()).map_err(|e| internal("wrapping", e))?;
+        Ok((hex::encode(wrapped), format!("dek-{}", &crate::ids::new_id("x")[2..])))
+    }
+
+    /// Take every volume's write gate (in the given order), freeze each volume's changed blocks and
+    /// start capturing them, commit all pending rows in one catalog transaction, release the gates,
+    /// start the uploads. No write on any of the volumes is acknowledged during the cut.
+    pub(crate) fn cut_and_commit(&self, st: &mut State, mut snaps: Vec<Snapshot>) -> Result<Vec<Snapshot>> {
+        let Some(storage) = &self.storage else {
+            let recs = snaps.iter().cloned().map(Rec::Snapshot).collect();
+            self.commit(st, recs)?;
+            return Ok(snaps);
+        };
+        let vols = snaps
+            .iter()
+            .map(|s| storage.volumes.open_volume(&s.volume_id).map_err(|e| internal("opening the volume", e)))
+            .collect::<Result<Vec<_>>>()?;
+        let started = std::time::Instant::now();
+        let gates: Vec<_> = vols.iter().map(|v| v.gate()).collect();
+        let mut frozen: Vec<u64> = Vec::new();
+        let undo = |frozen: &[u64]| {
+            for (v, e) in vols.iter().zip(frozen) {
+                let _ = v.end_capture(*e);
+                if let Err(err) = v.restore_epoch(*e) {
+                    tracing::error!(volume = v.id(), epoch = e, error = %err, "could not restore a frozen epoch");
+                }
+            }
+        };
+        for (i, v) in vols.iter().enumerate() {
+            let cut =
+                v.swap_epoch(&gates[i]).map_err(|e| internal("freezing changed blocks", e)).and_then(|(epoch, set)| {
+                    v.begin_capture(&gates[i], epoch, &set).map_err(|e| internal("starting the capture", e))?;
+                    Ok((epoch, set))
+                });
+            match cut {
+                Ok((epoch, set)) => {
+                    frozen.push(epoch);
+                    snaps[i].epoch = Some(epoch);
+                    snaps[i].blocks_total = set.len();
+                }
+                Err(e) => {
+                    undo(&frozen);
+                    return Err(e);
+                }
+            }
+        }
         let recs = snaps.iter().cloned().map(Rec::Snapshot).collect();
-        self.commit(st, recs)?;
+        if let Err(e) = self.commit(st, recs) {
+            undo(&frozen);
+            return Err(e);
+        }
+        drop(gates);
+        let pause = started.elapsed();
+        metrics::histogram!("blocksnap_snapshot_cut_seconds").record(pause.as_secs_f64());
+        tracing::info!(volumes = vols.len(), pause_us = pause.as_micros() as u64, "snapshot cut");
+        for s in &snaps {
+            self.spawn_upload(s.id.clone());
+        }
         Ok(snaps)
+    }
+
+    fn spawn_upload(&self, snapshot_id: String) {
+        let (Some(me), Some(storage)) = (self.me(), &self.storage) else { return };
+        if !self.jobs.uploading.lock().unwrap_or_else(|p| p.into_inner()).insert(snapshot_id.clone()) {
+            return;
+        }
+        storage.runtime.spawn(async move {
+            let result = me.upload(&snapshot_id).await;
+            me.jobs.uploading.lock().unwrap_or_else(|p| p.into_inner()).remove(&snapshot_id);
+            if let Err(e) = result {
+                tracing::warn!(snapshot_id, error = %e, "snapshot upload failed");
+                me.fail_snapshot(&snapshot_id, e.message());
+            }
+        });
+    }
+
+    /// Wait until a parent snapshot is no longer pending; its manifest, or none.
+    async fn parent_manifest(&self, snap: &Snapshot, store: &BlockStore) -> Result<Option<Manifest>> {
+        let Some(parent) = snap.parent.clone() else { return Ok(None) };
+        loop {
+            let p = self.lock().snapshots.get(&parent).cloned();
+            match p {
+                Some(p) if p.state == SnapshotState::Pending => tokio::time::sleep(Duration::from_millis(50)).await,
+                Some(p) if p.state == SnapshotState::Completed => {
+                    // Incremental only within one key lineage.
+                    if p.wrapped_data_key != snap.wrapped_data_key {
+                        return Ok(None);
+                    }
+                    return store
+                        .read_manifest(&parent)
+                        .await
+                        .map(Some)
+                        .map_err(|e| internal("reading the parent manifest", e));
+                }
+                // The parent failed or is gone: this snapshot's changed set is not enough.
+                _ => {
+                    return Err(EngineError::Internal(format!(
+                        "the previous snapshot {parent} of the volume did not complete"
+                    )));
+                }
+            }
+        }
+    }
+
+    async fn upload(self: &Arc<Self>, snapshot_id: &str) -> Result<()> {
+        let storage = self.storage.as_ref().ok_or_else(|| internal("upload", "no storage"))?;
+        let snap = self.lock().snapshots.get(snapshot_id).cloned().ok_or_else(|| internal("upload", "row vanished"))?;
+        let epoch = snap.epoch.ok_or_else(|| internal("upload", "no frozen epoch"))?;
+        let store = self.store(&snap.region).await?;
+        let codec = Arc::new(self.codec(snap.kms_key_id.as_deref(), snap.wrapped_data_key.as_deref())?);
+        let vol = storage.volumes.open_volume(&snap.volume_id).map_err(|e| internal("opening the volume", e))?;
+        let set = vol
+            .frozen_epochs()
+            .map_err(|e| internal("frozen epochs", e))?
+            .into_iter()
+            .find(|(e, _)| *e == epoch)
+            .map(|(_, s)| s)
+            .ok_or_else(|| internal("upload", format!("epoch {epoch} is not frozen")))?;
+        let parent = self.parent_manifest(&snap, &store).await?;
+        let size = snap.volume_size_gib as u64 * GIB;
+        let nblocks = size.div_ceil(BLOCK_SIZE) as usize;
+        let mut blocks: Vec<BlockId> = vec![BlockId::UNWRITTEN; nblocks];
+        let mut todo: RoaringBitmap = set.clone();
+        // Without a usable parent every block written since the volume was created is in the set
+        // (the first epoch starts at creation); volumes restored from another lineage leave their
+        // restored blocks marked changed for this reason.
+        if let Some(p) = &parent {
+            for (i, id) in p.blocks.iter().enumerate().take(nblocks) {
+                blocks[i] = *id;
+            }
+        }
+        todo.remove_range(nblocks as u32..);
+        let total = todo.len().max(1);
+        let mut done = 0u64;
+        let mut stored = 0u64;
+        let mut queue = todo.iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < UPLOAD_CONCURRENCY {
+                let Some(b) = queue.next() else { break };
+                let (vol, store, codec) = (vol.clone(), store.clone(), codec.clone());
+                running.spawn(async move {
+                    let data = tokio::task::spawn_blocking(move || {
+                        let mut buf = vec![0u8; BLOCK_SIZE as usize];
+                        vol.read_frozen_block(epoch, b, &mut buf).map(|()| buf)
+                    })
+                    .await
+                    .map_err(|e| internal("read task", e))?
+                    .map_err(|e| internal("reading a frozen block", e))?;
+                    let out = store
+                        .put_block(&codec, bytes::Bytes::from(data))
+                        .await
+                        .map_err(|e| internal("storing a block", e))?;
+                    Ok::<_, EngineError>((b, out))
+                });
+            }
+            let Some(joined) = running.join_next().await else { break };
+            let (b, out) = joined.map_err(|e| internal("upload task", e))??;
+            blocks[b as usize] = out.id;
+            stored += out.stored_bytes;
+            done += 1;
+            if done.is_multiple_of(16) || done == total {
+                self.set_progress(snapshot_id, ((done * 99) / total) as u8);
+            }
+        }
+        let manifest = Manifest {
+            snapshot_id: snap.id.clone(),
+            volume_id: snap.volume_id.clone(),
+            volume_size: size,
+            blocks,
+            encryption: snap.kms_key_id.as_ref().map(|arn| EncryptionInfo {
+                kms_key_arn: arn.clone(),
+                wrapped_key: snap.wrapped_data_key.as_deref().and_then(|h| hex::decode(h).ok()).unwrap_or_default(),
+            }),
+            parent: parent.as_ref().map(|p| p.snapshot_id.clone()),
+            created_unix_ms: snap.start_time,
+            description: snap.description.clone(),
+        };
+        store.write_manifest(&manifest).await.map_err(|e| internal("writing the manifest", e))?;
+        {
+            let mut st = self.lock();
+            let Some(mut s) = st.snapshots.get(snapshot_id).cloned() else { return Ok(()) };
+            s.state = SnapshotState::Completed;
+            s.progress = 100;
+            s.completion_time = Some(now_millis());
+            s.stored_bytes = stored;
+            s.epoch = None;
+            self.commit(&mut st, vec![Rec::Snapshot(s)])?;
+        }
+        // The snapshot is durable: the frozen set and the captured bytes are no longer needed.
+        let v2 = vol.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            if let Err(e) = v2.end_capture(epoch) {
+                tracing::warn!(error = %e, "removing a capture log");
+            }
+            if let Err(e) = v2.release_epoch(epoch) {
+                tracing::warn!(error = %e, "releasing a frozen epoch");
+            }
+        })
+        .await;
+        tracing::info!(snapshot_id, blocks = done, stored_bytes = stored, "snapshot completed");
+        self.release_if_deleted(&snap.volume_id);
+        Ok(())
+    }
+
+    /// Progress is informational: kept in memory while the upload runs, persisted at completion.
+    fn set_progress(&self, snapshot_id: &str, pct: u8) {
+        if let Some(s) = self.lock().snapshots.get_mut(snapshot_id) {
+            s.progress = pct.min(99);
+        }
+    }
+
+    /// End a pending snapshot in `error`, and give its frozen blocks back to the volume.
+    pub(crate) fn fail_snapshot(&self, snapshot_id: &str, message: String) {
+        let epoch_and_volume = {
+            let mut st = self.lock();
+            let Some(mut s) = st.snapshots.get(snapshot_id).cloned() else { return };
+            let ev = s.epoch.map(|e| (e, s.volume_id.clone()));
+            s.state = SnapshotState::Error;
+            s.state_message = Some(message);
+            s.epoch = None;
+            if let Err(e) = self.commit(&mut st, vec![Rec::Snapshot(s)]) {
+                tracing::error!(snapshot_id, error = %e, "could not record a failed snapshot");
+                return;
+            }
+            ev
+        };
+        if let (Some((epoch, vid)), Some(storage)) = (epoch_and_volume, &self.storage)
+            && let Ok(v) = storage.volumes.open_volume(&vid)
+        {
+            let _ = v.end_capture(epoch);
+            if let Err(e) = v.restore_epoch(epoch) {
+                tracing::error!(volume_id = vid, error = %e, "could not restore a frozen epoch");
+            }
+            self.release_if_deleted(&vid);
+        }
+    }
+
+    /// Does a pending snapshot still need this volume's bytes?
+    pub(crate) fn volume_has_pending_snapshot(st: &State, volume_id: &str) -> bool {
+        st.snapshots
+            .values()
+            .any(|s| s.volume_id == volume_id && s.state == SnapshotState::Pending && s.epoch.is_some())
+    }
+
+    /// A volume deleted while snapshots of it were pending keeps its bytes until the last one ends.
+    fn release_if_deleted(&self, volume_id: &str) {
+        let gone = {
+            let st = self.lock();
+            !st.volumes.contains_key(volume_id) && !Self::volume_has_pending_snapshot(&st, volume_id)
+        };
+        if gone {
+            self.release_volume_bytes(volume_id);
+        }
     }
 
     /// Fill a new volume with a snapshot's blocks in the background; the volume is `creating` until
     /// every block is in place, then `available`.
-    pub(crate) fn start_restore(&self, _volume: &Volume, _snap: &Snapshot) {}
+    pub(crate) fn start_restore(&self, volume: &Volume, snap: &Snapshot) {
+        let (Some(me), Some(storage)) = (self.me(), &self.storage) else { return };
+        *self.jobs.readers.lock().unwrap_or_else(|p| p.into_inner()).entry(snap.id.clone()).or_default() += 1;
+        let guard = ReaderGuard { engine: me.clone(), snapshot: snap.id.clone() };
+        let (volume, snap) = (volume.clone(), snap.clone());
+        storage.runtime.spawn(async move {
+            let _guard = guard;
+            if let Err(e) = me.restore(&volume, &snap).await {
+                tracing::warn!(volume_id = volume.id, error = %e, "restore failed");
+                me.fail_volume(&volume.id, &e.message());
+            }
+        });
+    }
+
+    async fn restore(self: &Arc<Self>, volume: &Volume, snap: &Snapshot) -> Result<()> {
+        let storage = self.storage.as_ref().ok_or_else(|| internal("restore", "no storage"))?;
+        let store = self.store(&snap.region).await?;
+        let manifest = store.read_manifest(&snap.id).await.map_err(|e| internal("reading the manifest", e))?;
+        let codec = Arc::new(self.codec(snap.kms_key_id.as_deref(), snap.wrapped_data_key.as_deref())?);
+        let vol = storage.volumes.open_volume(&volume.id).map_err(|e| internal("opening the volume", e))?;
+        let work: Vec<(usize, BlockId)> = manifest
+            .blocks
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| **id != BlockId::UNWRITTEN && **id != BlockId::ZERO)
+            .map(|(i, id)| (i, *id))
+            .collect();
+        let total = work.len() as u64;
+        let mut running = tokio::task::JoinSet::new();
+        let mut it = work.into_iter();
+        let mut done = 0u64;
+        loop {
+            while running.len() < UPLOAD_CONCURRENCY {
+                let Some((i, id)) = it.next() else { break };
+                let (vol, store, codec) = (vol.clone(), store.clone(), codec.clone());
+                running.spawn(async move {
+                    let data = store.get_block(&codec, &id).await.map_err(|e| internal("reading a block", e))?;
+                    tokio::task::spawn_blocking(move || vol.write_at(i as u64 * BLOCK_SIZE, &data, false))
+                        .await
+                        .map_err(|e| internal("write task", e))?
+                        .map_err(|e| internal("writing a block", e))
+                });
+            }
+            let Some(joined) = running.join_next().await else { break };
+            joined.map_err(|e| internal("restore task", e))??;
+            done += 1;
+            if done.is_multiple_of(64)
+                && let Some(v) = self.lock().volumes.get_mut(&volume.id)
+            {
+                v.restore = Some(crate::model::RestoreProgress { done, total });
+            }
+        }
+        let same_lineage = volume.wrapped_data_key == snap.wrapped_data_key;
+        let v2 = vol.clone();
+        tokio::task::spawn_blocking(move || -> std::result::Result<(), blocksnap_volume::Error> {
+            v2.flush()?;
+            // Within one lineage the restored blocks are the parent's: the next snapshot is
+            // incremental against it. Across lineages they stay marked changed and are re-read.
+            if same_lineage {
+                let g = v2.gate();
+                let (epoch, _) = v2.swap_epoch(&g)?;
+                drop(g);
+                v2.release_epoch(epoch)?;
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| internal("flush task", e))?
+        .map_err(|e| internal("finishing the restore", e))?;
+        let mut st = self.lock();
+        let Some(mut v) = st.volumes.get(&volume.id).cloned() else { return Ok(()) };
+        v.state = if v.attachments.is_empty() { VolumeState::Available } else { VolumeState::InUse };
+        v.restore = None;
+        self.commit(&mut st, vec![Rec::Volume(v)])?;
+        tracing::info!(volume_id = volume.id, snapshot_id = snap.id, blocks = done, "volume restored");
+        Ok(())
+    }
+
+    fn fail_volume(&self, volume_id: &str, message: &str) {
+        let mut st = self.lock();
+        let Some(mut v) = st.volumes.get(volume_id).cloned() else { return };
+        tracing::warn!(volume_id, message, "volume ends in error");
+        v.state = VolumeState::Error;
+        v.restore = None;
+        if let Err(e) = self.commit(&mut st, vec![Rec::Volume(v)]) {
+            tracing::error!(volume_id, error = %e, "could not record a failed volume");
+        }
+    }
 
     /// Is a background job reading this snapshot (restore, copy)?
-    pub(crate) fn snapshot_busy(&self, _id: &str) -> bool {
-        false
+    pub(crate) fn snapshot_busy(&self, id: &str) -> bool {
+        self.jobs.readers.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
     }
 
     /// The snapshot's row is gone: drop its manifest (its blocks go at the next GC).
-    pub(crate) fn forget_snapshot_data(&self, _s: &Snapshot) {}
+    pub(crate) fn forget_snapshot_data(&self, s: &Snapshot) {
+        let (Some(me), Some(storage)) = (self.me(), &self.storage) else { return };
+        let (region, id) = (s.region.clone(), s.id.clone());
+        storage.runtime.spawn(async move {
+            match me.store(&region).await {
+                Ok(store) => {
+                    if let Err(e) = store.delete_manifest(&id).await {
+                        tracing::warn!(snapshot_id = id, error = %e, "deleting a manifest");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "opening a store"),
+            }
+        });
+    }
+
+    /// Reads a snapshot's bytes (for the read-only NBD export `snap-…`). Cheap: the manifest is
+    /// loaded on the first read, on the caller's blocking thread.
+    pub fn snapshot_reader(&self, snapshot_id: &str) -> Option<SnapshotReader> {
+        let snap = self.lock().snapshots.get(snapshot_id).cloned()?;
+        if snap.state != SnapshotState::Completed {
+            return None;
+        }
+        Some(SnapshotReader {
+            engine: self.me()?,
+            runtime: self.storage.as_ref()?.runtime.clone(),
+            size: snap.volume_size_gib as u64 * GIB,
+            snap,
+            loaded: std::sync::OnceLock::new(),
+        })
+    }
+}
+
+type Loaded = (Arc<Manifest>, Arc<BlockStore>, Arc<Codec>);
+
+/// Random access to a completed snapshot's bytes. Synchronous: call from blocking threads.
+pub struct SnapshotReader {
+    engine: Arc<Engine>,
+    runtime: tokio::runtime::Handle,
+    snap: Snapshot,
+    size: u64,
+    loaded: std::sync::OnceLock<Loaded>,
+}
+
+impl SnapshotReader {
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn loaded(&self) -> std::io::Result<&Loaded> {
+        if let Some(l) = self.loaded.get() {
+            return Ok(l);
+        }
+        let e = &self.engine;
+        let snap = &self.snap;
+        let l = self.runtime.block_on(async {
+            let store = e.store(&snap.region).await?;
+            let m = store.read_manifest(&snap.id).await.map_err(|err| internal("reading the manifest", err))?;
+            let codec = e.codec(snap.kms_key_id.as_deref(), snap.wrapped_data_key.as_deref())?;
+            Ok::<_, EngineError>((Arc::new(m), store, Arc::new(codec)))
+        });
+        let l = l.map_err(|err| std::io::Error::other(err.message()))?;
+        Ok(self.loaded.get_or_init(|| l))
+    }
+
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> std::io::Result<()> {
+        let end = offset.checked_add(buf.len() as u64).filter(|e| *e <= self.size()).ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::InvalidInput, "read past the end of the snapshot")
+        })?;
+        let mut pos = offset;
+        while pos < end {
+            let b = (pos / BLOCK_SIZE) as usize;
+            let within = (pos % BLOCK_SIZE) as usize;
+            let n = ((BLOCK_SIZE as usize - within) as u64).min(end - pos) as usize;
+            let out = &mut buf[(pos - offset) as usize..(pos - offset) as usize + n];
+            let (manifest, store, codec) = self.loaded()?;
+            let id = manifest.blocks.get(b).copied().unwrap_or(BlockId::UNWRITTEN);
+            if id == BlockId::UNWRITTEN || id == BlockId::ZERO {
+                out.fill(0);
+            } else {
+                let data = self
+                    .runtime
+                    .block_on(store.get_block(codec, &id))
+                    .map_err(|e| std::io::Error::other(format!("snapshot block {b}: {e}")))?;
+                let avail = data.len().saturating_sub(within).min(n);
+                out[..avail].copy_from_slice(&data[within..within + avail]);
+                out[avail..].fill(0);
+            }
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Which ranges hold data: never-written and zero blocks read as holes.
+    pub fn allocated(&self, offset: u64, len: u64) -> std::io::Result<Vec<(u64, bool)>> {
+        let (manifest, _, _) = self.loaded()?;
+        let end = offset.saturating_add(len).min(self.size());
+        let mut out: Vec<(u64, bool)> = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let b = (pos / BLOCK_SIZE) as usize;
+            let next = ((b as u64 + 1) * BLOCK_SIZE).min(end);
+            let id = manifest.blocks.get(b).copied().unwrap_or(BlockId::UNWRITTEN);
+            let data = id != BlockId::UNWRITTEN && id != BlockId::ZERO;
+            match out.last_mut() {
+                Some(last) if last.1 == data => last.0 += next - pos,
+                _ => out.push((next - pos, data)),
+            }
+            pos = next;
+        }
+        Ok(out)
+    }
 }

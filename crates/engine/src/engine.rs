@@ -61,6 +61,9 @@ pub(crate) struct State {
     /// Keyed by `account/region`.
     pub settings: HashMap<String, RegionSettings>,
     pub root_account: Option<String>,
+    /// Records of front-end-specific engine modules (e.g. Lightsail names and operations), keyed
+    /// by kind then id. Each module owns its kinds' document format.
+    pub docs: HashMap<&'static str, BTreeMap<String, Row>>,
 }
 
 /// One durable change.
@@ -74,9 +77,22 @@ pub(crate) enum Rec {
     Snapshot(Snapshot),
     DeleteSnapshot(String),
     KmsKey(KmsKey),
-    Settings { account: String, region: String, settings: RegionSettings },
+    Settings {
+        account: String,
+        region: String,
+        settings: RegionSettings,
+    },
     RootAccount(String),
+    /// A generic document row of a module-owned kind (see `State::docs`).
+    #[allow(dead_code)] // written by the Lightsail module
+    Doc(&'static str, Row),
+    #[allow(dead_code)] // written by the Lightsail module
+    DeleteDoc(&'static str, String),
 }
+
+/// Catalog kinds owned by modules through `Rec::Doc`: loaded at start into `State::docs`.
+pub(crate) const DOC_KINDS: &[&str] =
+    &["ls_disk", "ls_instance", "ls_disk_snapshot", "ls_instance_snapshot", "ls_operation"];
 
 pub struct Engine {
     pub(crate) catalog: Arc<dyn Catalog>,
@@ -138,6 +154,10 @@ impl Engine {
         for (r, s) in load::<RegionSettings>(&*catalog, KIND_SETTINGS)? {
             st.settings.insert(settings_key(&r.account, &r.region), s);
         }
+        for kind in DOC_KINDS {
+            let rows = catalog.load_kind(kind)?;
+            st.docs.insert(kind, rows.into_iter().map(|r| (r.id.clone(), r)).collect());
+        }
         if let Some(r) = catalog.get(KIND_META, "root_account")? {
             st.root_account = Some(r.account);
         }
@@ -192,6 +212,8 @@ impl Engine {
                     row(KIND_SETTINGS, &settings_key(account, region), account, region, settings)?
                 }
                 Rec::RootAccount(a) => row(KIND_META, "root_account", a, "", &serde_json::Value::Null)?,
+                Rec::Doc(_, r) => Change::Put(r.clone()),
+                Rec::DeleteDoc(kind, id) => Change::Delete { kind: kind.to_string(), id: id.clone() },
             });
         }
         self.catalog.commit(&changes)?;
@@ -225,6 +247,14 @@ impl Engine {
                     st.settings.insert(settings_key(&account, &region), settings);
                 }
                 Rec::RootAccount(a) => st.root_account = Some(a),
+                Rec::Doc(kind, r) => {
+                    st.docs.entry(kind).or_default().insert(r.id.clone(), r);
+                }
+                Rec::DeleteDoc(kind, id) => {
+                    if let Some(m) = st.docs.get_mut(kind) {
+                        m.remove(&id);
+                    }
+                }
             }
         }
         Ok(())

@@ -55,12 +55,15 @@ pub struct Reservation {
     pub instances: Vec<InstanceView>,
 }
 
+/// (device, volume id, attach state, attach time, delete on termination)
+pub type BlockDevice = (String, String, AttachState, Millis, bool);
+
 /// An instance with the block devices derived from the volumes attached to it.
 #[derive(Debug, Clone)]
 pub struct InstanceView {
     pub instance: Instance,
     /// (device, volume id, attach state, attach time, delete on termination)
-    pub block_devices: Vec<(String, String, AttachState, Millis, bool)>,
+    pub block_devices: Vec<BlockDevice>,
 }
 
 #[derive(Debug, Clone)]
@@ -94,9 +97,7 @@ const INSTANCE_FILTERS: &[&str] = &[
 impl Filterable for InstanceView {
     fn field(&self, name: &str) -> Option<Vec<String>> {
         let i = &self.instance;
-        let bd = |f: &dyn Fn(&(String, String, AttachState, Millis, bool)) -> String| {
-            self.block_devices.iter().map(f).collect::<Vec<_>>()
-        };
+        let bd = |f: &dyn Fn(&BlockDevice) -> String| self.block_devices.iter().map(f).collect::<Vec<_>>();
         Some(match name {
             "instance-id" => vec![i.id.clone()],
             "instance-state-name" => vec![i.state.as_str().into()],
@@ -262,7 +263,7 @@ impl Engine {
             iops: Option<u32>,
             throughput: Option<u32>,
             encrypted: bool,
-            kms: Option<String>,
+            kms: Option<KmsKey>,
             delete_on_termination: bool,
         }
         let mut plan: Vec<Planned> = Vec::new();
@@ -334,8 +335,8 @@ impl Engine {
             let encrypted = ebs.encrypted.unwrap_or(false) || settings.ebs_encryption_by_default;
             let kms = if encrypted {
                 Some(match ebs.kms_key_id.as_deref().or(settings.default_kms_key.as_deref()) {
-                    Some(k) => self.resolve_kms_key(&st, ctx, &mut recs, k)?.arn,
-                    None => self.default_ebs_key(&st, ctx, &mut recs).arn,
+                    Some(k) => self.resolve_kms_key(&st, ctx, &mut recs, k)?,
+                    None => self.default_ebs_key(&st, ctx, &mut recs),
                 })
             } else {
                 None
@@ -380,6 +381,13 @@ impl Engine {
             };
             for p in &plan {
                 let vid = ids::new_id("vol");
+                let lineage = match &p.kms {
+                    Some(k) => {
+                        let (w, id) = Self::new_data_key(k)?;
+                        (Some(w), Some(id))
+                    }
+                    None => (None, None),
+                };
                 let v = Volume {
                     id: vid.clone(),
                     account: ctx.account.clone(),
@@ -390,7 +398,7 @@ impl Engine {
                     iops: p.iops,
                     throughput: p.throughput,
                     encrypted: p.encrypted,
-                    kms_key_id: p.kms.clone(),
+                    kms_key_id: p.kms.as_ref().map(|k| k.arn.clone()),
                     snapshot_id: None,
                     multi_attach_enabled: false,
                     state: VolumeState::InUse,
@@ -405,8 +413,8 @@ impl Engine {
                     tags: volume_tags.clone(),
                     client_token: None,
                     request_fingerprint: None,
-                    wrapped_data_key: None,
-                    data_key_id: None,
+                    wrapped_data_key: lineage.0,
+                    data_key_id: lineage.1,
                     restore: None,
                 };
                 if let Err(e) = self.allocate_volume(&vid, v.size_gib) {

@@ -58,7 +58,7 @@ impl Engine {
             if alias == DEFAULT_EBS_ALIAS {
                 return Ok(self.default_ebs_key(st, ctx, recs));
             }
-            return self.find_key(st, ctx, |k| k.aliases.iter().any(|a| *a == alias), id);
+            return self.find_key(st, ctx, |k| k.aliases.contains(&alias), id);
         }
         self.find_key(st, ctx, |k| k.key_id == alias, id)
     }
@@ -268,4 +268,11 @@ impl Engine {
         out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
+}
+
+/// A key's 256-bit material.
+pub(crate) fn material(key: &KmsKey) -> Result<[u8; 32]> {
+    let bytes = hex::decode(&key.material)
+        .map_err(|e| EngineError::Internal(format!("KMS key {} material: {e}", key.key_id)))?;
+    bytes.try_into().map_err(|_| EngineError::Internal(format!("KMS key {} material has the wrong length", key.key_id)))
 }

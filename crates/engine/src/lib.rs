@@ -10,6 +10,7 @@ mod filter;
 pub mod ids;
 mod instances;
 mod kms;
+pub mod lightsail;
 pub mod model;
 pub mod regions;
 mod settings;
@@ -17,6 +18,7 @@ mod snapshots;
 mod tags;
 mod volumes;
 
+pub use data::SnapshotReader;
 pub use describe::{ListQuery, Page};
 pub use engine::{Engine, EngineConfig, ExportHooks, Storage};
 pub use error::{EngineError, Result};

@@ -333,4 +333,7 @@ pub struct Snapshot {
     /// Instance of a multi-volume set (CreateSnapshots), if any.
     #[serde(default)]
     pub instance_set: Option<String>,
+    /// For copies: the source snapshot (region/id) being copied.
+    #[serde(default)]
+    pub source_snapshot: Option<String>,
 }

@@ -206,6 +206,7 @@ impl Engine {
             stored_bytes: 0,
             blocks_total: 0,
             instance_set: None,
+            source_snapshot: None,
         }
     }
 

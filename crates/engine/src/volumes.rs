@@ -373,7 +373,7 @@ impl Engine {
         }
         // With encryption by default on, Encrypted=false is ignored too.
         let encrypted = req.encrypted.unwrap_or(false) || settings.ebs_encryption_by_default || from_encrypted;
-        let kms_key_id = if encrypted {
+        let kms_key = if encrypted {
             let key = match (req.kms_key_id.as_deref(), &source) {
                 (Some(k), _) => self.resolve_kms_key(&st, ctx, &mut recs, k)?,
                 (None, Some(snap)) if snap.encrypted => {
@@ -393,10 +393,23 @@ impl Engine {
                     None => self.default_ebs_key(&st, ctx, &mut recs),
                 },
             };
-            Some(key.arn)
+            Some(key)
         } else {
             None
         };
+        // The lineage's data key: inherited from an encrypted snapshot under the same KMS key (so the
+        // new volume's snapshots dedup against it), otherwise a new one.
+        let (wrapped_data_key, data_key_id) = match (&kms_key, &source) {
+            (Some(k), Some(snap)) if snap.encrypted && snap.kms_key_id.as_deref() == Some(k.arn.as_str()) => {
+                (snap.wrapped_data_key.clone(), snap.data_encryption_key_id.clone())
+            }
+            (Some(k), _) => {
+                let (w, id) = Self::new_data_key(k)?;
+                (Some(w), Some(id))
+            }
+            (None, _) => (None, None),
+        };
+        let kms_key_id = kms_key.map(|k| k.arn);
         if req.dry_run {
             return Err(EngineError::DryRun);
         }
@@ -423,8 +436,8 @@ impl Engine {
             tags,
             client_token: req.client_token.clone(),
             request_fingerprint: req.client_token.as_ref().map(|_| fingerprint),
-            wrapped_data_key: None,
-            data_key_id: None,
+            wrapped_data_key,
+            data_key_id,
             restore: None,
         };
         self.allocate_volume(&id, vol.size_gib)?;
@@ -478,8 +491,14 @@ impl Engine {
             return Err(EngineError::DryRun);
         }
         self.commit(&mut st, vec![Rec::DeleteVolume(volume_id.to_string())])?;
+        // A pending snapshot still reads the volume's frozen bytes: they go when it ends.
+        let keep = Self::volume_has_pending_snapshot(&st, volume_id);
         drop(st);
-        self.free_volume_bytes(volume_id);
+        if keep {
+            self.close_export(volume_id);
+        } else {
+            self.free_volume_bytes(volume_id);
+        }
         Ok(())
     }
 
@@ -744,7 +763,14 @@ impl Engine {
     /// volume and committing its row, or between deleting the row and freeing the bytes).
     pub fn remove_orphan_volumes(&self) -> Result<usize> {
         let Some(s) = &self.storage else { return Ok(0) };
-        let known: std::collections::HashSet<String> = self.lock().volumes.keys().cloned().collect();
+        let known: std::collections::HashSet<String> = {
+            let st = self.lock();
+            st.volumes
+                .keys()
+                .cloned()
+                .chain(st.snapshots.values().filter(|s| s.state == SnapshotState::Pending).map(|s| s.volume_id.clone()))
+                .collect()
+        };
         let mut removed = 0;
         for id in s.volumes.list().map_err(|e| EngineError::Internal(format!("listing volumes: {e}")))? {
             if !known.contains(&id) {

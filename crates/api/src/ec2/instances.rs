@@ -116,7 +116,7 @@ pub fn run_instances(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Result<(
     let r = e.run_instances(ctx, req)?;
     x.leaf("reservationId", &r.reservation_id).leaf("ownerId", &r.owner_id);
     x.open("groupSet").close("groupSet");
-    x.set("instancesSet", &r.instances, |x, i| render_instance(x, i));
+    x.set("instancesSet", &r.instances, render_instance);
     Ok(())
 }
 

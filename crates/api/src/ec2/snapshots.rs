@@ -97,7 +97,7 @@ pub fn describe_snapshots(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Res
         return Err(EngineError::DryRun);
     }
     let page = e.describe_snapshots(ctx, &req)?;
-    x.set("snapshotSet", &page.items, |x, s| render_snapshot(x, s));
+    x.set("snapshotSet", &page.items, render_snapshot);
     x.opt("nextToken", page.next_token);
     Ok(())
 }

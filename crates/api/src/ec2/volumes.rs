@@ -75,7 +75,7 @@ pub fn describe_volumes(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Resul
         return Err(blocksnap_engine::EngineError::DryRun);
     }
     let page = e.describe_volumes(ctx, &q)?;
-    x.set("volumeSet", &page.items, |x, v| render_volume(x, v));
+    x.set("volumeSet", &page.items, render_volume);
     x.opt("nextToken", page.next_token);
     Ok(())
 }
