@@ -69,7 +69,19 @@
 //! `write_manifest` found already present is remembered for the grace window and never swept
 //! during it, and deletes are serialised with writers per id shard, so a dedup hit never points
 //! at a deleted object — provided a snapshot is committed within `grace` of its last
-//! `put_block`, or its ids are passed to [`BlockStore::gc_with_roots`].
+//! `put_block`, or its ids are passed to [`BlockStore::gc_with_roots`]. The reuse records live
+//! in memory until the next GC prunes them (32 bytes + an `Instant` per reused object).
+//!
+//! ## Durability (local stores)
+//! [`SyncMode::Filesystem`] (default) issues one `syncfs` before and one after each manifest
+//! write, so everything a manifest references is durable before it commits and the manifest is
+//! durable before `write_manifest` returns. [`SyncMode::EveryObject`] fsyncs each object.
+//!
+//! ## Measured (2-core CI box, release, 8 concurrent `put_block`, 128 MiB, ext4, other builds running)
+//! put: random plain ≈510 MB/s, random encrypted ≈400 MB/s, compressible (6:1) plain ≈270 MB/s,
+//! encrypted ≈350 MB/s; re-put of present blocks 1.2–2.4 GB/s; get 0.75–1.2 GB/s. With
+//! `EveryObject` fsyncs: 140–320 MB/s. Reproduce with
+//! `cargo test --release -p blocksnap-store --test bench -- --ignored --nocapture`.
 
 mod chunk;
 mod crypto;
