@@ -127,7 +127,8 @@ async fn handle_json(
     let result = match service {
         "TrentService" => tokio::task::spawn_blocking(move || kms::dispatch(&engine, &caller.ctx, &op, &parsed)).await,
         "Lightsail_20161128" => {
-            tokio::task::spawn_blocking(move || lightsail::dispatch(&engine, &caller.ctx, &op, &parsed)).await
+            let r = tokio::task::spawn_blocking(move || lightsail::dispatch(&engine, &caller.ctx, &op, &parsed)).await;
+            return lightsail::respond(r, &request_id);
         }
         other => {
             let e = EngineError::client(

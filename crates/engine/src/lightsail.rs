@@ -41,7 +41,8 @@ use serde::{Deserialize, Serialize};
 use crate::engine::{Engine, Rec, State};
 use crate::error::{EngineError, Result};
 use crate::instances::{BlockDeviceMappingSpec, EbsSpec, RunInstances};
-use crate::model::*;
+use crate::model::Instance as Ec2Instance;
+use crate::model::{Ctx, InstanceState, Millis, Snapshot, SnapshotState, Tag, Tags, Volume, VolumeState, now_millis};
 use crate::snapshots::{CreateSnapshot, CreateSnapshots};
 use crate::volumes::{CreateVolume, DetachVolume};
 
@@ -169,7 +170,10 @@ pub fn check_tags(tags: &[Tag]) -> Result<Tags> {
             )));
         }
         if t.key.to_lowercase().starts_with("aws:") {
-            return Err(invalid(format!("Tag key '{}' is reserved: keys starting with 'aws:' are for AWS use.", t.key)));
+            return Err(invalid(format!(
+                "Tag key '{}' is reserved: keys starting with 'aws:' are for AWS use.",
+                t.key
+            )));
         }
         let vlen = t.value.chars().count();
         if vlen > 256 {
@@ -414,8 +418,18 @@ const LIGHTSAIL_REGIONS: &[(&str, &str, &str, &str)] = &[
         "This region is recommended to serve users in the northwestern United States, Alaska, and western Canada",
     ),
     ("ca-central-1", "Montreal", "NA", "This region is recommended to serve users in Canada"),
-    ("eu-west-1", "Ireland", "EU", "This region is recommended to serve users in Ireland, the United Kingdom, and Iceland"),
-    ("eu-west-2", "London", "EU", "This region is recommended to serve users in London, the United Kingdom, and Iceland"),
+    (
+        "eu-west-1",
+        "Ireland",
+        "EU",
+        "This region is recommended to serve users in Ireland, the United Kingdom, and Iceland",
+    ),
+    (
+        "eu-west-2",
+        "London",
+        "EU",
+        "This region is recommended to serve users in London, the United Kingdom, and Iceland",
+    ),
     ("eu-west-3", "Paris", "EU", "This region is recommended to serve users in France, Spain, and Portugal"),
     ("eu-central-1", "Frankfurt", "EU", "This region is recommended to serve users in Germany and Central Europe"),
     ("eu-north-1", "Stockholm", "EU", "This region is recommended to serve users in Scandinavia and Northern Europe"),
@@ -761,10 +775,9 @@ fn encode_token(last: &str) -> String {
 }
 
 fn decode_token(t: &str) -> Result<String> {
-    t.strip_prefix("lsnt1")
-        .and_then(|h| hex::decode(h).ok())
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| invalid(format!("The page token '{t}' is not valid: pass the nextPageToken of a previous call.")))
+    t.strip_prefix("lsnt1").and_then(|h| hex::decode(h).ok()).and_then(|b| String::from_utf8(b).ok()).ok_or_else(|| {
+        invalid(format!("The page token '{t}' is not valid: pass the nextPageToken of a previous call."))
+    })
 }
 
 fn page<T>(mut items: Vec<T>, size: usize, key: impl Fn(&T) -> String) -> LsPage<T> {
@@ -842,7 +855,9 @@ impl<'c> Ops<'c> {
         self.list
             .iter()
             .enumerate()
-            .map(|(i, o)| put(KIND_OPERATION, format!("{}{:013}-{i:03}-{}", prefix(self.ctx), o.created_at, o.id), self.ctx, o))
+            .map(|(i, o)| {
+                put(KIND_OPERATION, format!("{}{:013}-{i:03}-{}", prefix(self.ctx), o.created_at, o.id), self.ctx, o)
+            })
             .collect()
     }
 
@@ -875,9 +890,8 @@ impl Lightsail<'_> {
     }
 
     fn instance_doc(&self, st: &State, ctx: &Ctx, name: &str) -> Result<Option<InstanceDoc>> {
-        Ok(get::<InstanceDoc>(st, KIND_INSTANCE, &row_id(ctx, name))?.filter(|d| {
-            st.instances.get(&d.instance_id).is_some_and(|i| i.state != InstanceState::Terminated)
-        }))
+        Ok(get::<InstanceDoc>(st, KIND_INSTANCE, &row_id(ctx, name))?
+            .filter(|d| st.instances.get(&d.instance_id).is_some_and(|i| i.state != InstanceState::Terminated)))
     }
 
     fn need_instance(&self, st: &State, ctx: &Ctx, name: &str) -> Result<InstanceDoc> {
@@ -936,7 +950,7 @@ impl Lightsail<'_> {
     }
 
     /// The instance's system disk volume.
-    fn system_volume<'s>(&self, st: &'s State, inst: &Instance) -> Option<&'s Volume> {
+    fn system_volume<'s>(&self, st: &'s State, inst: &Ec2Instance) -> Option<&'s Volume> {
         st.volumes
             .values()
             .find(|v| v.attachments.iter().any(|a| a.instance_id == inst.id && a.device == inst.root_device_name))
@@ -1192,7 +1206,10 @@ impl Lightsail<'_> {
     pub fn create_disk_from_snapshot(&self, ctx: &Ctx, req: CreateDiskFromSnapshot) -> Result<Vec<Operation>> {
         self.check_region(ctx)?;
         check_name("diskName", &req.disk_name)?;
-        if req.source_disk_name.is_some() || req.restore_date.is_some() || req.use_latest_restorable_auto_snapshot == Some(true) {
+        if req.source_disk_name.is_some()
+            || req.restore_date.is_some()
+            || req.use_latest_restorable_auto_snapshot == Some(true)
+        {
             return Err(invalid(
                 "Automatic snapshots (sourceDiskName, restoreDate, useLatestRestorableAutoSnapshot) are not supported by blocksnap: name a manual disk snapshot with diskSnapshotName.",
             ));
@@ -1313,17 +1330,29 @@ impl Lightsail<'_> {
         Ok(ops.answer(false))
     }
 
-    pub fn attach_disk(&self, ctx: &Ctx, disk_name: &str, instance_name: &str, disk_path: &str) -> Result<Vec<Operation>> {
+    pub fn attach_disk(
+        &self,
+        ctx: &Ctx,
+        disk_name: &str,
+        instance_name: &str,
+        disk_path: &str,
+    ) -> Result<Vec<Operation>> {
         self.check_region(ctx)?;
         let _g = serialise();
         let (d, i) = {
             let st = self.engine.lock();
             let d = self.need_disk(&st, ctx, disk_name)?;
             let i = self.need_instance(&st, ctx, instance_name)?;
-            let v = st.volumes.get(&d.volume_id).ok_or_else(|| not_found(format!("The Disk does not exist: {disk_name}")))?;
+            let v = st
+                .volumes
+                .get(&d.volume_id)
+                .ok_or_else(|| not_found(format!("The Disk does not exist: {disk_name}")))?;
             if let Some(a) = v.attachments.first() {
                 let to = self.instance_names(&st, ctx).get(&a.instance_id).cloned().unwrap_or_default();
-                return Err(failure(format!("The disk {disk_name} is already attached to instance {to} at {}.", a.device)));
+                return Err(failure(format!(
+                    "The disk {disk_name} is already attached to instance {to} at {}.",
+                    a.device
+                )));
             }
             if v.state != VolumeState::Available {
                 return Err(failure(format!(
@@ -1344,9 +1373,10 @@ impl Lightsail<'_> {
             }
             if let Some(inst) = st.instances.get(&i.instance_id) {
                 let used = inst.root_device_name == disk_path
-                    || st.volumes.values().any(|o| {
-                        o.attachments.iter().any(|a| a.instance_id == inst.id && a.device == disk_path)
-                    });
+                    || st
+                        .volumes
+                        .values()
+                        .any(|o| o.attachments.iter().any(|a| a.instance_id == inst.id && a.device == disk_path));
                 if used {
                     return Err(invalid(format!(
                         "The disk path {disk_path} is already in use on instance {instance_name}: choose another path."
@@ -1479,7 +1509,7 @@ impl Lightsail<'_> {
                 },
             )
             .map_err(to_lightsail)?;
-        let mut instances: Vec<&Instance> = res.instances.iter().map(|v| &v.instance).collect();
+        let mut instances: Vec<&Ec2Instance> = res.instances.iter().map(|v| &v.instance).collect();
         instances.sort_by_key(|i| i.ami_launch_index);
         let ids: Vec<String> = instances.iter().map(|i| i.id.clone()).collect();
         let mut ops = Ops::new(ctx);
@@ -1784,7 +1814,14 @@ impl Lightsail<'_> {
             disks,
         };
         let ids: Vec<String> = snaps.iter().map(|s| s.id.clone()).collect();
-        ops.add(&name, "InstanceSnapshot", ALL_ZONES, "CreateInstanceSnapshot", Some(&iname), Track::Snapshots(ids.clone()));
+        ops.add(
+            &name,
+            "InstanceSnapshot",
+            ALL_ZONES,
+            "CreateInstanceSnapshot",
+            Some(&iname),
+            Track::Snapshots(ids.clone()),
+        );
         ops.add(&iname, "Instance", &i.zone, "CreateInstanceSnapshot", Some(&name), Track::Snapshots(ids));
         let mut recs = vec![put(KIND_INSTANCE_SNAPSHOT, row_id(ctx, &name), ctx, &doc)?];
         recs.extend(ops.recs()?);
@@ -1822,7 +1859,10 @@ impl Lightsail<'_> {
             let mut st = self.engine.lock();
             self.settle(&mut st, ctx);
             let d = self.need_instance_snapshot(&st, ctx, name)?;
-            if d.disks.iter().any(|x| st.snapshots.get(&x.snapshot_id).is_some_and(|s| s.state == SnapshotState::Pending)) {
+            if d.disks
+                .iter()
+                .any(|x| st.snapshots.get(&x.snapshot_id).is_some_and(|s| s.state == SnapshotState::Pending))
+            {
                 return Err(failure(format!(
                     "The instance snapshot {name} is still pending: it can be deleted once it is available."
                 )));
@@ -1861,7 +1901,12 @@ impl Lightsail<'_> {
     }
 
     /// Operations oldest first, optionally of one resource name.
-    pub fn get_operations(&self, ctx: &Ctx, resource: Option<&str>, page_token: Option<&str>) -> Result<LsPage<Operation>> {
+    pub fn get_operations(
+        &self,
+        ctx: &Ctx,
+        resource: Option<&str>,
+        page_token: Option<&str>,
+    ) -> Result<LsPage<Operation>> {
         self.check_region(ctx)?;
         if let Some(n) = resource {
             check_name("resourceName", n)?;
@@ -1921,7 +1966,12 @@ impl Lightsail<'_> {
             found.push((KIND_DISK_SNAPSHOT, "DiskSnapshot", arn(ctx, "DiskSnapshot", &d.uuid), ALL_ZONES.into()));
         }
         if let Some(d) = self.instance_snapshot_doc(st, ctx, name)? {
-            found.push((KIND_INSTANCE_SNAPSHOT, "InstanceSnapshot", arn(ctx, "InstanceSnapshot", &d.uuid), ALL_ZONES.into()));
+            found.push((
+                KIND_INSTANCE_SNAPSHOT,
+                "InstanceSnapshot",
+                arn(ctx, "InstanceSnapshot", &d.uuid),
+                ALL_ZONES.into(),
+            ));
         }
         if let Some(a) = want_arn {
             found.retain(|f| f.2 == a);
@@ -1993,7 +2043,13 @@ impl Lightsail<'_> {
         })
     }
 
-    pub fn untag_resource(&self, ctx: &Ctx, name: &str, want_arn: Option<&str>, keys: &[String]) -> Result<Vec<Operation>> {
+    pub fn untag_resource(
+        &self,
+        ctx: &Ctx,
+        name: &str,
+        want_arn: Option<&str>,
+        keys: &[String],
+    ) -> Result<Vec<Operation>> {
         if keys.is_empty() {
             return Err(invalid("tagKeys must name at least one tag key."));
         }
