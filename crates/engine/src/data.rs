@@ -40,7 +40,7 @@ fn internal(what: &str, e: impl std::fmt::Display) -> EngineError {
 }
 
 /// Decrement a reader count when a job ends.
-struct ReaderGuard {
+pub(crate) struct ReaderGuard {
     engine: Arc<Engine>,
     snapshot: String,
 }
@@ -77,6 +77,16 @@ impl Engine {
                     .collect(),
             )
         };
+        let copies: Vec<String> = self
+            .lock()
+            .snapshots
+            .values()
+            .filter(|s| s.state == SnapshotState::Pending && s.source_snapshot.is_some())
+            .map(|s| s.id.clone())
+            .collect();
+        for id in copies {
+            self.spawn_copy(id);
+        }
         for s in pending {
             match self.resume_capture(&s) {
                 Ok(()) => self.spawn_upload(s.id.clone()),
@@ -95,7 +105,7 @@ impl Engine {
         Ok(())
     }
 
-    fn me(&self) -> Option<Arc<Engine>> {
+    pub(crate) fn me(&self) -> Option<Arc<Engine>> {
         self.jobs.me.get().and_then(Weak::upgrade)
     }
 
@@ -157,7 +167,7 @@ impl Engine {
     }
 
     /// Take every volume's write gate (in the given order), freeze each volume's changed blocks and
-    /// start capturing them, commit all pending rows in one catalog transaction, release the gates,
+    /// start capturing them, release the gates, commit all pending rows in one catalog transaction,
     /// start the uploads. No write on any of the volumes is acknowledged during the cut.
     pub(crate) fn cut_and_commit(&self, st: &mut State, mut snaps: Vec<Snapshot>) -> Result<Vec<Snapshot>> {
         let Some(storage) = &self.storage else {
@@ -198,13 +208,16 @@ impl Engine {
                 }
             }
         }
+        // Every volume is frozen at the same instant: writes may go on. The rows are committed after
+        // the gates open (the engine lock keeps the cut invisible until then); if the commit fails the
+        // frozen sets go back into the volumes and no snapshot exists.
+        drop(gates);
+        let pause = started.elapsed();
         let recs = snaps.iter().cloned().map(Rec::Snapshot).collect();
         if let Err(e) = self.commit(st, recs) {
             undo(&frozen);
             return Err(e);
         }
-        drop(gates);
-        let pause = started.elapsed();
         metrics::histogram!("blocksnap_snapshot_cut_seconds").record(pause.as_secs_f64());
         tracing::info!(volumes = vols.len(), pause_us = pause.as_micros() as u64, "snapshot cut");
         for s in &snaps {
@@ -408,12 +421,18 @@ impl Engine {
         }
     }
 
+    /// Count a job reading `snapshot_id` until the guard drops (deletes are refused meanwhile).
+    pub(crate) fn read_guard(&self, snapshot_id: &str) -> Option<ReaderGuard> {
+        let me = self.me()?;
+        *self.jobs.readers.lock().unwrap_or_else(|p| p.into_inner()).entry(snapshot_id.to_string()).or_default() += 1;
+        Some(ReaderGuard { engine: me, snapshot: snapshot_id.to_string() })
+    }
+
     /// Fill a new volume with a snapshot's blocks in the background; the volume is `creating` until
     /// every block is in place, then `available`.
     pub(crate) fn start_restore(&self, volume: &Volume, snap: &Snapshot) {
         let (Some(me), Some(storage)) = (self.me(), &self.storage) else { return };
-        *self.jobs.readers.lock().unwrap_or_else(|p| p.into_inner()).entry(snap.id.clone()).or_default() += 1;
-        let guard = ReaderGuard { engine: me.clone(), snapshot: snap.id.clone() };
+        let guard = self.read_guard(&snap.id);
         let (volume, snap) = (volume.clone(), snap.clone());
         storage.runtime.spawn(async move {
             let _guard = guard;

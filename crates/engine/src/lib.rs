@@ -2,6 +2,7 @@
 //! keys, their state machines and the semantic validation of typed requests. It never sees HTTP,
 //! XML, JSON or NBD bytes; its errors are [`EngineError`]s that map 1:1 to AWS error codes.
 
+mod copy;
 mod data;
 mod describe;
 mod engine;
@@ -18,6 +19,7 @@ mod snapshots;
 mod tags;
 mod volumes;
 
+pub use copy::{COPY_VOLUME_ID, CopySnapshot, MAX_CONCURRENT_COPIES};
 pub use data::SnapshotReader;
 pub use describe::{ListQuery, Page};
 pub use engine::{Engine, EngineConfig, ExportHooks, Storage};

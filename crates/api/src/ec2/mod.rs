@@ -36,6 +36,7 @@ const ACTIONS: &[(&str, Handler, bool)] = &[
     ("CreateSnapshots", snapshots::create_snapshots, true),
     ("DescribeSnapshots", snapshots::describe_snapshots, false),
     ("DeleteSnapshot", snapshots::delete_snapshot, true),
+    ("CopySnapshot", snapshots::copy_snapshot, true),
     ("ModifySnapshotAttribute", snapshots::modify_snapshot_attribute, true),
     ("DescribeSnapshotAttribute", snapshots::describe_snapshot_attribute, false),
     ("ResetSnapshotAttribute", snapshots::reset_snapshot_attribute, true),

@@ -188,3 +188,76 @@ pub fn reset_snapshot_attribute(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) 
     x.leaf("return", true);
     Ok(())
 }
+
+/// A CopySnapshot PresignedUrl must be a valid SigV4 presigned `CopySnapshot` request for the same
+/// source snapshot, signed by the caller's account.
+fn check_presigned_url(e: &Engine, ctx: &Ctx, url: &str, source_region: &str, source_id: &str) -> Result<()> {
+    let bad = |why: &str| EngineError::invalid_value(format!("The PresignedUrl is not valid: {why}"));
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| bad("not an http(s) URL"))?;
+    let (authority, path_query) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let uri: http::Uri = path_query.parse().map_err(|_| bad("malformed path or query"))?;
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::HOST, http::HeaderValue::from_str(authority).map_err(|_| bad("malformed host"))?);
+    let parsed = blocksnap_sigv4::parse(&http::Method::GET, &uri, &headers).map_err(|e| bad(&e.to_string()))?;
+    if parsed.region != source_region {
+        return Err(bad(&format!("it is signed for region {}, not the source region {source_region}", parsed.region)));
+    }
+    let key = e
+        .access_key(&parsed.access_key_id)?
+        .filter(|k| k.account == ctx.account)
+        .ok_or_else(|| bad("it is not signed by the calling account"))?;
+    blocksnap_sigv4::verify(
+        &parsed,
+        &key.secret_access_key,
+        &http::Method::GET,
+        &uri,
+        &headers,
+        b"",
+        time::OffsetDateTime::now_utc(),
+    )
+    .map_err(|e| bad(&e.to_string()))?;
+    let q = Params::from_pairs(form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()));
+    if q.str("Action").as_deref() != Some("CopySnapshot") || q.str("SourceSnapshotId").as_deref() != Some(source_id) {
+        return Err(bad("it does not request a CopySnapshot of the same source snapshot"));
+    }
+    Ok(())
+}
+
+pub fn copy_snapshot(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Result<()> {
+    let source_region = p.required("SourceRegion")?;
+    let source_snapshot_id = p.required("SourceSnapshotId")?;
+    if let Some(dest) = p.str("DestinationRegion").filter(|d| !d.is_empty())
+        && dest != ctx.region
+    {
+        return Err(EngineError::invalid_value(format!(
+            "DestinationRegion {dest} differs from the region of the request ({}): send the request to the destination region.",
+            ctx.region
+        )));
+    }
+    if let Some(url) = p.str("PresignedUrl").filter(|u| !u.is_empty()) {
+        check_presigned_url(e, ctx, &url, &source_region, &source_snapshot_id)?;
+    }
+    let s = e.copy_snapshot(
+        ctx,
+        blocksnap_engine::CopySnapshot {
+            source_region,
+            source_snapshot_id,
+            description: p.str("Description"),
+            encrypted: p.bool("Encrypted")?,
+            kms_key_id: p.str("KmsKeyId").filter(|k| !k.is_empty()),
+            tag_specifications: p.tag_specifications()?,
+            destination_outpost_arn: p.str("DestinationOutpostArn"),
+            completion_duration_minutes: p.int("CompletionDurationMinutes")?,
+            dry_run: p.dry_run()?,
+        },
+    )?;
+    x.leaf("snapshotId", &s.id);
+    x.tag_set(&s.tags);
+    Ok(())
+}
