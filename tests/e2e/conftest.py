@@ -105,6 +105,7 @@ class Server:
     creds: Creds = field(default_factory=lambda: Creds(ROOT_ACCESS_KEY, ROOT_SECRET_KEY))
     region: str = REGION
     starts: int = 0
+    extra_env: dict = field(default_factory=dict)
 
     @property
     def endpoint(self) -> str:
@@ -139,6 +140,7 @@ class Server:
             env["BLOCKSNAP_ROOT_ACCESS_KEY_ID"] = self.creds.access_key
             env["BLOCKSNAP_ROOT_SECRET_ACCESS_KEY"] = self.creds.secret_key
             env.setdefault("RUST_LOG", "info")
+            env.update(self.extra_env)
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                      cwd=self.workdir, start_new_session=True)
         log.close()
@@ -275,8 +277,8 @@ class RawResponse:
         return m.group(1).strip() if m else None
 
 
-def _make_server(tmp: Path) -> Server:
-    srv = Server(kind="moto" if IS_MOTO else "blocksnap", workdir=tmp)
+def _make_server(tmp: Path, **env) -> Server:
+    srv = Server(kind="moto" if IS_MOTO else "blocksnap", workdir=tmp, extra_env=env)
     srv.start()
     return srv
 
@@ -292,6 +294,14 @@ def server(tmp_path_factory) -> Server:
 def fresh_server(tmp_path) -> Server:
     """A server of its own with its own data dir (for restart and account tests)."""
     srv = _make_server(tmp_path)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def gc_server(tmp_path) -> Server:
+    """A server of its own that garbage-collects every second with no grace window."""
+    srv = _make_server(tmp_path, BLOCKSNAP_GC_INTERVAL_SECS="1", BLOCKSNAP_GC_GRACE_SECS="0")
     yield srv
     srv.stop()
 

@@ -125,6 +125,13 @@ fn serve(data_dir: &Path, listen: SocketAddr, nbd_listen: SocketAddr, config: Op
     engine.remove_orphan_volumes()?;
     // Resume uploads and restores before any client can write: captures must be in place first.
     engine.start()?;
+    // Garbage collection: every 10 minutes, keeping anything younger than an hour (uploads in flight).
+    let secs =
+        |name: &str, default: u64| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(default);
+    engine.start_gc(
+        std::time::Duration::from_secs(secs("BLOCKSNAP_GC_INTERVAL_SECS", 600)),
+        std::time::Duration::from_secs(secs("BLOCKSNAP_GC_GRACE_SECS", 3600)),
+    );
     let env_key =
         match (std::env::var("BLOCKSNAP_ROOT_ACCESS_KEY_ID"), std::env::var("BLOCKSNAP_ROOT_SECRET_ACCESS_KEY")) {
             (Ok(a), Ok(s)) if !a.is_empty() && !s.is_empty() => Some((a, s)),

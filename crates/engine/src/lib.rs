@@ -20,7 +20,7 @@ mod tags;
 mod volumes;
 
 pub use copy::{COPY_VOLUME_ID, CopySnapshot, MAX_CONCURRENT_COPIES};
-pub use data::SnapshotReader;
+pub use data::{SnapshotReader, StoreStats};
 pub use describe::{ListQuery, Page};
 pub use engine::{Engine, EngineConfig, ExportHooks, Storage};
 pub use error::{EngineError, Result};

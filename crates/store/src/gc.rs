@@ -61,8 +61,9 @@ impl BlockStore {
         // Mark: manifests -> unique segments -> block ids.
         let snaps = self.list_manifests().await?;
         report.manifests = snaps.len() as u64;
-        let headers: Vec<_> = stream::iter(snaps.iter())
-            .map(|s| self.read_manifest_header(s))
+        // Owned items (see `read_manifest`): keeps the future `Send` so callers can spawn GC.
+        let headers: Vec<_> = stream::iter(snaps.clone())
+            .map(|s| async move { self.read_manifest_header(&s).await })
             .buffer_unordered(IO_CONCURRENCY)
             .try_collect()
             .await?;
