@@ -106,6 +106,7 @@ class Server:
     region: str = REGION
     starts: int = 0
     extra_env: dict = field(default_factory=dict)
+    extra_args: list = field(default_factory=list)
 
     @property
     def endpoint(self) -> str:
@@ -135,7 +136,8 @@ class Server:
                                    "BLOCKSNAP_BIN, or run with BLOCKSNAP_E2E_TARGET=moto")
             self.data_dir.mkdir(parents=True, exist_ok=True)
             cmd = [str(binary), "serve", "--data-dir", str(self.data_dir),
-                   "--listen", f"127.0.0.1:{self.port}", "--nbd-listen", f"127.0.0.1:{self.nbd_port}"]
+                   "--listen", f"127.0.0.1:{self.port}", "--nbd-listen", f"127.0.0.1:{self.nbd_port}",
+                   *self.extra_args]
             env = dict(os.environ)
             env["BLOCKSNAP_ROOT_ACCESS_KEY_ID"] = self.creds.access_key
             env["BLOCKSNAP_ROOT_SECRET_ACCESS_KEY"] = self.creds.secret_key

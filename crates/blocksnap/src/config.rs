@@ -9,6 +9,49 @@ use serde::Deserialize;
 pub struct Config {
     /// Regions served; default: every AWS commercial region.
     pub regions: Option<Vec<String>>,
+    /// Snapshot stores in S3-compatible buckets, by region (`[stores.us-west-2]`); regions not named
+    /// here keep theirs under the data dir.
+    #[serde(default)]
+    pub stores: std::collections::BTreeMap<String, S3Store>,
+}
+
+/// `[stores.<region>]`: where that region's snapshot store lives.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Store {
+    pub bucket: String,
+    #[serde(default)]
+    pub prefix: String,
+    /// e.g. `http://127.0.0.1:9000` for MinIO, Garage or moto; omit for AWS S3.
+    pub endpoint: Option<String>,
+    /// The bucket's region (signing region); default `us-east-1`.
+    pub region: Option<String>,
+    /// Static credentials; otherwise the `AWS_*` environment variables.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub allow_http: bool,
+    #[serde(default)]
+    pub virtual_hosted_style: bool,
+    /// Set false for servers without `If-None-Match` on PUT.
+    pub conditional_put: Option<bool>,
+}
+
+impl S3Store {
+    pub fn to_store_config(&self) -> blocksnap_store::S3Config {
+        blocksnap_store::S3Config {
+            bucket: self.bucket.clone(),
+            prefix: self.prefix.clone(),
+            endpoint: self.endpoint.clone(),
+            region: self.region.clone().unwrap_or_else(|| "us-east-1".into()),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+            session_token: None,
+            allow_http: self.allow_http,
+            virtual_hosted_style: self.virtual_hosted_style,
+            conditional_put: self.conditional_put.unwrap_or(true),
+        }
+    }
 }
 
 impl Config {
@@ -26,6 +69,16 @@ impl Config {
                 if !ok {
                     anyhow::bail!("config {}: '{name}' is not a region name", path.display());
                 }
+            }
+        }
+        for (region, st) in &cfg.stores {
+            if st.bucket.is_empty() {
+                anyhow::bail!("config {}: [stores.{region}] needs a bucket", path.display());
+            }
+            if let Some(r) = &cfg.regions
+                && !r.contains(region)
+            {
+                anyhow::bail!("config {}: [stores.{region}] names a region that is not served", path.display());
             }
         }
         Ok(cfg)

@@ -111,9 +111,10 @@ fn serve(data_dir: &Path, listen: SocketAddr, nbd_listen: SocketAddr, config: Op
         None => config::Config::default(),
     };
     let mut cfg = EngineConfig::default();
-    if let Some(r) = file_cfg.regions {
-        cfg.regions = r;
+    if let Some(r) = &file_cfg.regions {
+        cfg.regions = r.clone();
     }
+    cfg.s3_stores = file_cfg.stores.iter().map(|(region, s)| (region.clone(), s.to_store_config())).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let volumes = blocksnap_volume::VolumeStore::open(data_dir.join("volumes")).context("opening the volume store")?;
     let storage = Storage {

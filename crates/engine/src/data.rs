@@ -130,8 +130,11 @@ impl Engine {
         if let Some(s) = stores.get(region) {
             return Ok(s.clone());
         }
-        let dir = storage.snapshot_root.join(region);
-        let s = Arc::new(BlockStore::open_local(&dir).await.map_err(|e| internal("opening the snapshot store", e))?);
+        let s = match self.config.s3_stores.get(region) {
+            Some(cfg) => BlockStore::open_s3(cfg.clone()).await,
+            None => BlockStore::open_local(&storage.snapshot_root.join(region)).await,
+        };
+        let s = Arc::new(s.map_err(|e| internal(&format!("opening the snapshot store of {region}"), e))?);
         stores.insert(region.to_string(), s.clone());
         Ok(s)
     }

@@ -42,11 +42,16 @@ pub struct Storage {
 pub struct EngineConfig {
     /// Regions this process serves.
     pub regions: Vec<String>,
+    /// Regions whose snapshot store is an S3-compatible bucket (others live under the data dir).
+    pub s3_stores: HashMap<String, blocksnap_store::S3Config>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        EngineConfig { regions: crate::regions::COMMERCIAL_REGIONS.iter().map(|s| s.to_string()).collect() }
+        EngineConfig {
+            regions: crate::regions::COMMERCIAL_REGIONS.iter().map(|s| s.to_string()).collect(),
+            s3_stores: HashMap::new(),
+        }
     }
 }
 
