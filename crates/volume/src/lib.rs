@@ -50,6 +50,9 @@
 mod capture;
 mod cbt;
 mod gate;
+mod hydrate;
+
+pub use hydrate::BlockSource;
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -331,6 +334,9 @@ pub struct Volume {
     /// there are none.
     captures: Mutex<Vec<Arc<capture::Capture>>>,
     capturing: AtomicBool,
+    /// Lazy hydration from a snapshot, while blocks are still pending.
+    hydration: Mutex<Option<Arc<hydrate::Hydration>>>,
+    hydrating: AtomicBool,
 }
 
 /// Holds a volume's write gate: new writes wait, and every write that had
@@ -367,6 +373,8 @@ impl Volume {
             seq_end: AtomicU64::new(u64::MAX),
             captures: Mutex::new(Vec::new()),
             capturing: AtomicBool::new(false),
+            hydration: Mutex::new(None),
+            hydrating: AtomicBool::new(false),
         })
     }
 
@@ -471,6 +479,9 @@ impl Volume {
             .ok_or_else(|| Error::Io(io::Error::other(format!("no capture for epoch {epoch} of {}", self.id))))?;
         let start = block as u64 * BLOCK_SIZE;
         let len = c.size.saturating_sub(start).min(buf.len() as u64) as usize;
+        // A block still in the source snapshot is fetched first (it can be frozen when the volume's
+        // first snapshot must re-read restored blocks, e.g. after a change of key).
+        self.hydrate_range(start, len as u64, false)?;
         c.read_block(&self.file, block, &mut buf[..len])?;
         buf[len..].fill(0);
         Ok(())
@@ -490,9 +501,110 @@ impl Volume {
         Ok(())
     }
 
+    fn hydration(&self) -> Option<Arc<hydrate::Hydration>> {
+        if !self.hydrating.load(Ordering::Acquire) {
+            return None;
+        }
+        self.hydration.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// Writes a fetched block straight to the data file (not a guest write: no change bit).
+    fn write_fetched(&self, block: u32, data: &[u8]) -> io::Result<()> {
+        let start = block as u64 * BLOCK_SIZE;
+        let len = (self.size().saturating_sub(start)).min(data.len() as u64) as usize;
+        self.file.write_all_at(&data[..len], start)
+    }
+
+    /// Before a read or a write of `offset..offset+len`: make pending blocks local. A write that
+    /// covers a whole block only claims it (its old bytes are not needed).
+    fn hydrate_range(&self, offset: u64, len: u64, write: bool) -> Result<()> {
+        let Some(h) = self.hydration() else { return Ok(()) };
+        if len == 0 {
+            return Ok(());
+        }
+        let first = offset / BLOCK_SIZE;
+        let last = (offset + len - 1) / BLOCK_SIZE;
+        for b in first..=last {
+            let Ok(b32) = u32::try_from(b) else { break };
+            if !h.is_pending(b32) {
+                continue;
+            }
+            let start = b * BLOCK_SIZE;
+            let end = (start + BLOCK_SIZE).min(self.size());
+            if write && offset <= start && offset + len >= end {
+                h.claim(b32);
+            } else {
+                h.ensure(b32, |data| self.write_fetched(b32, data))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts lazy hydration of `pending` blocks from `source` (a new volume restored from a
+    /// snapshot). The pending set is durable before this returns.
+    pub fn start_hydration(&self, source: Box<dyn BlockSource>, pending: RoaringBitmap) -> Result<()> {
+        let h = hydrate::Hydration::start(&self.dir, source, pending)?;
+        *self.hydration.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(h));
+        self.hydrating.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// After a restart: resumes hydration when a pending map is on disk. Returns whether it did.
+    pub fn resume_hydration(&self, source: Box<dyn BlockSource>) -> Result<bool> {
+        match hydrate::Hydration::resume(&self.dir, source)? {
+            Some(h) => {
+                *self.hydration.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(h));
+                self.hydrating.store(true, Ordering::Release);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Marks blocks changed in the current epoch (durably), e.g. restored blocks that the next
+    /// snapshot must read again because it cannot reuse the source's block ids.
+    pub fn mark_changed(&self, blocks: &RoaringBitmap) -> Result<()> {
+        for b in blocks.iter() {
+            self.track(b as u64 * BLOCK_SIZE, 1)?;
+        }
+        Ok(())
+    }
+
+    /// Blocks still to fetch (0 when not hydrating).
+    pub fn hydration_remaining(&self) -> u64 {
+        self.hydration().map_or(0, |h| h.remaining())
+    }
+
+    /// Background hydration step: fetch one pending block. Returns `false` when hydration is over
+    /// (the map is then removed and the volume is fully local).
+    pub fn hydrate_next(&self) -> Result<bool> {
+        let Some(h) = self.hydration() else { return Ok(false) };
+        match h.next_pending() {
+            Some(b) => {
+                h.ensure(b, |data| self.write_fetched(b, data))?;
+                Ok(true)
+            }
+            None if h.remaining() > 0 => {
+                // Every remaining block is being fetched by a reader right now.
+                std::thread::sleep(std::time::Duration::from_millis(1));
+                Ok(true)
+            }
+            None => {
+                h.persist(Some(&self.file))?;
+                self.file.sync_data()?;
+                h.remove_map()?;
+                h.done.store(true, Ordering::Release);
+                self.hydrating.store(false, Ordering::Release);
+                *self.hydration.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                Ok(false)
+            }
+        }
+    }
+
     /// Reads `buf.len()` bytes at `offset`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check(offset, buf.len() as u64)?;
+        self.hydrate_range(offset, buf.len() as u64, false)?;
         let mut done = 0;
         while done < buf.len() {
             match self.file.read_at(&mut buf[done..], offset + done as u64) {
@@ -516,6 +628,11 @@ impl Volume {
         self.check(offset, buf.len() as u64)?;
         if buf.is_empty() {
             return Ok(true);
+        }
+        if let Some(h) = self.hydration()
+            && h.any_pending(offset / BLOCK_SIZE, (offset + buf.len() as u64 - 1) / BLOCK_SIZE)
+        {
+            return Ok(false);
         }
         let len = buf.len();
         match rustix::io::preadv2(
@@ -541,7 +658,7 @@ impl Volume {
         };
         // While a snapshot captures, a block's bit can be durable before its frozen bytes are copied
         // (another writer is between `track` and the copy): only the slow path waits for the copy.
-        if self.capturing.load(Ordering::Acquire) {
+        if self.capturing.load(Ordering::Acquire) || self.hydrating.load(Ordering::Acquire) {
             return Ok(false);
         }
         self.check(offset, buf.len() as u64)?;
@@ -560,17 +677,22 @@ impl Volume {
     pub fn write_at(&self, offset: u64, buf: &[u8], fua: bool) -> Result<()> {
         let _w = WriterGuard::new(&self.gate);
         self.check(offset, buf.len() as u64)?;
+        self.hydrate_range(offset, buf.len() as u64, true)?;
         self.track(offset, buf.len() as u64)?;
         self.capture_before_write(offset, buf.len() as u64)?;
         self.file.write_all_at(buf, offset)?;
         if fua {
-            self.file.sync_data()?;
+            self.flush()?;
         }
         Ok(())
     }
 
-    /// Makes every completed write durable.
+    /// Makes every completed write durable (and, while hydrating, which blocks are local).
     pub fn flush(&self) -> Result<()> {
+        match self.hydration() {
+            Some(h) => h.persist(Some(&self.file))?,
+            None => self.file.sync_data()?,
+        }
         self.file.sync_data()?;
         Ok(())
     }
@@ -593,6 +715,7 @@ impl Volume {
         if len == 0 {
             return Ok(());
         }
+        self.hydrate_range(offset, len, true)?;
         self.track(offset, len)?;
         self.capture_before_write(offset, len)?;
         let flags = if may_punch_hole {
@@ -624,6 +747,35 @@ impl Volume {
     /// the filesystem's SEEK_DATA/SEEK_HOLE: holes read as zeros, data is
     /// reported as data (not scanned for zeros).
     pub fn block_status(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        let Some(h) = self.hydration() else { return self.block_status_file(offset, len) };
+        // Blocks still in the snapshot store hold data even though the local file has a hole there.
+        let end = offset.saturating_add(len).min(self.size());
+        let mut out: Vec<Extent> = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let b = pos / BLOCK_SIZE;
+            let pending = u32::try_from(b).is_ok_and(|b| h.is_pending(b));
+            let mut stop = ((b + 1) * BLOCK_SIZE).min(end);
+            while stop < end && u32::try_from(stop / BLOCK_SIZE).is_ok_and(|n| h.is_pending(n)) == pending {
+                stop = (stop + BLOCK_SIZE).min(end);
+            }
+            let part = if pending {
+                vec![Extent { len: stop - pos, hole: false, zero: false }]
+            } else {
+                self.block_status_file(pos, stop - pos)?
+            };
+            for e in part {
+                match out.last_mut() {
+                    Some(last) if last.hole == e.hole && last.zero == e.zero => last.len += e.len,
+                    _ => out.push(e),
+                }
+            }
+            pos = stop;
+        }
+        Ok(out)
+    }
+
+    fn block_status_file(&self, offset: u64, len: u64) -> Result<Vec<Extent>> {
         if self.deleted.load(Ordering::Acquire) {
             return Err(Error::Deleted(self.id.clone()));
         }

@@ -1,0 +1,234 @@
+//! Lazy hydration: a volume created from a snapshot is usable at once. Blocks still in the snapshot
+//! store ("pending") are fetched on first touch (single-flight per block) and by a background
+//! hydrator; reads of a pending block wait for its fetch, partial writes fetch it first, whole-block
+//! writes and zeroing simply claim it.
+//!
+//! Durability: the set of still-pending blocks is kept in `hydration.map` (format below), rewritten
+//! atomically (temp file, fsync, rename, dir fsync) after the data file is synced. It is persisted at
+//! every guest flush/FUA when it changed, so a flushed write to a just-hydrated block can never be
+//! overwritten by a re-fetch after a crash; fetched-but-unflushed blocks are simply fetched again.
+//!
+//! # `hydration.map`, version 1
+//! `magic "BSNPHYDR"` · `version u32 = 1` · `len u32` · `crc32c u32` over the payload · payload =
+//! a serialized Roaring bitmap of pending block numbers.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+
+use roaring::RoaringBitmap;
+
+const MAGIC: &[u8; 8] = b"BSNPHYDR";
+const VERSION: u32 = 1;
+pub(crate) const MAP_NAME: &str = "hydration.map";
+
+/// Where pending blocks come from (the engine's snapshot store).
+pub trait BlockSource: Send + Sync + 'static {
+    /// The block's bytes (`None` when it reads as zeros). Called from blocking threads.
+    fn fetch(&self, block: u32) -> io::Result<Option<Vec<u8>>>;
+}
+
+struct State {
+    pending: RoaringBitmap,
+    in_flight: HashSet<u32>,
+    /// The map on disk is older than `pending`.
+    dirty: bool,
+}
+
+pub(crate) struct Hydration {
+    source: Box<dyn BlockSource>,
+    path: PathBuf,
+    dir: PathBuf,
+    state: Mutex<State>,
+    cv: Condvar,
+    /// Serializes map writes.
+    persist_lock: Mutex<()>,
+    pub(crate) done: AtomicBool,
+}
+
+fn encode(pending: &RoaringBitmap) -> io::Result<Vec<u8>> {
+    let mut payload = Vec::with_capacity(pending.serialized_size());
+    pending.serialize_into(&mut payload)?;
+    let mut out = Vec::with_capacity(payload.len() + 20);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+fn decode(bytes: &[u8]) -> io::Result<RoaringBitmap> {
+    let bad = |why: &str| io::Error::new(io::ErrorKind::InvalidData, format!("hydration map: {why}"));
+    if bytes.len() < 20 || &bytes[0..8] != MAGIC {
+        return Err(bad("bad header"));
+    }
+    let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    if word(8) != VERSION {
+        return Err(bad("unknown version"));
+    }
+    let len = word(12) as usize;
+    let payload = bytes.get(20..20 + len).ok_or_else(|| bad("truncated"))?;
+    if crc32c::crc32c(payload) != word(16) {
+        return Err(bad("checksum mismatch"));
+    }
+    RoaringBitmap::deserialize_from(payload).map_err(|e| bad(&e.to_string()))
+}
+
+impl Hydration {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn start(dir: &Path, source: Box<dyn BlockSource>, pending: RoaringBitmap) -> io::Result<Hydration> {
+        let h = Hydration {
+            source,
+            path: dir.join(MAP_NAME),
+            dir: dir.to_path_buf(),
+            state: Mutex::new(State { pending, in_flight: HashSet::new(), dirty: true }),
+            cv: Condvar::new(),
+            persist_lock: Mutex::new(()),
+            done: AtomicBool::new(false),
+        };
+        h.persist(None)?;
+        Ok(h)
+    }
+
+    /// Resume from the map on disk; `None` when there is none (hydration had finished).
+    pub(crate) fn resume(dir: &Path, source: Box<dyn BlockSource>) -> io::Result<Option<Hydration>> {
+        let path = dir.join(MAP_NAME);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let pending = decode(&bytes)?;
+        Ok(Some(Hydration {
+            source,
+            path,
+            dir: dir.to_path_buf(),
+            state: Mutex::new(State { pending, in_flight: HashSet::new(), dirty: false }),
+            cv: Condvar::new(),
+            persist_lock: Mutex::new(()),
+            done: AtomicBool::new(false),
+        }))
+    }
+
+    pub(crate) fn is_pending(&self, block: u32) -> bool {
+        self.lock().pending.contains(block)
+    }
+
+    pub(crate) fn any_pending(&self, first: u64, last: u64) -> bool {
+        let st = self.lock();
+        let (Ok(f), Ok(l)) = (u32::try_from(first), u32::try_from(last)) else { return false };
+        st.pending.range_cardinality(f..=l) > 0
+    }
+
+    pub(crate) fn remaining(&self) -> u64 {
+        self.lock().pending.len()
+    }
+
+    pub(crate) fn next_pending(&self) -> Option<u32> {
+        let st = self.lock();
+        st.pending.iter().find(|b| !st.in_flight.contains(b))
+    }
+
+    /// Make `block` local: fetch it (once, whoever asks first) and write it with `write`. Returns
+    /// when the block is no longer pending.
+    pub(crate) fn ensure(&self, block: u32, write: impl FnOnce(&[u8]) -> io::Result<()>) -> io::Result<()> {
+        let mut st = self.lock();
+        loop {
+            if !st.pending.contains(block) {
+                return Ok(());
+            }
+            if !st.in_flight.contains(&block) {
+                break;
+            }
+            st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        st.in_flight.insert(block);
+        drop(st);
+        let result = self.source.fetch(block).and_then(|data| match data {
+            Some(d) => write(&d),
+            None => Ok(()),
+        });
+        let mut st = self.lock();
+        st.in_flight.remove(&block);
+        if result.is_ok() {
+            st.pending.remove(block);
+            st.dirty = true;
+        }
+        drop(st);
+        self.cv.notify_all();
+        result
+    }
+
+    /// A whole-block overwrite makes the fetch unnecessary.
+    pub(crate) fn claim(&self, block: u32) {
+        let mut st = self.lock();
+        while st.in_flight.contains(&block) {
+            st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+        }
+        if st.pending.remove(block) {
+            st.dirty = true;
+        }
+    }
+
+    /// Write the map if it changed. `data` (when given) is synced first, so the map never says
+    /// "local" for bytes that are not durable.
+    pub(crate) fn persist(&self, data: Option<&File>) -> io::Result<()> {
+        let _p = self.persist_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let snapshot = {
+            let mut st = self.lock();
+            if !st.dirty {
+                return Ok(());
+            }
+            st.dirty = false;
+            st.pending.clone()
+        };
+        if let Some(f) = data {
+            f.sync_data()?;
+        }
+        let result = (|| {
+            let tmp = self.dir.join(format!("{MAP_NAME}.tmp"));
+            let mut f = File::create(&tmp)?;
+            f.write_all(&encode(&snapshot)?)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &self.path)?;
+            crate::fsync_dir(&self.dir)
+        })();
+        if result.is_err() {
+            self.lock().dirty = true;
+        }
+        result
+    }
+
+    pub(crate) fn remove_map(&self) -> io::Result<()> {
+        match fs::remove_file(&self.path) {
+            Ok(()) => crate::fsync_dir(&self.dir),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn map_roundtrip_and_damage() {
+        let mut b = RoaringBitmap::new();
+        b.insert_range(3..900);
+        let bytes = encode(&b).unwrap();
+        assert_eq!(decode(&bytes).unwrap(), b);
+        let mut bad = bytes.clone();
+        let n = bad.len() - 1;
+        bad[n] ^= 1;
+        assert!(decode(&bad).is_err());
+        assert!(decode(&bytes[..10]).is_err());
+    }
+}
