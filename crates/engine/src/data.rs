@@ -446,67 +446,84 @@ impl Engine {
         });
     }
 
+    /// A restored volume is usable at once: its blocks come from the snapshot on first touch
+    /// (single-flight) and from this background hydrator, which then marks the volume fully local.
     async fn restore(self: &Arc<Self>, volume: &Volume, snap: &Snapshot) -> Result<()> {
         let storage = self.storage.as_ref().ok_or_else(|| internal("restore", "no storage"))?;
         let store = self.store(&snap.region).await?;
         let manifest = store.read_manifest(&snap.id).await.map_err(|e| internal("reading the manifest", e))?;
-        let codec = Arc::new(self.codec(snap.kms_key_id.as_deref(), snap.wrapped_data_key.as_deref())?);
+        let codec = self.codec(snap.kms_key_id.as_deref(), snap.wrapped_data_key.as_deref())?;
         let vol = storage.volumes.open_volume(&volume.id).map_err(|e| internal("opening the volume", e))?;
-        let work: Vec<(usize, BlockId)> = manifest
-            .blocks
-            .iter()
-            .enumerate()
-            .filter(|(_, id)| **id != BlockId::UNWRITTEN && **id != BlockId::ZERO)
-            .map(|(i, id)| (i, *id))
-            .collect();
-        let total = work.len() as u64;
-        let mut running = tokio::task::JoinSet::new();
-        let mut it = work.into_iter();
-        let mut done = 0u64;
-        loop {
-            while running.len() < UPLOAD_CONCURRENCY {
-                let Some((i, id)) = it.next() else { break };
-                let (vol, store, codec) = (vol.clone(), store.clone(), codec.clone());
-                running.spawn(async move {
-                    let data = store.get_block(&codec, &id).await.map_err(|e| internal("reading a block", e))?;
-                    tokio::task::spawn_blocking(move || vol.write_at(i as u64 * BLOCK_SIZE, &data, false))
-                        .await
-                        .map_err(|e| internal("write task", e))?
-                        .map_err(|e| internal("writing a block", e))
-                });
-            }
-            let Some(joined) = running.join_next().await else { break };
-            joined.map_err(|e| internal("restore task", e))??;
-            done += 1;
-            if done.is_multiple_of(64)
-                && let Some(v) = self.lock().volumes.get_mut(&volume.id)
-            {
-                v.restore = Some(crate::model::RestoreProgress { done, total });
+        let size = vol.size();
+        let source = Box::new(StoreSource {
+            store,
+            codec,
+            blocks: Arc::new(manifest.blocks.clone()),
+            runtime: storage.runtime.clone(),
+        });
+        let mut pending = RoaringBitmap::new();
+        for (i, id) in manifest.blocks.iter().enumerate() {
+            if !id.is_reserved() && (i as u64) * BLOCK_SIZE < size {
+                pending.insert(i as u32);
             }
         }
+        let total = pending.len();
+        // Within one key lineage the restored blocks are the source's: the first snapshot is
+        // incremental against it. Across lineages they must be read (and re-encrypted) again.
         let same_lineage = volume.wrapped_data_key == snap.wrapped_data_key;
         let v2 = vol.clone();
+        let resumed = tokio::task::spawn_blocking(move || -> std::result::Result<bool, blocksnap_volume::Error> {
+            if v2.resume_hydration(source.clone_box())? {
+                return Ok(true);
+            }
+            if !same_lineage {
+                v2.mark_changed(&pending)?;
+            }
+            v2.start_hydration(source, pending)?;
+            Ok(false)
+        })
+        .await
+        .map_err(|e| internal("hydration task", e))?
+        .map_err(|e| internal("starting the hydration", e))?;
+        {
+            let mut st = self.lock();
+            let Some(mut v) = st.volumes.get(&volume.id).cloned() else { return Ok(()) };
+            if v.state == VolumeState::Creating {
+                v.state = VolumeState::Available;
+            }
+            v.restore = Some(crate::model::RestoreProgress { done: 0, total });
+            self.commit(&mut st, vec![Rec::Volume(v)])?;
+        }
+        tracing::info!(
+            volume_id = volume.id,
+            snapshot_id = snap.id,
+            blocks = total,
+            resumed,
+            "volume available, hydrating"
+        );
+        let v3 = vol.clone();
+        let me = self.clone();
+        let vid = volume.id.clone();
         tokio::task::spawn_blocking(move || -> std::result::Result<(), blocksnap_volume::Error> {
-            v2.flush()?;
-            // Within one lineage the restored blocks are the parent's: the next snapshot is
-            // incremental against it. Across lineages they stay marked changed and are re-read.
-            if same_lineage {
-                let g = v2.gate();
-                let (epoch, _) = v2.swap_epoch(&g)?;
-                drop(g);
-                v2.release_epoch(epoch)?;
+            let mut n = 0u64;
+            while v3.hydrate_next()? {
+                n += 1;
+                if n.is_multiple_of(64)
+                    && let Some(v) = me.lock().volumes.get_mut(&vid)
+                {
+                    v.restore = Some(crate::model::RestoreProgress { done: total - v3.hydration_remaining(), total });
+                }
             }
             Ok(())
         })
         .await
-        .map_err(|e| internal("flush task", e))?
-        .map_err(|e| internal("finishing the restore", e))?;
+        .map_err(|e| internal("hydration task", e))?
+        .map_err(|e| internal("hydrating", e))?;
         let mut st = self.lock();
         let Some(mut v) = st.volumes.get(&volume.id).cloned() else { return Ok(()) };
-        v.state = if v.attachments.is_empty() { VolumeState::Available } else { VolumeState::InUse };
         v.restore = None;
         self.commit(&mut st, vec![Rec::Volume(v)])?;
-        tracing::info!(volume_id = volume.id, snapshot_id = snap.id, blocks = done, "volume restored");
+        tracing::info!(volume_id = volume.id, snapshot_id = snap.id, "volume fully hydrated");
         Ok(())
     }
 
@@ -560,6 +577,38 @@ impl Engine {
 }
 
 type Loaded = (Arc<Manifest>, Arc<BlockStore>, Arc<Codec>);
+
+/// Fetches a restored volume's pending blocks from its snapshot (called on blocking threads).
+struct StoreSource {
+    store: Arc<BlockStore>,
+    codec: Codec,
+    blocks: Arc<Vec<BlockId>>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl StoreSource {
+    fn clone_box(&self) -> Box<StoreSource> {
+        Box::new(StoreSource {
+            store: self.store.clone(),
+            codec: self.codec.clone(),
+            blocks: self.blocks.clone(),
+            runtime: self.runtime.clone(),
+        })
+    }
+}
+
+impl blocksnap_volume::BlockSource for StoreSource {
+    fn fetch(&self, block: u32) -> std::io::Result<Option<Vec<u8>>> {
+        let Some(id) = self.blocks.get(block as usize).copied().filter(|id| !id.is_reserved()) else {
+            return Ok(None);
+        };
+        let data = self
+            .runtime
+            .block_on(self.store.get_block(&self.codec, &id))
+            .map_err(|e| std::io::Error::other(format!("fetching block {block} from the snapshot: {e}")))?;
+        Ok(Some(data.to_vec()))
+    }
+}
 
 /// Random access to a completed snapshot's bytes. Synchronous: call from blocking threads.
 pub struct SnapshotReader {
