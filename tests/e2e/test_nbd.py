@@ -123,7 +123,8 @@ def test_flushed_writes_survive_kill_9(fresh_server, az):
 def test_deleted_volume_frees_its_bytes(server, ec2, az, run_tag):
     inst, vid = setup_volume(ec2, az, run_tag)
     d = server.data_dir / "volumes" / vid
-    assert d.is_dir()
+    qemu_io(server, vid, "write -P 1 0 4k", "flush")
+    assert d.is_dir(), "bytes are allocated on first use"
     ec2.detach_volume(VolumeId=vid)
     ec2.delete_volume(VolumeId=vid)
     assert not d.exists()

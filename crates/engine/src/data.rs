@@ -173,15 +173,13 @@ impl Engine {
     /// start capturing them, release the gates, commit all pending rows in one catalog transaction,
     /// start the uploads. No write on any of the volumes is acknowledged during the cut.
     pub(crate) fn cut_and_commit(&self, st: &mut State, mut snaps: Vec<Snapshot>) -> Result<Vec<Snapshot>> {
-        let Some(storage) = &self.storage else {
+        if self.storage.is_none() {
             let recs = snaps.iter().cloned().map(Rec::Snapshot).collect();
             self.commit(st, recs)?;
             return Ok(snaps);
         };
-        let vols = snaps
-            .iter()
-            .map(|s| storage.volumes.open_volume(&s.volume_id).map_err(|e| internal("opening the volume", e)))
-            .collect::<Result<Vec<_>>>()?;
+        let vols =
+            snaps.iter().map(|s| self.live_volume(&s.volume_id, s.volume_size_gib)).collect::<Result<Vec<_>>>()?;
         let started = std::time::Instant::now();
         let gates: Vec<_> = vols.iter().map(|v| v.gate()).collect();
         let mut frozen: Vec<u64> = Vec::new();
@@ -453,7 +451,7 @@ impl Engine {
         let store = self.store(&snap.region).await?;
         let manifest = store.read_manifest(&snap.id).await.map_err(|e| internal("reading the manifest", e))?;
         let codec = self.codec(snap.kms_key_id.as_deref(), snap.wrapped_data_key.as_deref())?;
-        let vol = storage.volumes.open_volume(&volume.id).map_err(|e| internal("opening the volume", e))?;
+        let vol = self.live_volume(&volume.id, volume.size_gib)?;
         let size = vol.size();
         let source = Box::new(StoreSource {
             store,

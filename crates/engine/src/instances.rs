@@ -417,12 +417,6 @@ impl Engine {
                     data_key_id: lineage.1,
                     restore: None,
                 };
-                if let Err(e) = self.allocate_volume(&vid, v.size_gib) {
-                    for c in &created {
-                        self.release_volume_bytes(c);
-                    }
-                    return Err(e);
-                }
                 created.push(vid);
                 recs.push(Rec::Volume(v));
             }

@@ -440,7 +440,6 @@ impl Engine {
             data_key_id,
             restore: None,
         };
-        self.allocate_volume(&id, vol.size_gib)?;
         recs.push(Rec::Volume(vol.clone()));
         if let Err(e) = self.commit(&mut st, recs) {
             self.release_volume_bytes(&id);
@@ -510,21 +509,31 @@ impl Engine {
     }
 
     pub(crate) fn release_volume_bytes(&self, volume_id: &str) {
-        if let Some(s) = &self.storage
-            && let Err(e) = s.volumes.delete(volume_id)
-        {
-            tracing::warn!(volume_id, error = %e, "could not free volume bytes");
+        if let Some(s) = &self.storage {
+            match s.volumes.delete(volume_id) {
+                Ok(()) | Err(blocksnap_volume::Error::NotFound(_)) => {}
+                Err(e) => tracing::warn!(volume_id, error = %e, "could not free volume bytes"),
+            }
         }
     }
 
-    /// Allocate a new volume's bytes (before its row is committed).
-    pub(crate) fn allocate_volume(&self, volume_id: &str, size_gib: u32) -> Result<()> {
-        if let Some(s) = &self.storage {
-            s.volumes
-                .create(volume_id, size_gib as u64 * GIB)
-                .map_err(|e| EngineError::Internal(format!("allocating volume {volume_id}: {e}")))?;
+    /// The live volume's bytes, created on first use: a volume nobody has attached or snapshotted
+    /// reads as zeros and needs no file, so CreateVolume costs one catalog commit.
+    pub(crate) fn live_volume(&self, volume_id: &str, size_gib: u32) -> Result<Arc<blocksnap_volume::Volume>> {
+        let s = self.storage.as_ref().ok_or_else(|| EngineError::Internal("no volume store".into()))?;
+        match s.volumes.open_volume(volume_id) {
+            Ok(v) => Ok(v),
+            Err(blocksnap_volume::Error::NotFound(_)) => {
+                match s.volumes.create(volume_id, size_gib as u64 * GIB) {
+                    Ok(()) | Err(blocksnap_volume::Error::AlreadyExists(_)) => {}
+                    Err(e) => return Err(EngineError::Internal(format!("allocating volume {volume_id}: {e}"))),
+                }
+                s.volumes
+                    .open_volume(volume_id)
+                    .map_err(|e| EngineError::Internal(format!("opening volume {volume_id}: {e}")))
+            }
+            Err(e) => Err(EngineError::Internal(format!("opening volume {volume_id}: {e}"))),
         }
-        Ok(())
     }
 
     pub fn modify_volume(&self, ctx: &Ctx, req: ModifyVolume) -> Result<VolumeModification> {
@@ -577,9 +586,11 @@ impl Engine {
         if size as u32 != v.size_gib
             && let Some(s) = &self.storage
         {
-            s.volumes
-                .resize(&v.id, size as u64 * GIB)
-                .map_err(|e| EngineError::Internal(format!("growing volume {}: {e}", v.id)))?;
+            match s.volumes.resize(&v.id, size as u64 * GIB) {
+                // Not allocated yet: it will be created at the new size.
+                Ok(()) | Err(blocksnap_volume::Error::NotFound(_)) => {}
+                Err(e) => return Err(EngineError::Internal(format!("growing volume {}: {e}", v.id))),
+            }
         }
         let mut nv = v;
         nv.size_gib = size as u32;
@@ -748,10 +759,12 @@ impl Engine {
 
     /// The live volume behind an attached volume's NBD export, if it is attached.
     pub fn attached_volume(&self, volume_id: &str) -> Option<Arc<blocksnap_volume::Volume>> {
-        if !self.volume_attached(volume_id) {
-            return None;
-        }
-        self.storage.as_ref()?.volumes.open_volume(volume_id).ok()
+        let size = {
+            let st = self.lock();
+            let v = st.volumes.get(volume_id).filter(|v| !v.attachments.is_empty())?;
+            v.size_gib
+        };
+        self.live_volume(volume_id, size).ok()
     }
 
     /// Volume ids whose NBD export may be served (attached), for NBD `LIST`.
