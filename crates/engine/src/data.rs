@@ -62,6 +62,7 @@ impl Engine {
     /// uploads and restores left by a previous run.
     pub fn start(self: &Arc<Self>) -> Result<()> {
         let _ = self.jobs.me.set(Arc::downgrade(self));
+        self.reconcile_frozen_epochs();
         let (pending, restoring): (Vec<Snapshot>, Vec<Volume>) = {
             let st = self.lock();
             (
@@ -103,6 +104,41 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// A crash between a cut and its catalog commit leaves a frozen epoch (and maybe a capture log)
+    /// that no snapshot owns: its blocks go back into the volume's changed set, so the next snapshot
+    /// reads them. Never under-report.
+    fn reconcile_frozen_epochs(&self) {
+        let Some(storage) = &self.storage else { return };
+        let (owned, volumes): (std::collections::HashSet<(String, u64)>, Vec<String>) = {
+            let st = self.lock();
+            (
+                st.snapshots
+                    .values()
+                    .filter(|s| s.state == SnapshotState::Pending)
+                    .filter_map(|s| s.epoch.map(|e| (s.volume_id.clone(), e)))
+                    .collect(),
+                st.volumes.keys().cloned().collect(),
+            )
+        };
+        for vid in volumes {
+            if !storage.volumes.exists(&vid) {
+                continue;
+            }
+            let Ok(v) = storage.volumes.open_volume(&vid) else { continue };
+            let Ok(frozen) = v.frozen_epochs() else { continue };
+            for (epoch, _) in frozen {
+                if owned.contains(&(vid.clone(), epoch)) {
+                    continue;
+                }
+                tracing::info!(volume_id = vid, epoch, "returning an orphaned frozen epoch to the changed set");
+                let _ = v.end_capture(epoch);
+                if let Err(e) = v.restore_epoch(epoch) {
+                    tracing::error!(volume_id = vid, epoch, error = %e, "could not restore an orphaned epoch");
+                }
+            }
+        }
     }
 
     pub(crate) fn me(&self) -> Option<Arc<Engine>> {
@@ -180,6 +216,19 @@ impl Engine {
         };
         let vols =
             snaps.iter().map(|s| self.live_volume(&s.volume_id, s.volume_size_gib)).collect::<Result<Vec<_>>>()?;
+        // Everything slow (files, fsyncs) happens before the gates, so the pause is a few renames.
+        let mut prepared = Vec::with_capacity(vols.len());
+        for v in &vols {
+            match v.prepare_cut() {
+                Ok(p) => prepared.push(p),
+                Err(e) => {
+                    for (v, p) in vols.iter().zip(prepared) {
+                        let _ = v.abandon_cut(p);
+                    }
+                    return Err(internal("preparing the cut", e));
+                }
+            }
+        }
         let started = std::time::Instant::now();
         let gates: Vec<_> = vols.iter().map(|v| v.gate()).collect();
         let mut frozen: Vec<u64> = Vec::new();
@@ -191,13 +240,10 @@ impl Engine {
                 }
             }
         };
+        let mut prepared = prepared.into_iter();
         for (i, v) in vols.iter().enumerate() {
-            let cut =
-                v.swap_epoch(&gates[i]).map_err(|e| internal("freezing changed blocks", e)).and_then(|(epoch, set)| {
-                    v.begin_capture(&gates[i], epoch, &set).map_err(|e| internal("starting the capture", e))?;
-                    Ok((epoch, set))
-                });
-            match cut {
+            let Some(p) = prepared.next() else { break };
+            match v.commit_cut(&gates[i], p) {
                 Ok((epoch, set)) => {
                     frozen.push(epoch);
                     snaps[i].epoch = Some(epoch);
@@ -205,15 +251,24 @@ impl Engine {
                 }
                 Err(e) => {
                     undo(&frozen);
-                    return Err(e);
+                    for (v, p) in vols.iter().skip(i + 1).zip(prepared) {
+                        let _ = v.abandon_cut(p);
+                    }
+                    return Err(internal("freezing changed blocks", e));
                 }
             }
         }
         // Every volume is frozen at the same instant: writes may go on. The rows are committed after
-        // the gates open (the engine lock keeps the cut invisible until then); if the commit fails the
-        // frozen sets go back into the volumes and no snapshot exists.
+        // the gates open (the engine lock keeps the cut invisible until then) and after the switch is
+        // durable; if anything fails the frozen sets go back into the volumes and no snapshot exists.
         drop(gates);
         let pause = started.elapsed();
+        for v in &vols {
+            if let Err(e) = v.finish_cut() {
+                undo(&frozen);
+                return Err(internal("making the cut durable", e));
+            }
+        }
         let recs = snaps.iter().cloned().map(Rec::Snapshot).collect();
         if let Err(e) = self.commit(st, recs) {
             undo(&frozen);

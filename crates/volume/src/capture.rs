@@ -67,18 +67,30 @@ fn header(epoch: u64) -> [u8; HEADER_LEN as usize] {
 impl Capture {
     /// A new, empty log for `epoch` (durable before the gate is released).
     pub(crate) fn create(dir: &Path, epoch: u64, size: u64, set: &RoaringBitmap) -> io::Result<Capture> {
+        let log = Self::prepare(dir, epoch)?;
+        Ok(Self::from_prepared(dir, log, epoch, size, set))
+    }
+
+    /// The empty, durable log file, made before the cut (outside the write gate).
+    pub(crate) fn prepare(dir: &Path, epoch: u64) -> io::Result<File> {
         let path = log_path(dir, epoch);
         let log = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
         log.write_all_at(&header(epoch), 0)?;
         log.sync_all()?;
         crate::fsync_dir(dir)?;
-        Ok(Capture {
+        Ok(log)
+    }
+
+    /// Start capturing into a prepared log (under the gate: memory only).
+    pub(crate) fn from_prepared(dir: &Path, log: File, epoch: u64, size: u64, set: &RoaringBitmap) -> Capture {
+        let path = log_path(dir, epoch);
+        Capture {
             epoch,
             size,
             path,
             log,
             inner: Mutex::new(Inner { pending: set.clone(), index: HashMap::new(), end: HEADER_LEN }),
-        })
+        }
     }
 
     /// Reopen a log after a restart: keep every whole record, drop a torn tail.

@@ -21,6 +21,8 @@ const MAGIC: &[u8; 8] = b"BSNPCBT\0";
 pub(crate) const FORMAT_VERSION: u32 = 1;
 pub(crate) const ACTIVE_NAME: &str = "changes.bitmap";
 const TMP_NAME: &str = "changes.bitmap.tmp";
+/// The next epoch's empty bitmap, prepared before a cut and renamed over the active file during it.
+const NEXT_NAME: &str = "changes.next";
 const FROZEN_PREFIX: &str = "changes.";
 const FROZEN_SUFFIX: &str = ".frozen";
 
@@ -243,7 +245,19 @@ impl Cbt {
     }
 
     pub(crate) fn open(dir: &Path, nblocks: u64, enabled: bool) -> io::Result<Cbt> {
-        let loaded = load(&dir.join(ACTIVE_NAME), nblocks)?;
+        let mut loaded = load(&dir.join(ACTIVE_NAME), nblocks)?;
+        // A prepared next-epoch file left by a cut whose rename did not reach the disk: bits set in
+        // it after the cut are kept (or-ed into the active set: over-reporting is safe).
+        let next = dir.join(NEXT_NAME);
+        if next.exists() {
+            if let Ok(extra) = load(&next, nblocks) {
+                for (w, x) in loaded.words.iter_mut().zip(extra.words.iter()) {
+                    *w |= *x;
+                }
+                loaded.damaged = true;
+            }
+            fs::remove_file(&next)?;
+        }
         let epoch = match loaded.epoch {
             Some(e) => e,
             // Header lost: continue after any frozen epoch still on disk.
@@ -423,6 +437,71 @@ impl Cbt {
         }
         self.damaged.store(false, Ordering::Relaxed);
         Ok((old, set))
+    }
+
+    /// Cut, first half (outside the write gate, may take milliseconds): link the active file as
+    /// the frozen copy of the current epoch (the same inode, so bits set until the cut land in it
+    /// too) and write the next epoch's empty file; both durable. Returns the epoch being frozen.
+    pub(crate) fn prepare_swap(&self) -> io::Result<u64> {
+        let (old, nblocks) = {
+            let st = self.lock();
+            (st.epoch, st.nblocks)
+        };
+        let frozen = self.dir.join(frozen_name(old));
+        match fs::remove_file(&frozen) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        fs::hard_link(self.dir.join(ACTIVE_NAME), &frozen)?;
+        drop(write_full(&self.dir, NEXT_NAME, old + 1, nblocks, &vec![0u64; nwords(nblocks)])?);
+        Ok(old)
+    }
+
+    /// Cut, second half (under the write gate, microseconds): switch to the prepared file with one
+    /// rename. No fsync here: if the rename is lost in a crash, the old file (a superset) stays
+    /// active and the prepared file's bits are merged at open. Call `sync` before relying on it.
+    pub(crate) fn commit_swap(&self, expected_epoch: u64) -> io::Result<(u64, RoaringBitmap)> {
+        let mut st = self.lock();
+        if st.epoch != expected_epoch {
+            return Err(io::Error::other(format!(
+                "epoch moved from {expected_epoch} to {} between prepare and cut",
+                st.epoch
+            )));
+        }
+        let next = self.dir.join(NEXT_NAME);
+        let file = OpenOptions::new().read(true).write(true).open(&next)?;
+        fs::rename(&next, self.dir.join(ACTIVE_NAME))?;
+        let old = st.epoch;
+        let zeros = vec![0u64; st.words.len()];
+        let set = words_to_roaring(&st.words);
+        st.file = file;
+        st.epoch = old + 1;
+        st.words = zeros;
+        st.dirty_pages.clear();
+        for w in self.durable().iter() {
+            w.store(0, Ordering::Release);
+        }
+        self.damaged.store(false, Ordering::Relaxed);
+        Ok((old, set))
+    }
+
+    /// A prepared cut that did not happen: drop the frozen link (same inode as the active file)
+    /// and the prepared file.
+    pub(crate) fn abandon_prepared(&self, epoch: u64) -> io::Result<()> {
+        for name in [frozen_name(epoch), NEXT_NAME.to_string()] {
+            match fs::remove_file(self.dir.join(name)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        fsync_dir(&self.dir)
+    }
+
+    /// Makes a committed swap durable.
+    pub(crate) fn sync(&self) -> io::Result<()> {
+        fsync_dir(&self.dir)
     }
 
     /// Grows the bitmap to `nblocks`; new blocks start clean. Caller holds

@@ -74,8 +74,9 @@ pub const BLOCK_SIZE: u64 = 524_288;
 pub const BITMAP_FORMAT_VERSION: u32 = cbt::FORMAT_VERSION;
 
 const DATA_NAME: &str = "data.img";
-/// Extra blocks a sequential writer marks changed at once.
-const SEQ_MARK_AHEAD: u64 = 15;
+/// Extra blocks a sequential writer marks changed at once (ramping up).
+const SEQ_MARK_AHEAD_MIN: u64 = 15;
+const SEQ_MARK_AHEAD_MAX: u64 = 128;
 
 /// Errors of the volume store.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +126,13 @@ impl From<Error> for io::Error {
         };
         io::Error::new(kind, e)
     }
+}
+
+/// The slow half of a snapshot cut, done before taking the write gate ([`Volume::prepare_cut`]).
+#[derive(Debug)]
+pub struct PreparedCut {
+    pub epoch: u64,
+    log: Option<File>,
 }
 
 /// One run of a [`Volume::block_status`] answer.
@@ -330,6 +338,7 @@ pub struct Volume {
     deleted: AtomicBool,
     /// End offset of the last write, to detect sequential streams.
     seq_end: AtomicU64,
+    seq_ahead: AtomicU64,
     /// Snapshot captures in progress (copy-before-write), and a flag so writes skip the lock when
     /// there are none.
     captures: Mutex<Vec<Arc<capture::Capture>>>,
@@ -371,6 +380,7 @@ impl Volume {
             cbt,
             deleted: AtomicBool::new(false),
             seq_end: AtomicU64::new(u64::MAX),
+            seq_ahead: AtomicU64::new(SEQ_MARK_AHEAD_MIN),
             captures: Mutex::new(Vec::new()),
             capturing: AtomicBool::new(false),
             hydration: Mutex::new(None),
@@ -410,13 +420,18 @@ impl Volume {
         let first = offset / BLOCK_SIZE;
         let mut last = (end - 1) / BLOCK_SIZE;
         // A write that continues the previous one is part of a sequential
-        // stream: mark ahead so the stream pays one bitmap commit per
-        // 8 MiB instead of per block. Over-reporting is safe (the next
-        // snapshot re-reads a few unchanged blocks).
+        // stream: mark ahead (16 blocks, doubling per commit up to 128 =
+        // 64 MiB) so a stream pays a handful of bitmap commits instead of
+        // one per block. Over-reporting is safe: the next snapshot re-reads
+        // at most 64 MiB of unchanged blocks per stream.
         let sequential = self.seq_end.swap(end, Ordering::Relaxed) == offset;
-        if sequential && !self.cbt.is_durable(first, last) {
+        if !sequential {
+            self.seq_ahead.store(SEQ_MARK_AHEAD_MIN, Ordering::Relaxed);
+        } else if !self.cbt.is_durable(first, last) {
+            let ahead = self.seq_ahead.load(Ordering::Relaxed);
+            self.seq_ahead.store((ahead * 2).min(SEQ_MARK_AHEAD_MAX), Ordering::Relaxed);
             let nblocks = cbt::nblocks_for(self.size());
-            last = (last + SEQ_MARK_AHEAD).min(nblocks.saturating_sub(1)).max(last);
+            last = (last + ahead).min(nblocks.saturating_sub(1)).max(last);
         }
         self.cbt.mark(first, last)?;
         Ok(())
@@ -445,6 +460,42 @@ impl Volume {
         let c = capture::Capture::create(&self.dir, epoch, self.size(), set)?;
         self.register_capture(c);
         Ok(())
+    }
+
+    /// Cut, step 1 (outside the write gate): everything slow, made durable in advance. The epoch
+    /// frozen by the cut is [`PreparedCut::epoch`].
+    pub fn prepare_cut(&self) -> Result<PreparedCut> {
+        let epoch = self.cbt.prepare_swap()?;
+        match capture::Capture::prepare(&self.dir, epoch) {
+            Ok(log) => Ok(PreparedCut { epoch, log: Some(log) }),
+            Err(e) => {
+                let _ = self.cbt.abandon_prepared(epoch);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Cut, step 2 (under this volume's gate, no I/O but one rename): freeze the epoch's changed
+    /// blocks and start copy-before-write on them. Returns `(epoch, frozen blocks)`.
+    pub fn commit_cut(&self, gate: &WriteGateGuard<'_>, mut prepared: PreparedCut) -> Result<(u64, RoaringBitmap)> {
+        if !std::ptr::eq(gate.vol, self) {
+            return Err(Error::WrongGate);
+        }
+        let (epoch, set) = self.cbt.commit_swap(prepared.epoch)?;
+        let log = prepared.log.take().ok_or_else(|| Error::Io(io::Error::other("prepared cut already used")))?;
+        self.register_capture(capture::Capture::from_prepared(&self.dir, log, epoch, self.size(), &set));
+        Ok((epoch, set))
+    }
+
+    /// Cut, step 3 (after the gate opens): make the switch durable.
+    pub fn finish_cut(&self) -> Result<()> {
+        Ok(self.cbt.sync()?)
+    }
+
+    /// A prepared cut that will not be committed.
+    pub fn abandon_cut(&self, prepared: PreparedCut) -> Result<()> {
+        let _ = std::fs::remove_file(capture::log_path(&self.dir, prepared.epoch));
+        Ok(self.cbt.abandon_prepared(prepared.epoch)?)
     }
 
     /// Re-registers a capture after a restart, from its log (call before the volume is served).

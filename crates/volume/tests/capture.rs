@@ -88,3 +88,41 @@ fn torn_log_tail_is_dropped() {
     v.read_frozen_block(epoch, 1, &mut buf).unwrap();
     assert!(buf.iter().all(|&b| b == 0x42));
 }
+
+#[test]
+fn prepared_cut_freezes_writes_made_until_the_gate() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = VolumeStore::open(dir.path().to_path_buf()).unwrap();
+    store.create("vol-3", 8 * BLOCK_SIZE).unwrap();
+    let v = store.open_volume("vol-3").unwrap();
+    v.write_at(0, &[1; 16], false).unwrap();
+    let prepared = v.prepare_cut().unwrap();
+    // A write between prepare and the gate belongs to the frozen epoch.
+    v.write_at(2 * BLOCK_SIZE, &[2; 16], false).unwrap();
+    let (epoch, set) = {
+        let g = v.gate();
+        v.commit_cut(&g, prepared).unwrap()
+    };
+    v.finish_cut().unwrap();
+    assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 2]);
+    v.write_at(4 * BLOCK_SIZE, &[4; 16], false).unwrap();
+    assert_eq!(v.changed_blocks().iter().collect::<Vec<_>>(), vec![4]);
+    let frozen = v.frozen_epochs().unwrap();
+    assert_eq!(frozen.len(), 1);
+    assert_eq!(frozen[0].0, epoch);
+    assert_eq!(frozen[0].1.iter().collect::<Vec<_>>(), vec![0, 2], "the frozen file keeps the cut's set");
+    // Reopen: the active file is the new epoch's.
+    drop(v);
+    drop(store);
+    let store = VolumeStore::open(dir.path().to_path_buf()).unwrap();
+    let v = store.open_volume("vol-3").unwrap();
+    assert_eq!(v.epoch(), epoch + 1);
+    assert_eq!(v.changed_blocks().iter().collect::<Vec<_>>(), vec![4]);
+
+    // An abandoned prepare changes nothing.
+    let p = v.prepare_cut().unwrap();
+    v.abandon_cut(p).unwrap();
+    assert_eq!(v.frozen_epochs().unwrap().len(), 1);
+    v.write_at(5 * BLOCK_SIZE, &[5; 16], false).unwrap();
+    assert_eq!(v.changed_blocks().iter().collect::<Vec<_>>(), vec![4, 5]);
+}
