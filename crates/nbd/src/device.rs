@@ -72,6 +72,9 @@ impl BlockDevice for Volume {
     fn try_read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<bool> {
         Ok(Volume::try_read_cached(self, offset, buf)?)
     }
+    fn cache(&self, offset: u64, len: u64) -> io::Result<()> {
+        Ok(Volume::prefetch(self, offset, len)?)
+    }
     fn try_write_at(&self, offset: u64, buf: &[u8]) -> io::Result<bool> {
         Ok(Volume::try_write_fast(self, offset, buf)?)
     }

@@ -655,6 +655,13 @@ impl Volume {
         }
     }
 
+    /// Makes a range local now (NBD_CMD_CACHE): fetches its pending blocks
+    /// when the volume is hydrating, otherwise does nothing.
+    pub fn prefetch(&self, offset: u64, len: u64) -> Result<()> {
+        self.check(offset, len)?;
+        self.hydrate_range(offset, len, false)
+    }
+
     /// Reads `buf.len()` bytes at `offset`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check(offset, buf.len() as u64)?;
