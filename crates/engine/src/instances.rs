@@ -547,7 +547,13 @@ impl Engine {
             Ok((InstanceState::ShuttingDown, InstanceState::Terminated))
         })?;
         for id in &freed {
-            self.free_volume_bytes(id);
+            // A pending snapshot still reads the volume's frozen bytes: they go when it ends.
+            let keep = Self::volume_has_pending_snapshot(&self.lock(), id);
+            if keep {
+                self.close_export(id);
+            } else {
+                self.free_volume_bytes(id);
+            }
         }
         for id in &detached {
             self.close_export(id);
