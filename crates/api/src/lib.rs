@@ -97,7 +97,13 @@ async fn handle(
         let engine = st.engine.clone();
         let ctx = caller.ctx.clone();
         let rid = request_id.clone();
-        match tokio::task::spawn_blocking(move || ec2::run(&call, &engine, &ctx, &params, &rid)).await {
+        match tokio::task::spawn_blocking(move || {
+            let r = ec2::run(&call, &engine, &ctx, &params, &rid);
+            // Nothing is answered before its catalog commit is durable.
+            engine.sync_pending().and(r)
+        })
+        .await
+        {
             Ok(r) => r,
             Err(e) => Err(EngineError::Internal(format!("request task failed: {e}"))),
         }
@@ -125,9 +131,19 @@ async fn handle_json(
     let engine = st.engine.clone();
     let op = op.to_string();
     let result = match service {
-        "TrentService" => tokio::task::spawn_blocking(move || kms::dispatch(&engine, &caller.ctx, &op, &parsed)).await,
+        "TrentService" => {
+            tokio::task::spawn_blocking(move || {
+                let r = kms::dispatch(&engine, &caller.ctx, &op, &parsed);
+                engine.sync_pending().and(r)
+            })
+            .await
+        }
         "Lightsail_20161128" => {
-            let r = tokio::task::spawn_blocking(move || lightsail::dispatch(&engine, &caller.ctx, &op, &parsed)).await;
+            let r = tokio::task::spawn_blocking(move || {
+                let r = lightsail::dispatch(&engine, &caller.ctx, &op, &parsed);
+                engine.sync_pending().and(r)
+            })
+            .await;
             return lightsail::respond(r, &request_id);
         }
         other => {

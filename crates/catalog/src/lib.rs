@@ -41,12 +41,17 @@ pub enum CatalogError {
 
 pub type Result<T> = std::result::Result<T, CatalogError>;
 
-/// Durable storage of rows. Implementations must make `commit` atomic and durable before returning.
+/// Durable storage of rows. `commit` applies a batch atomically (visible to later reads, surviving a
+/// crash of the process) and returns its sequence number; `sync(seq)` returns once that batch and all
+/// before it are durable on disk. Splitting the two lets concurrent callers share one fsync
+/// (group commit): nobody is answered before `sync` returns.
 pub trait Catalog: Send + Sync + 'static {
     /// Every row of a kind (the engine loads its state at start).
     fn load_kind(&self, kind: &str) -> Result<Vec<Row>>;
     /// One row by kind and id.
     fn get(&self, kind: &str, id: &str) -> Result<Option<Row>>;
-    /// Apply a batch atomically.
-    fn commit(&self, changes: &[Change]) -> Result<()>;
+    /// Apply a batch atomically; returns its sequence number.
+    fn commit(&self, changes: &[Change]) -> Result<u64>;
+    /// Make every batch up to `seq` durable.
+    fn sync(&self, seq: u64) -> Result<()>;
 }

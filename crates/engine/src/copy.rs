@@ -333,6 +333,8 @@ impl Engine {
         s.completion_time = Some(now_millis());
         s.stored_bytes = stored;
         self.commit(&mut st, vec![Rec::Snapshot(s)])?;
+        drop(st);
+        self.sync_pending()?;
         tracing::info!(snapshot_id, source = cs.snapshot_id, blocks = done, moved_bytes = stored, "snapshot copied");
         Ok(())
     }

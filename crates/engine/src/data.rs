@@ -21,7 +21,7 @@ use crate::model::{Snapshot, SnapshotState, Volume, VolumeState, now_millis};
 use crate::volumes::GIB;
 
 /// Blocks read and uploaded at once per snapshot.
-const UPLOAD_CONCURRENCY: usize = 4;
+const UPLOAD_CONCURRENCY: usize = 8;
 pub const BLOCK_SIZE: u64 = blocksnap_volume::BLOCK_SIZE;
 
 /// Background jobs in flight, and the per-region snapshot stores.
@@ -410,6 +410,7 @@ impl Engine {
             s.epoch = None;
             self.commit(&mut st, vec![Rec::Snapshot(s)])?;
         }
+        self.sync_pending()?;
         // The snapshot is durable: the frozen set and the captured bytes are no longer needed.
         let v2 = vol.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -448,6 +449,9 @@ impl Engine {
             }
             ev
         };
+        if let Err(e) = self.sync_pending() {
+            tracing::error!(snapshot_id, error = %e, "could not sync a failed snapshot's row");
+        }
         if let (Some((epoch, vid)), Some(storage)) = (epoch_and_volume, &self.storage)
             && let Ok(v) = storage.volumes.open_volume(&vid)
         {
@@ -547,6 +551,7 @@ impl Engine {
             v.restore = Some(crate::model::RestoreProgress { done: 0, total });
             self.commit(&mut st, vec![Rec::Volume(v)])?;
         }
+        self.sync_pending()?;
         tracing::info!(
             volume_id = volume.id,
             snapshot_id = snap.id,
@@ -576,6 +581,8 @@ impl Engine {
         let Some(mut v) = st.volumes.get(&volume.id).cloned() else { return Ok(()) };
         v.restore = None;
         self.commit(&mut st, vec![Rec::Volume(v)])?;
+        drop(st);
+        self.sync_pending()?;
         tracing::info!(volume_id = volume.id, snapshot_id = snap.id, "volume fully hydrated");
         Ok(())
     }
@@ -589,6 +596,8 @@ impl Engine {
         if let Err(e) = self.commit(&mut st, vec![Rec::Volume(v)]) {
             tracing::error!(volume_id, error = %e, "could not record a failed volume");
         }
+        drop(st);
+        let _ = self.sync_pending();
     }
 
     /// Is a background job reading this snapshot (restore, copy)?

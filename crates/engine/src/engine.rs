@@ -129,6 +129,11 @@ fn load<T: DeserializeOwned>(catalog: &dyn Catalog, kind: &str) -> Result<Vec<(R
     Ok(out)
 }
 
+thread_local! {
+    /// The newest catalog commit this thread made and has not synced yet.
+    static PENDING_SYNC: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 pub(crate) fn settings_key(account: &str, region: &str) -> String {
     format!("{account}/{region}")
 }
@@ -200,7 +205,18 @@ impl Engine {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Commit records durably, then apply them to memory.
+    /// Make every commit this thread made durable (group commit: concurrent callers share one
+    /// fsync). Front ends call it before answering; jobs before an irreversible step.
+    pub fn sync_pending(&self) -> Result<()> {
+        let seq = PENDING_SYNC.with(|p| p.replace(0));
+        if seq > 0 {
+            self.catalog.sync(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Commit records (atomically, crash-safe for the process), then apply them to memory. The
+    /// caller's thread must call [`Engine::sync_pending`] before acknowledging anything.
     pub(crate) fn commit(&self, st: &mut State, recs: Vec<Rec>) -> Result<()> {
         let mut changes = Vec::with_capacity(recs.len());
         for r in &recs {
@@ -221,7 +237,8 @@ impl Engine {
                 Rec::DeleteDoc(kind, id) => Change::Delete { kind: kind.to_string(), id: id.clone() },
             });
         }
-        self.catalog.commit(&changes)?;
+        let seq = self.catalog.commit(&changes)?;
+        PENDING_SYNC.with(|p| p.set(p.get().max(seq)));
         for r in recs {
             match r {
                 Rec::Account(a) => {
@@ -325,6 +342,8 @@ impl Engine {
             }
         }
         self.commit(&mut st, recs)?;
+        drop(st);
+        self.sync_pending()?;
         Ok(generated)
     }
 
@@ -343,6 +362,8 @@ impl Engine {
         let key =
             AccessKey { access_key_id: ids::new_access_key_id(), secret_access_key: ids::new_secret(), account: id };
         self.commit(&mut st, vec![Rec::Account(account.clone()), Rec::AccessKey(key.clone())])?;
+        drop(st);
+        self.sync_pending()?;
         Ok((account, key))
     }
 
