@@ -112,6 +112,9 @@ def run_qemu_nbd(work, size_mib, loads):
         return {name: bench(url, *rest) for name, *rest in loads}
     finally:
         stop(proc)
+        # Like blocksnap's volume dir: a fresh file per run, so both
+        # allocating passes start from the same filesystem state.
+        os.remove(img)
 
 
 def run_blocksnap(binary, work, tag, size_mib, loads, tracking=True):
@@ -160,9 +163,14 @@ def main():
         # Tracking overhead is a first-write cost: measure on fresh volumes.
         writes = [loads[0], *(w for w in loads if w[1] and w[4] == 4096)]
         qs, bs, ons, offs = [], [], [], []
-        for _ in range(a.reps):
-            qs.append(run_qemu_nbd(work, a.size_mib, loads))
-            bs.append(run_blocksnap(binary, work, "main", a.size_mib, loads))
+        for rep in range(a.reps):
+            # Alternate who goes first.
+            if rep % 2 == 0:
+                qs.append(run_qemu_nbd(work, a.size_mib, loads))
+                bs.append(run_blocksnap(binary, work, "main", a.size_mib, loads))
+            else:
+                bs.append(run_blocksnap(binary, work, "main", a.size_mib, loads))
+                qs.append(run_qemu_nbd(work, a.size_mib, loads))
             ons.append(run_blocksnap(binary, work, "cbt-on", a.size_mib, writes, tracking=True))
             offs.append(run_blocksnap(binary, work, "cbt-off", a.size_mib, writes, tracking=False))
         q, b, t_on, t_off = (median(x) for x in (qs, bs, ons, offs))
