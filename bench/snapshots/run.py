@@ -164,6 +164,18 @@ def pct(values, p):
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
 
 
+class Rows(list):
+    """Table rows, each also printed as soon as it is measured (a long run still reports)."""
+
+    def append(self, row):
+        print("  " + " | ".join(row), flush=True)
+        super().append(row)
+
+    def __setitem__(self, i, row):
+        print("  " + " | ".join(row), flush=True)
+        super().__setitem__(i, row)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size-gib", type=int, default=4)
@@ -173,7 +185,7 @@ def main() -> None:
     a = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bsnap-bench-"))
     size = a.size_gib * GiB
-    rows: list[tuple[str, str, str, str]] = []
+    rows = Rows()
     bs = Blocksnap(work)
     try:
         image = work / "image.raw"
@@ -209,11 +221,33 @@ def main() -> None:
         ok = subprocess.run(["cmp", str(image), str(out)], capture_output=True).returncode == 0
         out.unlink()
 
+        # Cross-region copy of the same snapshots (issue 6): full, then the incremental one.
+        west = boto3.client("ec2", endpoint_url=f"http://127.0.0.1:{bs.port}", region_name="us-west-2",
+                            aws_access_key_id=AK, aws_secret_access_key=SK, config=Config(retries={"max_attempts": 1}))
+        west_root = work / "data" / "snapshots" / "us-west-2"
+
+        def west_bytes() -> int:
+            return sum(p.stat().st_size for p in west_root.rglob("*") if p.is_file()) if west_root.exists() else 0
+
+        copy_times = []
+        for sid in (full_sid, inc_sid):
+            before = west_bytes()
+            t0 = time.perf_counter()
+            cid = west.copy_snapshot(SourceRegion=REGION, SourceSnapshotId=sid)["SnapshotId"]
+            while west.describe_snapshots(SnapshotIds=[cid])["Snapshots"][0]["State"] != "completed":
+                time.sleep(0.02)
+            copy_times.append((time.perf_counter() - t0, west_bytes() - before))
+
         rows.append(("full snapshot (s)", f"{full_t:.2f}", "", ""))
         rows.append(("incremental after 1 % (s)", f"{inc_t:.2f}", "", f"{inc_t / full_t * 100:.1f}% of full"))
         rows.append(("stored: full / incremental (MiB)", f"{full_store / MiB:.0f} / {inc_store / MiB:.1f}", "", ""))
         rows.append(("restore: first byte (ms)", f"{first_byte * 1000:.0f}", "", ""))
         rows.append(("restore: whole volume (s)", f"{restore_t:.2f}", "", f"bytes equal: {ok}"))
+        (cf, cfb), (ci, cib) = copy_times
+        rows.append(("cross-region copy, full: s / MiB moved / MiB/s",
+                     f"{cf:.2f} / {cfb / MiB:.0f} / {cfb / MiB / cf:.0f}", "",
+                     f"snapshot: {full_store / MiB / full_t:.0f} MiB/s stored"))
+        rows.append(("cross-region copy, incremental: s / MiB moved", f"{ci:.2f} / {cib / MiB:.1f}", "", ""))
 
         restic = None if a.skip_restic else ensure_restic()
         if restic:
@@ -280,12 +314,10 @@ def main() -> None:
                 for s in snaps["Snapshots"]:
                     bs.wait_snapshot(s["SnapshotId"], poll=0.01)
             stop.set()
+            for t in threads:
+                t.join(timeout=5)
             for p in writers:
-                try:
-                    p.stdin.write("quit\n")
-                    p.stdin.flush()
-                except OSError:
-                    pass
+                p.kill()
                 p.wait(timeout=30)
             with open(bs.log_path, "rb") as f:
                 f.seek(mark)
