@@ -225,3 +225,43 @@ def server_cli_env(server):
     env = dict(os.environ, AWS_ACCESS_KEY_ID=server.creds.access_key, AWS_SECRET_ACCESS_KEY=server.creds.secret_key,
                AWS_CONFIG_FILE=str(Path("/nonexistent")), AWS_SHARED_CREDENTIALS_FILE=str(Path("/nonexistent")))
     return env
+
+
+def test_copy_survives_restart_and_source_is_held(fresh_server):
+    """kill -9 during a cross-region copy: after the restart the copy completes with the source's bytes
+    (or ends in error); while it runs, the source cannot be deleted."""
+    import signal
+    import time
+    server = fresh_server
+    west = server.client(region=SRC)
+    inst = west.run_instances(ImageId="ami-0b5e4c3d2a1f00001", MinCount=1, MaxCount=1,
+                              Placement={"AvailabilityZone": SRC + "a"})["Instances"][0]["InstanceId"]
+    vid = west.create_volume(Size=1, AvailabilityZone=SRC + "a")["VolumeId"]
+    west.attach_volume(VolumeId=vid, InstanceId=inst, Device="/dev/sdf")
+    img = server.workdir / "copy-src.bin"
+    img.write_bytes(os.urandom(256 * MiB))
+    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(img),
+                    f"nbd://127.0.0.1:{server.nbd_port}/{vid}"], check=True)
+    sid = west.create_snapshot(VolumeId=vid)["SnapshotId"]
+    assert wait(west, sid)["State"] == "completed"
+    east = server.client(region="us-east-1")
+    cid = east.copy_snapshot(SourceRegion=SRC, SourceSnapshotId=sid)["SnapshotId"]
+    state = east.describe_snapshots(SnapshotIds=[cid])["Snapshots"][0]["State"]
+    if state == "pending":
+        with pytest.raises(ClientError) as e:
+            west.delete_snapshot(SnapshotId=sid)
+        assert code(e) == "InvalidSnapshot.InUse"
+    os.kill(server.proc.pid, signal.SIGKILL)
+    server.proc.wait()
+    server.proc = None
+    server.start()
+    east = server.client(region="us-east-1")
+    c = wait(east, cid)
+    assert c["State"] in ("completed", "error"), c
+    if c["State"] == "completed":
+        assert compare(server, sid, cid).returncode == 0
+    else:
+        assert c.get("StateMessage")
+    time.sleep(0.1)
+    # Once the copy has ended the source can go.
+    server.client(region=SRC).delete_snapshot(SnapshotId=sid)
