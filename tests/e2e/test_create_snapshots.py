@@ -159,7 +159,7 @@ def test_create_snapshots_is_crash_consistent(server, ec2, az, run_tag):
         return by_vol[a], by_vol[b]
 
     writes, results = consistency_rounds(server, ec2, az, run_tag, take)
-    assert writes > 100, f"the writer made too little progress ({writes} writes)"
+    assert writes > 20, f"the writer made too little progress ({writes} writes)"
     for ra, rb in results:
         assert ra >= rb, f"B holds write {rb} whose predecessor on A ({rb}) is missing: A only has {ra}"
     assert any(ra > 0 for ra, _ in results)

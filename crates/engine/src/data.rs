@@ -230,7 +230,8 @@ impl Engine {
             }
         }
         let started = std::time::Instant::now();
-        let gates: Vec<_> = vols.iter().map(|v| v.gate()).collect();
+        let refs: Vec<&blocksnap_volume::Volume> = vols.iter().map(|v| v.as_ref()).collect();
+        let gates = blocksnap_volume::Volume::gate_all(&refs);
         let mut frozen: Vec<u64> = Vec::new();
         let undo = |frozen: &[u64]| {
             for (v, e) in vols.iter().zip(frozen) {

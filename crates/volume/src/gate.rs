@@ -64,12 +64,25 @@ impl Gate {
 
     /// Takes the exclusive side: blocks new writers, waits for in-flight ones.
     pub(crate) fn close(&self) {
+        self.begin_close();
+        self.wait_drained();
+    }
+
+    /// First half of [`Gate::close`]: new writers wait from now on (in-flight ones go on). Several
+    /// gates can be begun before any is drained, so a multi-volume cut waits for the slowest
+    /// in-flight write, not for the sum of them.
+    pub(crate) fn begin_close(&self) {
         let mut g = self.lock();
         // One gate at a time: the bit is only set under the mutex.
         while self.state.load(Ordering::Acquire) & GATED != 0 {
             g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
         }
         self.state.fetch_or(GATED, Ordering::AcqRel);
+    }
+
+    /// Second half of [`Gate::close`]: wait until no writer is inside.
+    pub(crate) fn wait_drained(&self) {
+        let mut g = self.lock();
         while self.state.load(Ordering::Acquire) != GATED {
             g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
         }
