@@ -68,16 +68,17 @@ impl Capture {
     /// A new, empty log for `epoch` (durable before the gate is released).
     pub(crate) fn create(dir: &Path, epoch: u64, size: u64, set: &RoaringBitmap) -> io::Result<Capture> {
         let log = Self::prepare(dir, epoch)?;
+        crate::fsync_dir(dir)?;
         Ok(Self::from_prepared(dir, log, epoch, size, set))
     }
 
-    /// The empty, durable log file, made before the cut (outside the write gate).
+    /// The empty log file, made before the cut (outside the write gate). The caller fsyncs the
+    /// directory; the header becomes durable with the first record's `fdatasync`, before any write
+    /// relies on the log.
     pub(crate) fn prepare(dir: &Path, epoch: u64) -> io::Result<File> {
         let path = log_path(dir, epoch);
         let log = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
         log.write_all_at(&header(epoch), 0)?;
-        log.sync_all()?;
-        crate::fsync_dir(dir)?;
         Ok(log)
     }
 
@@ -102,11 +103,17 @@ impl Capture {
             Err(e) => return Err(e),
         };
         let mut h = [0u8; HEADER_LEN as usize];
+        let len = log.metadata()?.len();
+        if len < HEADER_LEN || (log.read_exact_at(&mut h, 0).is_ok() && h.iter().all(|&b| b == 0)) {
+            // The header never reached the disk, so no record did either (each record's fdatasync
+            // would have carried it): nothing was captured.
+            drop(log);
+            return Self::create(dir, epoch, size, set);
+        }
         log.read_exact_at(&mut h, 0)?;
         if h != header(epoch) {
             return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{} has a bad header", path.display())));
         }
-        let len = log.metadata()?.len();
         let mut index = HashMap::new();
         let mut pos = HEADER_LEN;
         let mut data = vec![0u8; BLOCK_SIZE as usize];

@@ -454,7 +454,18 @@ impl Cbt {
             Err(e) => return Err(e),
         }
         fs::hard_link(self.dir.join(ACTIVE_NAME), &frozen)?;
-        drop(write_full(&self.dir, NEXT_NAME, old + 1, nblocks, &vec![0u64; nwords(nblocks)])?);
+        // The next file needs no fsync of its own: if it is renamed into place and then found
+        // damaged after a crash, it reads as all-changed (safe). The caller fsyncs the directory
+        // once for the link, this file and the capture log.
+        let words = vec![0u64; nwords(nblocks)];
+        let mut buf = Vec::with_capacity(PAGE_SIZE * (1 + npages(nblocks)));
+        buf.extend_from_slice(&encode_header(old + 1, nblocks));
+        for p in 0..npages(nblocks) {
+            buf.extend_from_slice(&encode_page(old + 1, p, &words));
+        }
+        let tmp = self.dir.join(TMP_NAME);
+        File::create(&tmp)?.write_all_at(&buf, 0)?;
+        fs::rename(&tmp, self.dir.join(NEXT_NAME))?;
         Ok(old)
     }
 

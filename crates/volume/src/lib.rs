@@ -469,9 +469,11 @@ impl Volume {
     /// frozen by the cut is [`PreparedCut::epoch`].
     pub fn prepare_cut(&self) -> Result<PreparedCut> {
         let epoch = self.cbt.prepare_swap()?;
-        match capture::Capture::prepare(&self.dir, epoch) {
+        // One directory fsync makes the frozen link, the next bitmap and the capture log durable.
+        match capture::Capture::prepare(&self.dir, epoch).and_then(|log| fsync_dir(&self.dir).map(|()| log)) {
             Ok(log) => Ok(PreparedCut { epoch, log: Some(log) }),
             Err(e) => {
+                let _ = std::fs::remove_file(capture::log_path(&self.dir, epoch));
                 let _ = self.cbt.abandon_prepared(epoch);
                 Err(e.into())
             }
