@@ -366,15 +366,21 @@ impl Engine {
                 running.spawn(async move {
                     let data = tokio::task::spawn_blocking(move || {
                         let mut buf = vec![0u8; BLOCK_SIZE as usize];
-                        vol.read_frozen_block(epoch, b, &mut buf).map(|()| buf)
+                        vol.read_frozen_block_sparse(epoch, b, &mut buf).map(|data| data.then_some(buf))
                     })
                     .await
                     .map_err(|e| internal("read task", e))?
                     .map_err(|e| internal("reading a frozen block", e))?;
-                    let out = store
-                        .put_block(&codec, bytes::Bytes::from(data))
-                        .await
-                        .map_err(|e| internal("storing a block", e))?;
+                    let out = match data {
+                        Some(d) => store
+                            .put_block(&codec, bytes::Bytes::from(d))
+                            .await
+                            .map_err(|e| internal("storing a block", e))?,
+                        // A hole at the cut: zeros, nothing to hash or store.
+                        None => {
+                            blocksnap_store::PutOutcome { id: BlockId::ZERO, stored_bytes: 0, already_present: true }
+                        }
+                    };
                     Ok::<_, EngineError>((b, out))
                 });
             }

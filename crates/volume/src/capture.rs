@@ -51,6 +51,15 @@ pub(crate) struct Capture {
     path: PathBuf,
     log: File,
     inner: Mutex<Inner>,
+    /// Per-block exclusion between a writer capturing a block and the uploader reading it, so
+    /// uploads read different blocks in parallel (the inner lock is never held across a data read).
+    stripes: Vec<Mutex<()>>,
+}
+
+const STRIPES: usize = 64;
+
+fn stripes() -> Vec<Mutex<()>> {
+    (0..STRIPES).map(|_| Mutex::new(())).collect()
 }
 
 fn header(epoch: u64) -> [u8; HEADER_LEN as usize] {
@@ -91,6 +100,7 @@ impl Capture {
             path,
             log,
             inner: Mutex::new(Inner { pending: set.clone(), index: HashMap::new(), end: HEADER_LEN }),
+            stripes: stripes(),
         }
     }
 
@@ -142,7 +152,14 @@ impl Capture {
         for b in index.keys() {
             pending.remove(*b);
         }
-        Ok(Capture { epoch, size, path, log, inner: Mutex::new(Inner { pending, index, end: pos }) })
+        Ok(Capture {
+            epoch,
+            size,
+            path,
+            log,
+            inner: Mutex::new(Inner { pending, index, end: pos }),
+            stripes: stripes(),
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -156,13 +173,23 @@ impl Capture {
         self.size.saturating_sub(start).min(BLOCK_SIZE)
     }
 
+    fn stripe(&self, block: u32) -> MutexGuard<'_, ()> {
+        self.stripes[block as usize % STRIPES].lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Before a write to blocks `first..=last`: copy every still-pending one into the log.
     pub(crate) fn before_write(&self, data: &File, first: u64, last: u64) -> io::Result<()> {
-        let mut inner = self.lock();
         let mut buf: Vec<u8> = Vec::new();
         let mut wrote = false;
         for b in first..=last {
             let Ok(b32) = u32::try_from(b) else { break };
+            if !self.lock().pending.contains(b32) {
+                continue;
+            }
+            // Stripe first, then the inner lock (the reader's order too). Appends stay serialized
+            // under the inner lock, so records are contiguous and one fsync covers all before it.
+            let _s = self.stripe(b32);
+            let mut inner = self.lock();
             if !inner.pending.contains(b32) {
                 continue;
             }
@@ -189,17 +216,29 @@ impl Capture {
         Ok(())
     }
 
-    /// The block's bytes as they were at the cut (`buf` is the block's length at the cut).
-    pub(crate) fn read_block(&self, data: &File, block: u32, buf: &mut [u8]) -> io::Result<()> {
-        let inner = self.lock();
-        if let Some(&(at, len)) = inner.index.get(&block) {
+    /// The block's bytes as they were at the cut (`buf` is the block's length at the cut). Returns
+    /// `false` without touching `buf` when the block is a hole in the data file (it reads as zeros):
+    /// the uploader then skips reading and hashing half a megabyte of zeros.
+    pub(crate) fn read_block(&self, data: &File, block: u32, buf: &mut [u8]) -> io::Result<bool> {
+        let _s = self.stripe(block);
+        let captured = self.lock().index.get(&block).copied();
+        if let Some((at, len)) = captured {
             let n = (len as usize).min(buf.len());
             self.log.read_exact_at(&mut buf[..n], at)?;
             buf[n..].fill(0);
-            return Ok(());
+            return Ok(true);
         }
-        // Not captured: no write has touched it since the cut (writers capture first, under this lock).
-        read_full(data, buf, block as u64 * BLOCK_SIZE)
+        // Not captured: no write has touched it since the cut (a writer would have captured it first,
+        // holding this block's stripe, which we hold now).
+        let start = block as u64 * BLOCK_SIZE;
+        let end = start + buf.len() as u64;
+        match rustix::fs::seek(data, rustix::fs::SeekFrom::Data(start)) {
+            Ok(next) if next >= end => return Ok(false),
+            Err(rustix::io::Errno::NXIO) => return Ok(false),
+            _ => {}
+        }
+        read_full(data, buf, start)?;
+        Ok(true)
     }
 
     pub(crate) fn remove_file(&self) -> io::Result<()> {

@@ -522,6 +522,15 @@ impl Volume {
     /// Reads block `block` as it was when `epoch` was frozen. `buf` is `BLOCK_SIZE` long (the tail
     /// past the snapshot's size reads as zeros).
     pub fn read_frozen_block(&self, epoch: u64, block: u32, buf: &mut [u8]) -> Result<()> {
+        if !self.read_frozen_block_sparse(epoch, block, buf)? {
+            buf.fill(0);
+        }
+        Ok(())
+    }
+
+    /// Like [`Volume::read_frozen_block`], but returns `false` (leaving `buf` untouched) when the
+    /// block was a hole at the cut: all zeros, nothing to read.
+    pub fn read_frozen_block_sparse(&self, epoch: u64, block: u32, buf: &mut [u8]) -> Result<bool> {
         if self.deleted.load(Ordering::Acquire) {
             return Err(Error::Deleted(self.id.clone()));
         }
@@ -538,9 +547,11 @@ impl Volume {
         // A block still in the source snapshot is fetched first (it can be frozen when the volume's
         // first snapshot must re-read restored blocks, e.g. after a change of key).
         self.hydrate_range(start, len as u64, false)?;
-        c.read_block(&self.file, block, &mut buf[..len])?;
+        if !c.read_block(&self.file, block, &mut buf[..len])? {
+            return Ok(false);
+        }
         buf[len..].fill(0);
-        Ok(())
+        Ok(true)
     }
 
     /// Ends a capture (its snapshot is durable or abandoned) and removes its log.
