@@ -28,6 +28,8 @@ const MIGRATIONS: &[&str] = &[
 pub struct SqliteCatalog {
     conn: Mutex<Connection>,
     wal_path: PathBuf,
+    /// The WAL file, opened on the first sync (it exists once anything was committed).
+    wal: Mutex<Option<std::fs::File>>,
     seq: Mutex<SyncState>,
     synced: Condvar,
 }
@@ -52,6 +54,7 @@ impl SqliteCatalog {
         let cat = SqliteCatalog {
             conn: Mutex::new(conn),
             wal_path: PathBuf::from(wal),
+            wal: Mutex::new(None),
             seq: Mutex::new(SyncState::default()),
             synced: Condvar::new(),
         };
@@ -63,6 +66,20 @@ impl SqliteCatalog {
         // A panic while holding the lock cannot leave a half-applied transaction (SQLite rolls back),
         // so a poisoned lock is still safe to use.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// fdatasync the WAL through a kept handle (SQLite keeps the same file while a connection is open).
+    fn sync_wal(&self) -> std::io::Result<()> {
+        let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
+        if wal.is_none() {
+            *wal = Some(std::fs::File::open(&self.wal_path)?);
+        }
+        let result = wal.as_ref().map_or(Ok(()), |f| f.sync_data());
+        if result.is_err() {
+            // Reopen next time (the WAL may have been recreated).
+            *wal = None;
+        }
+        result
     }
 
     fn migrate(&self) -> Result<()> {
@@ -148,7 +165,7 @@ impl Catalog for SqliteCatalog {
         st.syncing = true;
         let target = st.committed;
         drop(st);
-        let result = std::fs::File::open(&self.wal_path).and_then(|f| f.sync_data());
+        let result = self.sync_wal();
         let mut st = self.seq.lock().unwrap_or_else(|p| p.into_inner());
         st.syncing = false;
         if result.is_ok() {
