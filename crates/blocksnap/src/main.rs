@@ -88,6 +88,12 @@ fn main() -> anyhow::Result<()> {
 
 fn open_engine(data_dir: &Path, cfg: EngineConfig, storage: Option<Storage>) -> anyhow::Result<Engine> {
     std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
+    // The catalog holds credentials and the built-in KMS's key material: owner only.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("restricting {} to its owner", data_dir.display()))?;
+    }
     let catalog = SqliteCatalog::open(&data_dir.join("catalog.db")).context("opening the catalog")?;
     Ok(Engine::open(Arc::new(catalog), cfg, storage)?)
 }
