@@ -258,10 +258,18 @@ impl Cbt {
             }
             fs::remove_file(&next)?;
         }
+        let frozen = frozen_epochs(dir)?;
         let epoch = match loaded.epoch {
+            // The active file still carries an epoch that is frozen: a cut's rename did not reach
+            // the disk (the cut does not wait for it). Continue in the next epoch with the old bits
+            // (a superset) plus any prepared file's: over-reporting is safe.
+            Some(e) if frozen.contains(&e) => {
+                loaded.damaged = true;
+                e + 1
+            }
             Some(e) => e,
             // Header lost: continue after any frozen epoch still on disk.
-            None => frozen_epochs(dir)?.last().map_or(0, |e| e + 1),
+            None => frozen.last().map_or(0, |e| e + 1),
         };
         let file = if loaded.damaged {
             tracing::warn!(dir = %dir.display(), epoch, "change bitmap missing or damaged; treating affected blocks as changed");
@@ -510,7 +518,7 @@ impl Cbt {
         fsync_dir(&self.dir)
     }
 
-    /// Makes a committed swap durable.
+    /// Makes a committed swap durable (optional: a lost rename is recovered at open).
     pub(crate) fn sync(&self) -> io::Result<()> {
         fsync_dir(&self.dir)
     }

@@ -492,7 +492,8 @@ impl Volume {
         Ok((epoch, set))
     }
 
-    /// Cut, step 3 (after the gate opens): make the switch durable.
+    /// Cut, step 3 (optional, after the gate opens): make the switch durable now. Without it, a
+    /// rename lost in a crash is recovered at open (see `Cbt::open`).
     pub fn finish_cut(&self) -> Result<()> {
         Ok(self.cbt.sync()?)
     }

@@ -126,3 +126,39 @@ fn prepared_cut_freezes_writes_made_until_the_gate() {
     v.write_at(5 * BLOCK_SIZE, &[5; 16], false).unwrap();
     assert_eq!(v.changed_blocks().iter().collect::<Vec<_>>(), vec![4, 5]);
 }
+
+#[test]
+fn a_lost_cut_rename_recovers_as_a_superset() {
+    // Simulate the crash the cut does not fsync against: after the cut the directory still holds the
+    // old active file (the frozen epoch's inode) and the prepared next file.
+    let dir = tempfile::tempdir().unwrap();
+    let store = VolumeStore::open(dir.path().to_path_buf()).unwrap();
+    store.create("vol-4", 8 * BLOCK_SIZE).unwrap();
+    let v = store.open_volume("vol-4").unwrap();
+    v.write_at(0, &[1; 16], false).unwrap();
+    let vdir = dir.path().join("vol-4");
+    let p = v.prepare_cut().unwrap();
+    let epoch = p.epoch;
+    // Keep a copy of the pre-rename state of the directory.
+    let active_before = std::fs::read(vdir.join("changes.bitmap")).unwrap();
+    let (e, set) = {
+        let g = v.gate();
+        v.commit_cut(&g, p).unwrap()
+    };
+    assert_eq!(e, epoch);
+    assert_eq!(set.iter().collect::<Vec<_>>(), vec![0]);
+    v.write_at(3 * BLOCK_SIZE, &[3; 16], false).unwrap(); // new epoch's bit, in the renamed file
+    let next_after = std::fs::read(vdir.join("changes.bitmap")).unwrap();
+    drop(v);
+    drop(store);
+    // "Lose" the rename: the old active file is back, the new one is still named changes.next.
+    std::fs::write(vdir.join("changes.bitmap"), &active_before).unwrap();
+    std::fs::write(vdir.join("changes.next"), &next_after).unwrap();
+    let store = VolumeStore::open(dir.path().to_path_buf()).unwrap();
+    let v = store.open_volume("vol-4").unwrap();
+    assert_eq!(v.epoch(), epoch + 1, "continues after the frozen epoch");
+    let changed: Vec<u32> = v.changed_blocks().iter().collect();
+    assert!(changed.contains(&3), "the post-cut write's bit survives: {changed:?}");
+    assert!(changed.contains(&0), "the old bits are kept (over-report): {changed:?}");
+    assert_eq!(v.frozen_epochs().unwrap()[0].1.iter().collect::<Vec<_>>(), vec![0]);
+}
