@@ -309,7 +309,7 @@ impl Engine {
             stored += bytes;
             done += 1;
             if done.is_multiple_of(16) {
-                self.set_copy_progress(snapshot_id, ((done * 99) / total) as u8);
+                self.set_progress(snapshot_id, ((done * 99) / total) as u8);
             }
         }
         let m = Manifest {
@@ -337,11 +337,5 @@ impl Engine {
         self.sync_pending()?;
         tracing::info!(snapshot_id, source = cs.snapshot_id, blocks = done, moved_bytes = stored, "snapshot copied");
         Ok(())
-    }
-
-    fn set_copy_progress(&self, snapshot_id: &str, pct: u8) {
-        if let Some(s) = self.lock().snapshots.get_mut(snapshot_id) {
-            s.progress = pct.min(99);
-        }
     }
 }

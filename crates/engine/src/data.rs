@@ -431,7 +431,7 @@ impl Engine {
     }
 
     /// Progress is informational: kept in memory while the upload runs, persisted at completion.
-    fn set_progress(&self, snapshot_id: &str, pct: u8) {
+    pub(crate) fn set_progress(&self, snapshot_id: &str, pct: u8) {
         if let Some(s) = self.lock().snapshots.get_mut(snapshot_id) {
             s.progress = pct.min(99);
         }

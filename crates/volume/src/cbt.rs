@@ -433,18 +433,24 @@ impl Cbt {
         // in place leaves both, which only over-reports.
         fs::hard_link(self.dir.join(ACTIVE_NAME), &frozen)?;
         fsync_dir(&self.dir)?;
-        let zeros = vec![0u64; st.words.len()];
-        let file = write_full(&self.dir, ACTIVE_NAME, old + 1, st.nblocks, &zeros)?;
+        let file = write_full(&self.dir, ACTIVE_NAME, old + 1, st.nblocks, &vec![0u64; st.words.len()])?;
+        Ok(self.install_next_epoch(&mut st, file))
+    }
+
+    /// Switch the in-memory state to the next, empty epoch backed by `file`; returns the old epoch
+    /// and its changed set.
+    fn install_next_epoch(&self, st: &mut State, file: File) -> (u64, RoaringBitmap) {
+        let old = st.epoch;
         let set = words_to_roaring(&st.words);
         st.file = file;
         st.epoch = old + 1;
-        st.words = zeros;
+        st.words = vec![0u64; st.words.len()];
         st.dirty_pages.clear();
         for w in self.durable().iter() {
             w.store(0, Ordering::Release);
         }
         self.damaged.store(false, Ordering::Relaxed);
-        Ok((old, set))
+        (old, set)
     }
 
     /// Cut, first half (outside the write gate, may take milliseconds): link the active file as
@@ -491,18 +497,7 @@ impl Cbt {
         let next = self.dir.join(NEXT_NAME);
         let file = OpenOptions::new().read(true).write(true).open(&next)?;
         fs::rename(&next, self.dir.join(ACTIVE_NAME))?;
-        let old = st.epoch;
-        let zeros = vec![0u64; st.words.len()];
-        let set = words_to_roaring(&st.words);
-        st.file = file;
-        st.epoch = old + 1;
-        st.words = zeros;
-        st.dirty_pages.clear();
-        for w in self.durable().iter() {
-            w.store(0, Ordering::Release);
-        }
-        self.damaged.store(false, Ordering::Relaxed);
-        Ok((old, set))
+        Ok(self.install_next_epoch(&mut st, file))
     }
 
     /// A prepared cut that did not happen: drop the frozen link (same inode as the active file)
