@@ -562,3 +562,25 @@ def test_create_encrypted_with_alias_records_key_arn(ec2, az, run_tag, server):
         plain = ec2.create_volume(AvailabilityZone=az, Size=1, Encrypted=True,
                                   TagSpecifications=tagspec("volume", run_tag))
         assert describe_volume(ec2, plain["VolumeId"])["KmsKeyId"] == vol["KmsKeyId"]
+
+
+@pytest.mark.blocksnap_only
+def test_describe_volumes_modifications_and_status(ec2, az, run_tag):
+    v = ec2.create_volume(Size=2, AvailabilityZone=az, VolumeType="gp3",
+                          TagSpecifications=[{"ResourceType": "volume", "Tags": [{"Key": "e2e-run", "Value": run_tag}]}])
+    vid = v["VolumeId"]
+    m = ec2.modify_volume(VolumeId=vid, Size=10, Iops=4000)["VolumeModification"]
+    assert m["ModificationState"] == "modifying" and m["TargetSize"] == 10 and m["OriginalSize"] == 2
+    mods = ec2.describe_volumes_modifications(VolumeIds=[vid])["VolumesModifications"]
+    assert len(mods) == 1 and mods[0]["ModificationState"] == "completed" and mods[0]["Progress"] == 100
+    assert mods[0]["TargetIops"] == 4000 and mods[0]["OriginalIops"] == 3000
+    assert ec2.describe_volumes_modifications(
+        VolumeIds=[vid], Filters=[{"Name": "modification-state", "Values": ["optimizing"]}])["VolumesModifications"] == []
+    st = ec2.describe_volume_status(VolumeIds=[vid])["VolumeStatuses"]
+    assert st[0]["VolumeId"] == vid and st[0]["VolumeStatus"]["Status"] == "ok"
+    assert {"Name": "io-enabled", "Status": "passed"} in st[0]["VolumeStatus"]["Details"]
+    assert ec2.describe_volume_status(
+        VolumeIds=[vid], Filters=[{"Name": "volume-status.status", "Values": ["impaired"]}])["VolumeStatuses"] == []
+    with pytest.raises(ClientError) as e:
+        ec2.describe_volume_status(VolumeIds=["vol-00000000000000000"])
+    assert client_error_code(e) == "InvalidVolume.NotFound"

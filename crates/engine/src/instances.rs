@@ -416,6 +416,7 @@ impl Engine {
                     wrapped_data_key: lineage.0,
                     data_key_id: lineage.1,
                     restore: None,
+                    last_modification: None,
                 };
                 created.push(vid);
                 recs.push(Rec::Volume(v));

@@ -124,6 +124,9 @@ pub struct Volume {
     /// Restore from a snapshot still running (blocks copied so far / total), if any.
     #[serde(default)]
     pub restore: Option<RestoreProgress>,
+    /// The latest ModifyVolume, as DescribeVolumesModifications reports it.
+    #[serde(default)]
+    pub last_modification: Option<crate::volumes::VolumeModification>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

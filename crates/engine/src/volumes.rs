@@ -39,10 +39,10 @@ pub struct ModifyVolume {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct VolumeModification {
     pub volume_id: String,
-    pub state: &'static str,
+    pub state: String,
     pub target_size: u32,
     pub target_iops: Option<u32>,
     pub target_volume_type: String,
@@ -234,6 +234,31 @@ pub fn format_time(ms: Millis) -> String {
         t.second(),
         t.millisecond()
     )
+}
+
+impl Filterable for VolumeModification {
+    fn field(&self, name: &str) -> Option<Vec<String>> {
+        let opt = |v: Option<u32>| v.map(|x| x.to_string()).into_iter().collect::<Vec<_>>();
+        Some(match name {
+            "modification-state" => vec![self.state.clone()],
+            "original-iops" => opt(self.original_iops),
+            "original-size" => vec![self.original_size.to_string()],
+            "original-volume-type" => vec![self.original_volume_type.clone()],
+            "original-multi-attach-enabled" => vec![self.original_multi_attach_enabled.to_string()],
+            "start-time" => vec![format_time(self.start_time)],
+            "target-iops" => opt(self.target_iops),
+            "target-size" => vec![self.target_size.to_string()],
+            "target-volume-type" => vec![self.target_volume_type.clone()],
+            "target-multi-attach-enabled" => vec![self.target_multi_attach_enabled.to_string()],
+            "target-throughput" => opt(self.target_throughput),
+            "volume-id" => vec![self.volume_id.clone()],
+            _ => return None,
+        })
+    }
+    fn tags(&self) -> &Tags {
+        static NONE: std::sync::OnceLock<Tags> = std::sync::OnceLock::new();
+        NONE.get_or_init(Tags::new)
+    }
 }
 
 impl Filterable for Volume {
@@ -439,6 +464,7 @@ impl Engine {
             wrapped_data_key,
             data_key_id,
             restore: None,
+            last_modification: None,
         };
         recs.push(Rec::Volume(vol.clone()));
         if let Err(e) = self.commit(&mut st, recs) {
@@ -568,7 +594,7 @@ impl Engine {
         let now = now_millis();
         let modification = VolumeModification {
             volume_id: v.id.clone(),
-            state: "modifying",
+            state: "modifying".into(),
             target_size: size as u32,
             target_iops: iops,
             target_volume_type: vtype.clone(),
@@ -598,8 +624,79 @@ impl Engine {
         nv.iops = iops;
         nv.throughput = throughput;
         nv.multi_attach_enabled = multi;
+        // The change is in effect at once: the record DescribeVolumesModifications shows is done.
+        let mut done = modification.clone();
+        done.state = "completed".into();
+        done.progress = 100;
+        done.end_time = Some(now);
+        nv.last_modification = Some(done);
         self.commit(&mut st, vec![Rec::Volume(nv)])?;
         Ok(modification)
+    }
+
+    /// DescribeVolumesModifications: the latest modification of each of the caller's volumes.
+    pub fn describe_volume_modifications(&self, ctx: &Ctx, q: &ListQuery) -> Result<Page<VolumeModification>> {
+        let st = self.lock();
+        for id in &q.ids {
+            self.volume_of(&st, ctx, id)?;
+        }
+        let mods: Vec<VolumeModification> = st
+            .volumes
+            .values()
+            .filter(|v| v.account == ctx.account && v.region == ctx.region)
+            .filter_map(|v| v.last_modification.clone())
+            .collect();
+        describe::run(
+            q,
+            &[
+                "modification-state",
+                "original-iops",
+                "original-size",
+                "original-volume-type",
+                "original-multi-attach-enabled",
+                "start-time",
+                "target-iops",
+                "target-size",
+                "target-volume-type",
+                "target-multi-attach-enabled",
+                "target-throughput",
+                "volume-id",
+            ],
+            Limits { min: 5, max: 500, ids_exclude_max: false },
+            mods.iter(),
+            |m| &m.volume_id,
+        )
+    }
+
+    /// DescribeVolumeStatus: every volume of the caller is healthy (`ok`, I/O enabled, no events).
+    pub fn describe_volume_status(&self, ctx: &Ctx, q: &ListQuery) -> Result<Page<Volume>> {
+        let mut rest = Vec::new();
+        let mut all_match = true;
+        for f in &q.filters {
+            let constant: Option<&[&str]> = match f.name.as_str() {
+                "volume-status.status" => Some(&["ok"]),
+                "volume-status.details-name" => Some(&["io-enabled", "io-performance"]),
+                "volume-status.details-status" => Some(&["passed", "not-applicable"]),
+                n if n.starts_with("event.") || n.starts_with("action.") => Some(&[]),
+                _ => None,
+            };
+            match constant {
+                Some(vals) => all_match &= vals.iter().any(|v| f.values.iter().any(|p| crate::filter::glob(p, v))),
+                None => rest.push(f.clone()),
+            }
+        }
+        let inner = ListQuery {
+            ids: q.ids.clone(),
+            filters: rest,
+            max_results: if q.ids.is_empty() { q.max_results.map(|n| n.min(500)) } else { None },
+            next_token: q.next_token.clone(),
+        };
+        let mut page = self.describe_volumes(ctx, &inner)?;
+        if !all_match {
+            page.items.clear();
+            page.next_token = None;
+        }
+        Ok(page)
     }
 
     pub fn attach_volume(

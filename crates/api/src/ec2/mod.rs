@@ -24,6 +24,8 @@ const ACTIONS: &[(&str, Handler, bool)] = &[
     ("DescribeVolumes", volumes::describe_volumes, false),
     ("DeleteVolume", volumes::delete_volume, true),
     ("ModifyVolume", volumes::modify_volume, true),
+    ("DescribeVolumesModifications", volumes::describe_volumes_modifications, false),
+    ("DescribeVolumeStatus", volumes::describe_volume_status, false),
     ("AttachVolume", volumes::attach_volume, true),
     ("DetachVolume", volumes::detach_volume, true),
     ("RunInstances", instances::run_instances, true),

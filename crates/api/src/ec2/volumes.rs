@@ -101,7 +101,7 @@ pub fn modify_volume(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Result<(
     )?;
     x.open("volumeModification")
         .leaf("volumeId", &m.volume_id)
-        .leaf("modificationState", m.state)
+        .leaf("modificationState", &m.state)
         .leaf("targetSize", m.target_size)
         .opt("targetIops", m.target_iops)
         .leaf("targetVolumeType", &m.target_volume_type)
@@ -143,5 +143,56 @@ pub fn detach_volume(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Result<(
         },
     )?;
     render_attachment(x, &a);
+    Ok(())
+}
+
+fn render_modification(x: &mut Xml, m: &blocksnap_engine::VolumeModification) {
+    x.leaf("volumeId", &m.volume_id)
+        .leaf("modificationState", &m.state)
+        .leaf("targetSize", m.target_size)
+        .opt("targetIops", m.target_iops)
+        .leaf("targetVolumeType", &m.target_volume_type)
+        .opt("targetThroughput", m.target_throughput)
+        .leaf("targetMultiAttachEnabled", m.target_multi_attach_enabled)
+        .leaf("originalSize", m.original_size)
+        .opt("originalIops", m.original_iops)
+        .leaf("originalVolumeType", &m.original_volume_type)
+        .opt("originalThroughput", m.original_throughput)
+        .leaf("originalMultiAttachEnabled", m.original_multi_attach_enabled)
+        .leaf("progress", m.progress)
+        .leaf("startTime", format_time(m.start_time))
+        .opt("endTime", m.end_time.map(format_time));
+}
+
+pub fn describe_volumes_modifications(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Result<()> {
+    let q = p.list_query("VolumeId")?;
+    if p.dry_run()? {
+        return Err(blocksnap_engine::EngineError::DryRun);
+    }
+    let page = e.describe_volume_modifications(ctx, &q)?;
+    x.set("volumeModificationSet", &page.items, render_modification);
+    x.opt("nextToken", page.next_token);
+    Ok(())
+}
+
+pub fn describe_volume_status(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Result<()> {
+    let q = p.list_query("VolumeId")?;
+    if p.dry_run()? {
+        return Err(blocksnap_engine::EngineError::DryRun);
+    }
+    let page = e.describe_volume_status(ctx, &q)?;
+    x.set("volumeStatusSet", &page.items, |x, v| {
+        x.leaf("volumeId", &v.id)
+            .leaf("availabilityZone", &v.availability_zone)
+            .leaf("availabilityZoneId", regions::zone_id(&v.availability_zone));
+        x.open("volumeStatus").leaf("status", "ok");
+        x.set("details", [("io-enabled", "passed"), ("io-performance", "not-applicable")], |x, (n, s)| {
+            x.leaf("name", n).leaf("status", s);
+        });
+        x.close("volumeStatus");
+        x.open("actionsSet").close("actionsSet");
+        x.open("eventsSet").close("eventsSet");
+    });
+    x.opt("nextToken", page.next_token);
     Ok(())
 }
