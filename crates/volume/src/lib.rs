@@ -188,6 +188,12 @@ impl VolumeStore {
         Self::open_with(root, StoreOptions::default())
     }
 
+    /// Opens a store another process may own (read-only tools such as `blocksnap admin verify`):
+    /// leftovers of interrupted operations are left alone.
+    pub fn open_shared(root: PathBuf) -> Result<VolumeStore> {
+        Ok(VolumeStore { root, opts: StoreOptions::default(), handles: Mutex::new(HashMap::new()) })
+    }
+
     pub fn open_with(root: PathBuf, opts: StoreOptions) -> Result<VolumeStore> {
         fs::create_dir_all(&root)?;
         for e in fs::read_dir(&root)? {
