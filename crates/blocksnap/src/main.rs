@@ -106,8 +106,10 @@ fn verify(data_dir: &Path, region: Option<String>, config: Option<&Path>) -> any
         Some(p) => config::Config::load(p)?,
         None => config::Config::default(),
     };
-    let mut cfg = EngineConfig::default();
-    cfg.s3_stores = file_cfg.stores.iter().map(|(r, s)| (r.clone(), s.to_store_config())).collect();
+    let cfg = EngineConfig {
+        s3_stores: file_cfg.stores.iter().map(|(r, s)| (r.clone(), s.to_store_config())).collect(),
+        ..EngineConfig::default()
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let volumes = blocksnap_volume::VolumeStore::open_shared(data_dir.join("volumes"))?;
     let storage = Storage {
