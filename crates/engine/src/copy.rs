@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use blocksnap_store::{BlockId, EncryptionInfo, Manifest};
+use blocksnap_store::{BlockId, Manifest};
 
 use crate::engine::{Engine, Rec, settings_key};
 use crate::error::{EngineError, Result};
@@ -317,24 +317,15 @@ impl Engine {
             volume_id: dst.volume_id.clone(),
             volume_size: manifest.volume_size,
             blocks,
-            encryption: dst.kms_key_id.as_ref().map(|arn| EncryptionInfo {
-                kms_key_arn: arn.clone(),
-                wrapped_key: dst.wrapped_data_key.as_deref().and_then(|h| hex::decode(h).ok()).unwrap_or_default(),
-            }),
+            encryption: Self::manifest_encryption(&dst),
             parent: None,
             created_unix_ms: dst.start_time,
             description: dst.description.clone(),
         };
         dst_store.write_manifest(&m).await.map_err(|e| EngineError::Internal(format!("writing the manifest: {e}")))?;
-        let mut st = self.lock();
-        let Some(mut s) = st.snapshots.get(snapshot_id).cloned() else { return Ok(()) };
-        s.state = SnapshotState::Completed;
-        s.progress = 100;
-        s.completion_time = Some(now_millis());
-        s.stored_bytes = stored;
-        self.commit(&mut st, vec![Rec::Snapshot(s)])?;
-        drop(st);
-        self.sync_pending()?;
+        if !self.complete_snapshot(snapshot_id, stored)? {
+            return Ok(());
+        }
         tracing::info!(snapshot_id, source = cs.snapshot_id, blocks = done, moved_bytes = stored, "snapshot copied");
         Ok(())
     }

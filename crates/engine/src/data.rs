@@ -394,26 +394,15 @@ impl Engine {
             volume_id: snap.volume_id.clone(),
             volume_size: size,
             blocks,
-            encryption: snap.kms_key_id.as_ref().map(|arn| EncryptionInfo {
-                kms_key_arn: arn.clone(),
-                wrapped_key: snap.wrapped_data_key.as_deref().and_then(|h| hex::decode(h).ok()).unwrap_or_default(),
-            }),
+            encryption: Self::manifest_encryption(&snap),
             parent: parent.as_ref().map(|p| p.snapshot_id.clone()),
             created_unix_ms: snap.start_time,
             description: snap.description.clone(),
         };
         store.write_manifest(&manifest).await.map_err(|e| internal("writing the manifest", e))?;
-        {
-            let mut st = self.lock();
-            let Some(mut s) = st.snapshots.get(snapshot_id).cloned() else { return Ok(()) };
-            s.state = SnapshotState::Completed;
-            s.progress = 100;
-            s.completion_time = Some(now_millis());
-            s.stored_bytes = stored;
-            s.epoch = None;
-            self.commit(&mut st, vec![Rec::Snapshot(s)])?;
+        if !self.complete_snapshot(snapshot_id, stored)? {
+            return Ok(());
         }
-        self.sync_pending()?;
         // The snapshot is durable: the frozen set and the captured bytes are no longer needed.
         let v2 = vol.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -428,6 +417,30 @@ impl Engine {
         tracing::info!(snapshot_id, blocks = done, stored_bytes = stored, "snapshot completed");
         self.release_if_deleted(&snap.volume_id);
         Ok(())
+    }
+
+    /// Mark a snapshot (or copy) `completed`, durably. `false` when its row is gone.
+    pub(crate) fn complete_snapshot(&self, snapshot_id: &str, stored_bytes: u64) -> Result<bool> {
+        {
+            let mut st = self.lock();
+            let Some(mut s) = st.snapshots.get(snapshot_id).cloned() else { return Ok(false) };
+            s.state = SnapshotState::Completed;
+            s.progress = 100;
+            s.completion_time = Some(now_millis());
+            s.stored_bytes = stored_bytes;
+            s.epoch = None;
+            self.commit(&mut st, vec![Rec::Snapshot(s)])?;
+        }
+        self.sync_pending()?;
+        Ok(true)
+    }
+
+    /// The manifest's encryption record of a snapshot (what a catalog rebuild needs).
+    pub(crate) fn manifest_encryption(s: &Snapshot) -> Option<EncryptionInfo> {
+        s.kms_key_id.as_ref().map(|arn| EncryptionInfo {
+            kms_key_arn: arn.clone(),
+            wrapped_key: s.wrapped_data_key.as_deref().and_then(|h| hex::decode(h).ok()).unwrap_or_default(),
+        })
     }
 
     /// Progress is informational: kept in memory while the upload runs, persisted at completion.

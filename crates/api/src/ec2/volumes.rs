@@ -99,23 +99,9 @@ pub fn modify_volume(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Result<(
             dry_run: p.dry_run()?,
         },
     )?;
-    x.open("volumeModification")
-        .leaf("volumeId", &m.volume_id)
-        .leaf("modificationState", &m.state)
-        .leaf("targetSize", m.target_size)
-        .opt("targetIops", m.target_iops)
-        .leaf("targetVolumeType", &m.target_volume_type)
-        .opt("targetThroughput", m.target_throughput)
-        .leaf("targetMultiAttachEnabled", m.target_multi_attach_enabled)
-        .leaf("originalSize", m.original_size)
-        .opt("originalIops", m.original_iops)
-        .leaf("originalVolumeType", &m.original_volume_type)
-        .opt("originalThroughput", m.original_throughput)
-        .leaf("originalMultiAttachEnabled", m.original_multi_attach_enabled)
-        .leaf("progress", m.progress)
-        .leaf("startTime", format_time(m.start_time))
-        .opt("endTime", m.end_time.map(format_time))
-        .close("volumeModification");
+    x.open("volumeModification");
+    render_modification(x, &m);
+    x.close("volumeModification");
     Ok(())
 }
 
