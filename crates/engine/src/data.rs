@@ -360,16 +360,19 @@ impl Engine {
                 let Some(b) = queue.next() else { break };
                 let (vol, store, codec) = (vol.clone(), store.clone(), codec.clone());
                 running.spawn(async move {
+                    // Read and hash on the same blocking thread (the block is hot in its cache).
+                    let (s2, c2) = (store.clone(), codec.clone());
                     let data = tokio::task::spawn_blocking(move || {
                         let mut buf = vec![0u8; BLOCK_SIZE as usize];
-                        vol.read_frozen_block_sparse(epoch, b, &mut buf).map(|data| data.then_some(buf))
+                        vol.read_frozen_block_sparse(epoch, b, &mut buf)
+                            .map(|data| data.then(|| (s2.block_id(&c2, &buf), buf)))
                     })
                     .await
                     .map_err(|e| internal("read task", e))?
                     .map_err(|e| internal("reading a frozen block", e))?;
                     let out = match data {
-                        Some(d) => store
-                            .put_block(&codec, bytes::Bytes::from(d))
+                        Some((id, d)) => store
+                            .put_block_with_id(&codec, id, bytes::Bytes::from(d))
                             .await
                             .map_err(|e| internal("storing a block", e))?,
                         // A hole at the cut: zeros, nothing to hash or store.

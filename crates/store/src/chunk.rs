@@ -23,22 +23,42 @@ thread_local! {
     static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
 }
 
-/// Compress with zstd into a buffer one byte smaller than the input: if it does not fit, the
-/// compressed form would not be smaller and we keep the raw block.
-fn compress_if_smaller(data: &[u8]) -> Option<Vec<u8>> {
-    let mut out = Vec::with_capacity(data.len().saturating_sub(1));
+/// Slices of the block compressed first to predict whether the whole block compresses.
+const SAMPLE_SLICES: usize = 8;
+const SAMPLE_SLICE_LEN: usize = 4096;
+
+/// Compress with zstd into `out` when the result is strictly smaller than `data` (zstd stops as
+/// soon as it would not fit). Returns the compressed length.
+///
+/// Blocks of large enough size are probed first: eight 4 KiB slices spread over the block are
+/// compressed together, and a sample that saves less than 1/32 means the block is stored raw
+/// without compressing the rest (incompressible data — media, ciphertext, already-compressed
+/// files — then costs 1/16 of a full attempt; a block of mixed content shows it in its slices).
+fn compress_if_smaller(data: &[u8], out: &mut [u8]) -> Option<usize> {
+    let room = data.len().saturating_sub(1).min(out.len());
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
         if c.is_none() {
             *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
         }
         let comp = c.as_mut()?;
-        match comp.compress_to_buffer(data, &mut out) {
-            Ok(n) if n < data.len() => Some(()),
+        if data.len() >= 4 * SAMPLE_SLICES * SAMPLE_SLICE_LEN {
+            let stride = data.len() / SAMPLE_SLICES;
+            let mut sample = [0u8; SAMPLE_SLICES * SAMPLE_SLICE_LEN];
+            for (i, dst) in sample.chunks_exact_mut(SAMPLE_SLICE_LEN).enumerate() {
+                dst.copy_from_slice(&data[i * stride..i * stride + SAMPLE_SLICE_LEN]);
+            }
+            let limit = sample.len() - sample.len() / 32;
+            match comp.compress_to_buffer(&sample[..], &mut out[..limit.min(room)]) {
+                Ok(n) if n < limit => {}
+                _ => return None,
+            }
+        }
+        match comp.compress_to_buffer(data, &mut out[..room]) {
+            Ok(n) if n < data.len() => Some(n),
             _ => None,
         }
-    })?;
-    Some(out)
+    })
 }
 
 /// Information about a stored chunk that needs no key.
@@ -48,52 +68,63 @@ pub(crate) struct ChunkInfo {
     pub encrypted: bool,
 }
 
+/// The largest object [`encode_into`] can produce for `raw_len` plaintext bytes.
+pub(crate) fn max_encoded_len(raw_len: usize) -> usize {
+    HEADER_LEN + GCM_NONCE_LEN + raw_len + GCM_TAG_LEN
+}
+
 /// Encode a block for storage. `id` must be `codec`'s id for `plaintext`.
 pub(crate) fn encode(codec: &Codec, id: &BlockId, plaintext: &[u8]) -> Result<Vec<u8>> {
+    let mut out = vec![0u8; max_encoded_len(plaintext.len())];
+    let n = encode_into(codec, id, plaintext, &mut out)?;
+    out.truncate(n);
+    Ok(out)
+}
+
+/// Encode a block into `out` (at least [`max_encoded_len`] bytes) and return the object's length.
+/// Compression and encryption work in place in `out`: the block is copied at most once.
+pub(crate) fn encode_into(codec: &Codec, id: &BlockId, plaintext: &[u8], out: &mut [u8]) -> Result<usize> {
     let raw_len = u32::try_from(plaintext.len()).map_err(|_| StoreError::Invalid("block larger than 4 GiB".into()))?;
-    let compressed = compress_if_smaller(plaintext);
-    let mut flags = 0u8;
-    let mut aead = AEAD_NONE;
-    if compressed.is_some() {
-        flags |= FLAG_ZSTD;
+    if out.len() < max_encoded_len(plaintext.len()) {
+        return Err(StoreError::Invalid("chunk buffer too small".into()));
     }
+    let body_at = HEADER_LEN + if codec.is_encrypted() { GCM_NONCE_LEN } else { 0 };
+    let mut flags = 0u8;
+    let body_len = match compress_if_smaller(plaintext, &mut out[body_at..]) {
+        Some(n) => {
+            flags |= FLAG_ZSTD;
+            n
+        }
+        None => {
+            out[body_at..body_at + plaintext.len()].copy_from_slice(plaintext);
+            plaintext.len()
+        }
+    };
+    let mut aead = AEAD_NONE;
     if codec.is_encrypted() {
         flags |= FLAG_ENCRYPTED;
         aead = AEAD_AES256GCM;
     }
-    let payload_len =
-        compressed.as_ref().map_or(plaintext.len(), Vec::len) + if codec.is_encrypted() { GCM_TAG_LEN } else { 0 };
+    let payload_len = body_len + if codec.is_encrypted() { GCM_TAG_LEN } else { 0 };
     let stored_len = u32::try_from(payload_len).map_err(|_| StoreError::Invalid("chunk larger than 4 GiB".into()))?;
 
-    let mut header = [0u8; HEADER_LEN];
-    header[0..4].copy_from_slice(MAGIC);
-    header[4..6].copy_from_slice(&CHUNK_VERSION.to_le_bytes());
-    header[6] = flags;
-    header[7] = aead;
-    header[8..12].copy_from_slice(&raw_len.to_le_bytes());
-    header[12..16].copy_from_slice(&stored_len.to_le_bytes());
-
-    let mut out;
-    match codec.keys() {
-        None => {
-            out = Vec::with_capacity(HEADER_LEN + payload_len);
-            out.extend_from_slice(&header);
-            out.extend_from_slice(compressed.as_deref().unwrap_or(plaintext));
-        }
-        Some(keys) => {
-            let mut buf = compressed.unwrap_or_else(|| plaintext.to_vec());
-            buf.reserve(GCM_TAG_LEN);
-            let aad = aad(&header, id);
-            let nonce = crypto::seal(keys, &aad, &mut buf)?;
-            out = Vec::with_capacity(HEADER_LEN + GCM_NONCE_LEN + buf.len());
-            out.extend_from_slice(&header);
-            out.extend_from_slice(&nonce);
-            out.extend_from_slice(&buf);
-        }
+    out[0..4].copy_from_slice(MAGIC);
+    out[4..6].copy_from_slice(&CHUNK_VERSION.to_le_bytes());
+    out[6] = flags;
+    out[7] = aead;
+    out[8..12].copy_from_slice(&raw_len.to_le_bytes());
+    out[12..16].copy_from_slice(&stored_len.to_le_bytes());
+    out[16..20].fill(0);
+    if let Some(keys) = codec.keys() {
+        let aad = aad(&out[..HEADER_LEN], id);
+        let (nonce, tag) = crypto::seal_detached(keys, &aad, &mut out[body_at..body_at + body_len])?;
+        out[HEADER_LEN..body_at].copy_from_slice(&nonce);
+        out[body_at + body_len..body_at + payload_len].copy_from_slice(&tag);
     }
-    let crc = crc_of(&out);
+    let len = body_at + payload_len;
+    let crc = crc_of(&out[..len]);
     out[16..20].copy_from_slice(&crc.to_le_bytes());
-    Ok(out)
+    Ok(len)
 }
 
 fn aad(header: &[u8], id: &BlockId) -> [u8; AAD_HEADER + 32] {
@@ -233,6 +264,20 @@ mod tests {
         let obj = encode(&c, &id, &text).unwrap();
         assert!(check(&id, &obj).unwrap().compressed);
         assert!(obj.len() < text.len() / 4);
+    }
+
+    #[test]
+    fn incompressible_probe_keeps_mixed_blocks_compressed() {
+        let c = Codec::plain();
+        // Random: stored raw. Half random, half zeros: the probe sees the zeros and compresses.
+        let rnd = random(524_288);
+        assert!(!check(&c.block_id(&rnd), &encode(&c, &c.block_id(&rnd), &rnd).unwrap()).unwrap().compressed);
+        let mut mixed = random(524_288);
+        mixed[262_144..].fill(0);
+        let obj = encode(&c, &c.block_id(&mixed), &mixed).unwrap();
+        assert!(check(&c.block_id(&mixed), &obj).unwrap().compressed);
+        assert!(obj.len() < 300_000);
+        assert_eq!(decode(&c, &c.block_id(&mixed), &obj, 524_288).unwrap(), mixed);
     }
 
     #[test]

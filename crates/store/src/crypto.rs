@@ -180,12 +180,16 @@ pub fn unwrap_key(master: &[u8; 32], wrapped: &[u8], aad: &[u8]) -> Result<DataK
 pub(crate) const GCM_TAG_LEN: usize = TAG_LEN;
 pub(crate) const GCM_NONCE_LEN: usize = NONCE_LEN;
 
-pub(crate) fn seal(keys: &Keys, aad: &[u8], buf: &mut Vec<u8>) -> Result<[u8; NONCE_LEN]> {
-    let nonce =
-        keys.enc.seal_in_place_append_tag(Aad::from(aad), buf).map_err(|_| StoreError::Crypto("aes-256-gcm seal"))?;
+/// Encrypts `buf` in place; returns the nonce and the 16-byte tag (for callers that lay the
+/// object out themselves, without a second buffer).
+pub(crate) fn seal_detached(keys: &Keys, aad: &[u8], buf: &mut [u8]) -> Result<([u8; NONCE_LEN], [u8; TAG_LEN])> {
+    let (nonce, tag) =
+        keys.enc.seal_in_place_separate_tag(Aad::from(aad), buf).map_err(|_| StoreError::Crypto("aes-256-gcm seal"))?;
     let mut n = [0u8; NONCE_LEN];
     n.copy_from_slice(nonce.as_ref());
-    Ok(n)
+    let mut t = [0u8; TAG_LEN];
+    t.copy_from_slice(tag.as_ref());
+    Ok((n, t))
 }
 
 /// Decrypts `buf` (ciphertext ‖ tag) in place; returns the plaintext length.

@@ -19,7 +19,7 @@ use crate::crypto::Codec;
 use crate::error::{Result, StoreError};
 use crate::id::{BlockId, SegmentId};
 use crate::manifest::{self, Manifest, ManifestHeader, check_snapshot_id};
-use crate::{BLOCK_SIZE, SEGMENT_BLOCKS, STORE_FORMAT, chunk, segment};
+use crate::{BLOCK_SIZE, SEGMENT_BLOCKS, STORE_FORMAT, STORE_FORMATS, chunk, segment};
 
 /// Concurrent object requests for segment and verify walks (COLD uses 64, PBS restores
 /// plateau at 12–20; per-store limits for block traffic belong to the caller).
@@ -158,6 +158,8 @@ pub(crate) struct Inner {
     pub(crate) recent_hits: Mutex<HashMap<ObjKey, Instant>>,
     pub(crate) gc_lock: tokio::sync::Mutex<()>,
     store_id: std::sync::OnceLock<String>,
+    /// `store.json`'s format: decides the chunk directory layout.
+    format: std::sync::OnceLock<u32>,
 }
 
 /// A region's snapshot store. Cheap to clone; all methods take `&self` and may run concurrently.
@@ -252,15 +254,17 @@ impl BlockStore {
                 recent_hits: Mutex::new(HashMap::new()),
                 gc_lock: tokio::sync::Mutex::new(()),
                 store_id: std::sync::OnceLock::new(),
+                format: std::sync::OnceLock::new(),
             }),
         };
-        let store_id = s.load_or_create_meta().await?;
+        let (store_id, format) = s.load_or_create_meta().await?;
         let _ = s.inner.store_id.set(store_id);
+        let _ = s.inner.format.set(format);
         info!(store = ?s, "snapshot store opened");
         Ok(s)
     }
 
-    async fn load_or_create_meta(&self) -> Result<String> {
+    async fn load_or_create_meta(&self) -> Result<(String, u32)> {
         let path = self.key("store.json");
         for _ in 0..2 {
             match self.inner.os.get(&path).await {
@@ -281,7 +285,7 @@ impl BlockStore {
                     if self.put_create(&path, Bytes::from(bytes)).await? {
                         info!(store_id = %meta.store_id, "created new snapshot store");
                         self.sync_barrier().await?;
-                        return Ok(meta.store_id);
+                        return Ok((meta.store_id, STORE_FORMAT));
                     }
                     // Lost a creation race: read the winner's file.
                 }
@@ -308,7 +312,10 @@ impl BlockStore {
 
     pub(crate) fn chunk_path(&self, id: &BlockId) -> Path {
         let h = id.to_hex();
-        self.key(&format!("chunks/{}/{}/{h}", &h[0..2], &h[2..4]))
+        match self.inner.format.get() {
+            Some(1) => self.key(&format!("chunks/{}/{}/{h}", &h[0..2], &h[2..4])),
+            _ => self.key(&format!("chunks/{}/{h}", &h[0..2])),
+        }
     }
 
     pub(crate) fn segment_path(&self, id: &SegmentId) -> Path {
@@ -354,8 +361,20 @@ impl BlockStore {
         }
     }
 
+    /// The file behind `path` in a local store. Our keys are plain ASCII, so the object path is
+    /// the file path; anything percent-encoded is left to object_store.
+    fn local_file(&self, path: &Path) -> Option<PathBuf> {
+        let root = self.inner.local_root.as_ref()?;
+        (!path.as_ref().contains('%')).then(|| root.join(path.as_ref()))
+    }
+
     /// Create-only write. Returns false if the object already existed.
     async fn put_create(&self, path: &Path, bytes: Bytes) -> Result<bool> {
+        // Local stores write around the page cache (see `direct`).
+        if let Some(dest) = self.local_file(path) {
+            let sync = self.inner.sync == SyncMode::EveryObject;
+            return Ok(tokio::task::spawn_blocking(move || crate::direct::put_create(&dest, &bytes, sync)).await??);
+        }
         if self.inner.create_supported.load(Ordering::Relaxed) {
             let r = self.inner.os.put_opts(path, PutPayload::from(bytes.clone()), PutMode::Create.into()).await;
             match r {
@@ -407,25 +426,56 @@ impl BlockStore {
     /// Store one 512 KiB block. Hashing, compression and encryption run on the blocking pool;
     /// an existing chunk (dedup) costs one hash and one HEAD. Safe to call concurrently.
     pub async fn put_block(&self, codec: &Codec, plaintext: Bytes) -> Result<PutOutcome> {
+        let (c, data) = (codec.clone(), plaintext.clone());
+        let id = tokio::task::spawn_blocking(move || c.block_id(&data)).await?;
+        self.put_block_with_id(codec, id, plaintext).await
+    }
+
+    /// [`put_block`](Self::put_block) for a caller that already hashed the block on its own
+    /// thread (`id` must be [`block_id`](Self::block_id) of `plaintext` under `codec`; readers
+    /// re-derive it, so a wrong id is caught, never served). Saves a thread hop per block.
+    pub async fn put_block_with_id(&self, codec: &Codec, id: BlockId, plaintext: Bytes) -> Result<PutOutcome> {
         if plaintext.len() != BLOCK_SIZE {
             return Err(StoreError::Invalid(format!("block is {} bytes, must be {BLOCK_SIZE}", plaintext.len())));
         }
-        let (c, data) = (codec.clone(), plaintext.clone());
-        let id = tokio::task::spawn_blocking(move || c.block_id(&data)).await?;
         if id.is_reserved() {
             return Ok(PutOutcome { id, stored_bytes: 0, already_present: true });
         }
         let path = self.chunk_path(&id);
         let _shared = self.shard(&id.0).read().await;
-        if self.exists(&path).await? {
-            self.note_hit(ObjKey::Chunk(id.0));
-            trace!(%id, "chunk already present");
-            return Ok(PutOutcome { id, stored_bytes: 0, already_present: true });
-        }
-        let c = codec.clone();
-        let obj = tokio::task::spawn_blocking(move || chunk::encode(&c, &id, &plaintext)).await??;
-        let n = obj.len() as u64;
-        let created = self.put_create(&path, Bytes::from(obj)).await?;
+        let (created, n) = match self.local_file(&path) {
+            // Local: existence check, encoding and the write in one blocking call.
+            Some(dest) => {
+                let (c, sync) = (codec.clone(), self.inner.sync == SyncMode::EveryObject);
+                tokio::task::spawn_blocking(move || -> Result<(bool, u64)> {
+                    if dest.try_exists()? {
+                        return Ok((false, 0));
+                    }
+                    let mut len = 0;
+                    let created = crate::direct::put_create_with(
+                        &dest,
+                        sync,
+                        chunk::max_encoded_len(plaintext.len()),
+                        |buf| -> Result<usize> {
+                            len = chunk::encode_into(&c, &id, &plaintext, buf)?;
+                            Ok(len)
+                        },
+                    )?;
+                    Ok((created, len as u64))
+                })
+                .await??
+            }
+            None => {
+                if self.exists(&path).await? {
+                    (false, 0)
+                } else {
+                    let c = codec.clone();
+                    let obj = tokio::task::spawn_blocking(move || chunk::encode(&c, &id, &plaintext)).await??;
+                    let n = obj.len() as u64;
+                    (self.put_create(&path, Bytes::from(obj)).await?, n)
+                }
+            }
+        };
         if !created {
             self.note_hit(ObjKey::Chunk(id.0));
         }
@@ -749,12 +799,12 @@ impl BlockStore {
     }
 }
 
-fn parse_store_meta(bytes: &[u8]) -> Result<String> {
+fn parse_store_meta(bytes: &[u8]) -> Result<(String, u32)> {
     let probe: StoreProbe =
         serde_json::from_slice(bytes).map_err(|e| StoreError::corrupt("store.json", "store.json", e.to_string()))?;
-    if probe.format != STORE_FORMAT {
+    if !STORE_FORMATS.contains(&probe.format) {
         return Err(StoreError::Incompatible(format!(
-            "store format {} (this build supports {STORE_FORMAT})",
+            "store format {} (this build supports {STORE_FORMATS:?})",
             probe.format
         )));
     }
@@ -772,5 +822,5 @@ fn parse_store_meta(bytes: &[u8]) -> Result<String> {
             meta.segment_blocks, meta.hash
         )));
     }
-    Ok(meta.store_id)
+    Ok((meta.store_id, probe.format))
 }

@@ -35,7 +35,7 @@ async fn open(dir: &Path) -> BlockStore {
 
 fn chunk_file(root: &Path, id: &BlockId) -> PathBuf {
     let h = id.to_hex();
-    root.join("chunks").join(&h[0..2]).join(&h[2..4]).join(&h)
+    root.join("chunks").join(&h[0..2]).join(&h)
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -465,9 +465,9 @@ async fn store_json_mismatch_is_refused() {
     drop(open(dir.path()).await);
     let path = dir.path().join("store.json");
     let orig = std::fs::read_to_string(&path).unwrap();
-    assert!(orig.contains("\"format\": 1"), "{orig}");
-    let v2 = orig.replace("\"format\": 1", "\"format\": 2");
-    std::fs::write(&path, v2).unwrap();
+    assert!(orig.contains("\"format\": 2"), "{orig}");
+    let v3 = orig.replace("\"format\": 2", "\"format\": 3");
+    std::fs::write(&path, v3).unwrap();
     let r = BlockStore::open_local(dir.path()).await;
     assert!(matches!(r, Err(StoreError::Incompatible(_))), "{r:?}");
     let bs = orig.replace("524288", "4194304");
@@ -502,4 +502,20 @@ async fn copy_between_stores_keeps_ids() {
     assert!(dst.copy_block_from(&src, &pid).await.is_err());
     assert!(!dst.has_block(&pid).await.unwrap());
     assert!(matches!(dst.copy_block_from(&src, &fake_id(7)).await, Err(StoreError::BlockNotFound(_))));
+}
+
+#[tokio::test]
+async fn format_1_stores_keep_their_two_level_chunk_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(open(dir.path()).await);
+    let path = dir.path().join("store.json");
+    let v1 = std::fs::read_to_string(&path).unwrap().replace("\"format\": 2", "\"format\": 1");
+    std::fs::write(&path, v1).unwrap();
+    let store = open(dir.path()).await;
+    let codec = Codec::plain();
+    let data = Bytes::from(vec![9u8; BLOCK_SIZE]);
+    let out = store.put_block(&codec, data.clone()).await.unwrap();
+    let h = out.id.to_hex();
+    assert!(dir.path().join("chunks").join(&h[0..2]).join(&h[2..4]).join(&h).is_file());
+    assert_eq!(store.get_block(&codec, &out.id).await.unwrap(), data);
 }
