@@ -68,6 +68,7 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let request_id = new_request_id();
+    let started = std::time::Instant::now();
     // JSON 1.1 protocols name their operation in X-Amz-Target; EC2 Query has none.
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
     let caller = match auth::authenticate(&st.engine, &method, &uri, &headers, &body) {
@@ -93,6 +94,7 @@ async fn handle(
         Ok(c) => c,
         Err(e) => return ec2_error(&e, &request_id),
     };
+    let action = call.action;
     let result = if call.mutating {
         let engine = st.engine.clone();
         let ctx = caller.ctx.clone();
@@ -110,6 +112,10 @@ async fn handle(
     } else {
         ec2::run(&call, &st.engine, &caller.ctx, &params, &request_id)
     };
+    // Server-side time of an authenticated, routed EC2 call (what a client adds is its own).
+    let elapsed = started.elapsed();
+    ::metrics::histogram!("blocksnap_api_request_duration_seconds", "action" => action).record(elapsed.as_secs_f64());
+    tracing::debug!(action, request_id, elapsed_us = elapsed.as_micros() as u64, ok = result.is_ok(), "ec2 call");
     match result {
         Ok(body) => xml_response(StatusCode::OK, body, &request_id),
         Err(e) => ec2_error(&e, &request_id),

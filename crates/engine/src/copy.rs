@@ -275,7 +275,7 @@ impl Engine {
         let mut queue = manifest.blocks.iter().copied().enumerate().filter(|(_, b)| !b.is_reserved());
         let (mut done, mut stored) = (0u64, 0u64);
         loop {
-            while running.len() < 4 {
+            while running.len() < crate::data::UPLOAD_CONCURRENCY {
                 let Some((i, id)) = queue.next() else { break };
                 if let Some(d) = known.get(&id) {
                     blocks[i] = *d;

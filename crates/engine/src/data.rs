@@ -21,7 +21,7 @@ use crate::model::{Snapshot, SnapshotState, Volume, VolumeState, now_millis};
 use crate::volumes::GIB;
 
 /// Blocks read and uploaded at once per snapshot.
-const UPLOAD_CONCURRENCY: usize = 8;
+pub(crate) const UPLOAD_CONCURRENCY: usize = 8;
 pub const BLOCK_SIZE: u64 = blocksnap_volume::BLOCK_SIZE;
 
 /// Background jobs in flight, and the per-region snapshot stores.

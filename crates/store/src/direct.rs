@@ -28,6 +28,49 @@ thread_local! {
     // One reusable buffer per blocking thread: no fresh 512 KiB allocation (page faults, zeroing)
     // per object.
     static BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    // Separate from `BUF`: a copy reads into this one while writing from that one.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An aligned window of `padded` bytes in `raw`, growing it as needed.
+fn aligned(raw: &mut Vec<u8>, padded: usize) -> std::io::Result<&mut [u8]> {
+    if raw.len() < padded + ALIGN {
+        raw.resize(padded + ALIGN, 0);
+    }
+    // An aligned window inside the over-allocated buffer: no unsafe allocation needed.
+    let off = raw.as_ptr().align_offset(ALIGN);
+    raw.get_mut(off..off + padded).ok_or_else(|| io_err("buffer alignment"))
+}
+
+/// Read the whole object at `path` (at most `max_len` bytes, else `InvalidData`) around the page
+/// cache and hand it to `f`. Chunks are read once per restore or copy: caching them only costs a
+/// copy. Falls back to buffered reads where the filesystem refuses `O_DIRECT`.
+pub(crate) fn read_with<T, E: From<std::io::Error>>(
+    path: &Path,
+    max_len: usize,
+    f: impl FnOnce(&[u8]) -> Result<T, E>,
+) -> Result<T, E> {
+    let file = match OpenOptions::new().read(true).custom_flags(OFlags::DIRECT.bits() as i32).open(path) {
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => File::open(path)?,
+        r => r?,
+    };
+    READ_BUF.with(|cell| {
+        let mut raw = cell.borrow_mut();
+        // One aligned unit more than the limit, so a longer object shows as one.
+        let buf = aligned(&mut raw, max_len.div_ceil(ALIGN) * ALIGN + ALIGN)?;
+        let direct = is_direct(&file);
+        let n = match read_into(&file, buf, direct) {
+            // Refused after open by some filesystems: read buffered.
+            Err(e) if direct && e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+                read_into(&File::open(path)?, buf, false)?
+            }
+            r => r?,
+        };
+        if n > max_len {
+            return Err(std::io::Error::new(ErrorKind::InvalidData, "object larger than expected").into());
+        }
+        f(&buf[..n])
+    })
 }
 
 /// Write `data` to `dest` unless it exists. Returns false when `dest` already existed.
@@ -50,12 +93,7 @@ pub(crate) fn put_create_with<E: From<std::io::Error>>(
     BUF.with(|cell| {
         let mut raw = cell.borrow_mut();
         let padded = max_len.div_ceil(ALIGN) * ALIGN;
-        if raw.len() < padded + ALIGN {
-            raw.resize(padded + ALIGN, 0);
-        }
-        // An aligned window inside the over-allocated buffer: no unsafe allocation needed.
-        let off = raw.as_ptr().align_offset(ALIGN);
-        let buf = raw.get_mut(off..off + padded).ok_or_else(|| io_err("buffer alignment"))?;
+        let buf = aligned(&mut raw, padded)?;
         let len = fill(buf)?;
         if len > max_len {
             return Err(io_err("object longer than announced").into());
@@ -103,6 +141,27 @@ fn open_staging(dest: &Path, dir: &Path) -> std::io::Result<(File, PathBuf)> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Read from offset 0 until end of file or a full `buf`.
+fn read_into(file: &File, buf: &mut [u8], direct: bool) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read_at(&mut buf[n..], n as u64) {
+            Ok(0) => break,
+            Ok(k) => {
+                n += k;
+                // A direct read ends short of an aligned unit only at end of file (and a read at
+                // the unaligned offset after it would be refused).
+                if direct && n % ALIGN != 0 {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 fn staging_path(dest: &Path) -> PathBuf {
