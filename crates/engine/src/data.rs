@@ -22,6 +22,8 @@ use crate::volumes::GIB;
 
 /// Blocks read and uploaded at once per snapshot.
 pub(crate) const UPLOAD_CONCURRENCY: usize = 8;
+/// Background hydration threads per restored volume.
+const HYDRATORS: usize = 4;
 pub const BLOCK_SIZE: u64 = blocksnap_volume::BLOCK_SIZE;
 
 /// Background jobs in flight, and the per-region snapshot stores.
@@ -578,24 +580,35 @@ impl Engine {
             resumed,
             "volume available, hydrating"
         );
-        let v3 = vol.clone();
-        let me = self.clone();
-        let vid = volume.id.clone();
-        tokio::task::spawn_blocking(move || -> std::result::Result<(), blocksnap_volume::Error> {
-            let mut n = 0u64;
-            while v3.hydrate_next()? {
-                n += 1;
-                if n.is_multiple_of(64)
-                    && let Some(v) = me.lock().volumes.get_mut(&vid)
-                {
-                    v.restore = Some(crate::model::RestoreProgress { done: total - v3.hydration_remaining(), total });
+        // Several hydrators, so fetching (store read, decrypt, hash check) overlaps the writes.
+        let mut workers = tokio::task::JoinSet::new();
+        for _ in 0..HYDRATORS {
+            let (v3, me, vid) = (vol.clone(), self.clone(), volume.id.clone());
+            workers.spawn_blocking(move || -> std::result::Result<(), blocksnap_volume::Error> {
+                let mut n = 0u64;
+                while v3.hydrate_next()? {
+                    n += 1;
+                    if n.is_multiple_of(64)
+                        && let Some(v) = me.lock().volumes.get_mut(&vid)
+                    {
+                        v.restore =
+                            Some(crate::model::RestoreProgress { done: total - v3.hydration_remaining(), total });
+                    }
                 }
+                Ok(())
+            });
+        }
+        let mut failed = None;
+        while let Some(r) = workers.join_next().await {
+            match r {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failed = failed.or(Some(internal("hydrating", e))),
+                Err(e) => failed = failed.or(Some(internal("hydration task", e))),
             }
-            Ok(())
-        })
-        .await
-        .map_err(|e| internal("hydration task", e))?
-        .map_err(|e| internal("hydrating", e))?;
+        }
+        if let Some(e) = failed {
+            return Err(e);
+        }
         let mut st = self.lock();
         let Some(mut v) = st.volumes.get(&volume.id).cloned() else { return Ok(()) };
         v.restore = None;

@@ -131,9 +131,13 @@ impl Hydration {
         self.lock().pending.len()
     }
 
-    pub(crate) fn next_pending(&self) -> Option<u32> {
-        let st = self.lock();
-        st.pending.iter().find(|b| !st.in_flight.contains(b))
+    /// Take the first pending block nobody is fetching and mark it in flight (for concurrent
+    /// background hydrators); finish it with [`Hydration::fetch_taken`].
+    pub(crate) fn take_next(&self) -> Option<u32> {
+        let mut st = self.lock();
+        let b = st.pending.iter().find(|b| !st.in_flight.contains(b))?;
+        st.in_flight.insert(b);
+        Some(b)
     }
 
     /// Make `block` local: fetch it (once, whoever asks first) and write it with `write`. Returns
@@ -151,6 +155,11 @@ impl Hydration {
         }
         st.in_flight.insert(block);
         drop(st);
+        self.fetch_taken(block, write)
+    }
+
+    /// Fetch and write a block this caller marked in flight, then clear the mark.
+    pub(crate) fn fetch_taken(&self, block: u32, write: impl FnOnce(&[u8]) -> io::Result<()>) -> io::Result<()> {
         let result = self.source.fetch(block).and_then(|data| match data {
             Some(d) => write(&d),
             None => Ok(()),

@@ -650,12 +650,13 @@ impl Volume {
     }
 
     /// Background hydration step: fetch one pending block. Returns `false` when hydration is over
-    /// (the map is then removed and the volume is fully local).
+    /// (the map is then removed and the volume is fully local). Several threads may run it at once:
+    /// each takes a different block.
     pub fn hydrate_next(&self) -> Result<bool> {
         let Some(h) = self.hydration() else { return Ok(false) };
-        match h.next_pending() {
+        match h.take_next() {
             Some(b) => {
-                h.ensure(b, |data| self.write_fetched(b, data))?;
+                h.fetch_taken(b, |data| self.write_fetched(b, data))?;
                 Ok(true)
             }
             None if h.remaining() > 0 => {
