@@ -219,6 +219,7 @@ impl Engine {
         let vols =
             snaps.iter().map(|s| self.live_volume(&s.volume_id, s.volume_size_gib)).collect::<Result<Vec<_>>>()?;
         // Everything slow (files, fsyncs) happens before the gates, so the pause is a few renames.
+        let prepare_started = std::time::Instant::now();
         let mut prepared = Vec::with_capacity(vols.len());
         for v in &vols {
             match v.prepare_cut() {
@@ -232,6 +233,7 @@ impl Engine {
             }
         }
         let started = std::time::Instant::now();
+        let prepare = started - prepare_started;
         let refs: Vec<&blocksnap_volume::Volume> = vols.iter().map(|v| v.as_ref()).collect();
         let gates = blocksnap_volume::Volume::gate_all(&refs);
         let mut frozen: Vec<u64> = Vec::new();
@@ -269,12 +271,19 @@ impl Engine {
         // No directory fsync for the renames: a rename lost in a crash is recovered when the volume
         // is opened (the frozen link is already durable), so the cut costs one fsync per volume.
         let recs = snaps.iter().cloned().map(Rec::Snapshot).collect();
+        let commit_started = std::time::Instant::now();
         if let Err(e) = self.commit(st, recs) {
             undo(&frozen);
             return Err(e);
         }
         metrics::histogram!("blocksnap_snapshot_cut_seconds").record(pause.as_secs_f64());
-        tracing::info!(volumes = vols.len(), pause_us = pause.as_micros() as u64, "snapshot cut");
+        tracing::info!(
+            volumes = vols.len(),
+            pause_us = pause.as_micros() as u64,
+            prepare_us = prepare.as_micros() as u64,
+            commit_us = commit_started.elapsed().as_micros() as u64,
+            "snapshot cut"
+        );
         for s in &snaps {
             self.spawn_upload(s.id.clone());
         }

@@ -164,6 +164,43 @@ fn read_into(file: &File, buf: &mut [u8], direct: bool) -> std::io::Result<usize
     Ok(n)
 }
 
+/// A staging name (`<name>#<digits>`), as written here and by object_store's local backend.
+fn is_staging_name(name: &str) -> bool {
+    name.rsplit_once('#').is_some_and(|(_, n)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Remove staging files last modified before `before` under `root`: what a crash between
+/// writing and publishing an object leaves behind (nothing refers to them; listings skip them).
+/// Returns how many were removed.
+pub(crate) fn remove_stale_staging(root: &Path, before: std::time::SystemTime) -> std::io::Result<u64> {
+    let mut removed = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for e in entries {
+            let e = e?;
+            let t = e.file_type()?;
+            if t.is_dir() {
+                dirs.push(e.path());
+            } else if t.is_file()
+                && e.file_name().to_str().is_some_and(is_staging_name)
+                && e.metadata()?.modified()? < before
+            {
+                match std::fs::remove_file(e.path()) {
+                    Ok(()) => removed += 1,
+                    Err(err) if err.kind() == ErrorKind::NotFound => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+    }
+    Ok(removed)
+}
+
 fn staging_path(dest: &Path) -> PathBuf {
     let mut p = dest.as_os_str().to_owned();
     p.push(format!("#{}", rand::random::<u32>()));
@@ -228,5 +265,24 @@ mod tests {
         let names: Vec<_> =
             std::fs::read_dir(dir.path().join("a/b")).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, vec![std::ffi::OsString::from("obj")]);
+    }
+
+    #[test]
+    fn stale_staging_files_are_removed_young_ones_and_objects_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("chunks/ab");
+        std::fs::create_dir_all(&d).unwrap();
+        let hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for name in ["obj#123", "obj#9", "obj", "obj#x1", "young#5"] {
+            let f = File::create(d.join(name)).unwrap();
+            if name != "young#5" {
+                f.set_modified(hour_ago).unwrap();
+            }
+        }
+        let cutoff = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        assert_eq!(remove_stale_staging(dir.path(), cutoff).unwrap(), 2);
+        let mut left: Vec<_> = std::fs::read_dir(&d).unwrap().map(|e| e.unwrap().file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["obj", "obj#x1", "young#5"].map(std::ffi::OsString::from));
     }
 }

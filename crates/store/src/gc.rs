@@ -31,6 +31,8 @@ pub struct GcReport {
     pub kept_young: u64,
     /// Objects whose delete failed (retried by the next run).
     pub delete_errors: u64,
+    /// Staging files of local stores left by a crash mid-write, older than the grace window.
+    pub staging_removed: u64,
     pub duration: Duration,
 }
 
@@ -93,6 +95,14 @@ impl BlockStore {
         let (n, b) = self.delete(seg_cands, grace, &mut report).await?;
         report.segments_removed = n;
         report.segment_bytes_removed = b;
+
+        if let Some(root) = self.local_root() {
+            let before = std::time::SystemTime::now().checked_sub(grace).unwrap_or(std::time::UNIX_EPOCH);
+            match tokio::task::spawn_blocking(move || crate::direct::remove_stale_staging(&root, before)).await? {
+                Ok(n) => report.staging_removed = n,
+                Err(e) => warn!(error = %e, "gc: removing stale staging files"),
+            }
+        }
 
         // Forget reuse records older than the grace window: their objects are either
         // referenced by a manifest by now or are garbage.

@@ -361,6 +361,11 @@ impl BlockStore {
         }
     }
 
+    /// The directory of a local store.
+    pub(crate) fn local_root(&self) -> Option<PathBuf> {
+        self.inner.local_root.clone()
+    }
+
     /// The file behind `path` in a local store. Our keys are plain ASCII, so the object path is
     /// the file path; anything percent-encoded is left to object_store.
     fn local_file(&self, path: &Path) -> Option<PathBuf> {
