@@ -426,6 +426,10 @@ impl Engine {
             if let Err(e) = v2.release_epoch(epoch) {
                 tracing::warn!(error = %e, "releasing a frozen epoch");
             }
+            // Prepare the volume's next cut now, so the next CreateSnapshot has no fsync of its own.
+            if let Err(e) = v2.stage_cut() {
+                tracing::debug!(error = %e, "staging the next cut");
+            }
         })
         .await;
         tracing::info!(snapshot_id, blocks = done, stored_bytes = stored, "snapshot completed");

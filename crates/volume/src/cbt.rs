@@ -313,6 +313,21 @@ impl Cbt {
         self.damaged.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn nblocks(&self) -> u64 {
+        self.lock().nblocks
+    }
+
+    /// Whether epoch `epoch`'s frozen file is a link to the active file (a prepared cut whose
+    /// swap has not happened: it still receives the epoch's bits).
+    pub(crate) fn frozen_is_active(&self, epoch: u64) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let st = self.lock();
+        match (fs::metadata(self.dir.join(frozen_name(epoch))), st.file.metadata()) {
+            (Ok(f), Ok(a)) => f.ino() == a.ino() && f.dev() == a.dev(),
+            _ => false,
+        }
+    }
+
     pub(crate) fn epoch(&self) -> u64 {
         self.lock().epoch
     }

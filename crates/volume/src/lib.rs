@@ -355,6 +355,9 @@ pub struct Volume {
     /// Lazy hydration from a snapshot, while blocks are still pending.
     hydration: Mutex<Option<Arc<hydrate::Hydration>>>,
     hydrating: AtomicBool,
+    /// A cut prepared ahead of time by [`Volume::stage_cut`], with the bitmap size it was made
+    /// for. The lock also serialises preparing.
+    staged: Mutex<Option<(PreparedCut, u64)>>,
 }
 
 /// Holds a volume's write gate: new writes wait, and every write that had
@@ -394,6 +397,7 @@ impl Volume {
             capturing: AtomicBool::new(false),
             hydration: Mutex::new(None),
             hydrating: AtomicBool::new(false),
+            staged: Mutex::new(None),
         })
     }
 
@@ -472,11 +476,65 @@ impl Volume {
     }
 
     /// Cut, step 1 (outside the write gate): everything slow, made durable in advance. The epoch
-    /// frozen by the cut is [`PreparedCut::epoch`].
+    /// frozen by the cut is [`PreparedCut::epoch`]. Takes the cut [`Volume::stage_cut`] prepared
+    /// when it is still valid, so the caller pays no file I/O and no fsync.
     pub fn prepare_cut(&self) -> Result<PreparedCut> {
+        let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = self.take_staged(&mut staged) {
+            return Ok(p);
+        }
+        self.prepare_cut_now()
+    }
+
+    /// Prepare the next cut ahead of time (call it off the request path, e.g. when a snapshot
+    /// completes): the frozen link, the next bitmap and the capture log of the current epoch,
+    /// durable. Safe across a crash: the restart logic treats a prepared-but-unused cut like a
+    /// cut whose swap was lost (its bits stay in the changed set). Does nothing if one is staged.
+    pub fn stage_cut(&self) -> Result<()> {
+        let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+        if staged.is_some() || self.deleted.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let nblocks = self.cbt.nblocks();
+        let p = self.prepare_cut_now()?;
+        *staged = Some((p, nblocks));
+        Ok(())
+    }
+
+    /// The staged cut if it still matches the volume (same epoch, same bitmap size, frozen link
+    /// still the active file); a stale one of the current epoch is removed.
+    fn take_staged(&self, staged: &mut Option<(PreparedCut, u64)>) -> Option<PreparedCut> {
+        let (p, nblocks) = staged.take()?;
+        if p.epoch != self.cbt.epoch() {
+            // The epoch moved by another path: its files belong to that path now.
+            return None;
+        }
+        if nblocks == self.cbt.nblocks() && self.cbt.frozen_is_active(p.epoch) {
+            return Some(p);
+        }
+        // Grown, or the active file was rewritten: the link would miss bits. Start over.
+        let _ = self.abandon_cut(p);
+        None
+    }
+
+    fn prepare_cut_now(&self) -> Result<PreparedCut> {
+        let t0 = std::time::Instant::now();
         let epoch = self.cbt.prepare_swap()?;
+        let t1 = std::time::Instant::now();
         // One directory fsync makes the frozen link, the next bitmap and the capture log durable.
-        match capture::Capture::prepare(&self.dir, epoch).and_then(|log| fsync_dir(&self.dir).map(|()| log)) {
+        let r = capture::Capture::prepare(&self.dir, epoch).and_then(|log| {
+            let t2 = std::time::Instant::now();
+            let r = fsync_dir(&self.dir).map(|()| log);
+            tracing::debug!(
+                volume = self.id,
+                bitmap_us = (t1 - t0).as_micros() as u64,
+                log_us = (t2 - t1).as_micros() as u64,
+                dir_fsync_us = t2.elapsed().as_micros() as u64,
+                "cut prepared"
+            );
+            r
+        });
+        match r {
             Ok(log) => Ok(PreparedCut { epoch, log: Some(log) }),
             Err(e) => {
                 let _ = std::fs::remove_file(capture::log_path(&self.dir, epoch));
@@ -954,9 +1012,11 @@ impl Volume {
         Ok(self.cbt.swap()?)
     }
 
-    /// Frozen epochs still on disk with their sets (for recovery after a restart).
+    /// Frozen epochs still on disk with their sets (for recovery after a restart). A staged cut's
+    /// link (the current epoch) is not frozen yet and is left out.
     pub fn frozen_epochs(&self) -> Result<Vec<(u64, RoaringBitmap)>> {
-        Ok(self.cbt.frozen()?)
+        let current = self.cbt.epoch();
+        Ok(self.cbt.frozen()?.into_iter().filter(|(e, _)| *e < current).collect())
     }
 
     /// Forgets a frozen epoch (its snapshot is durable).
@@ -982,6 +1042,15 @@ impl Volume {
         }
         if new_size == from {
             return Ok(());
+        }
+        // A staged cut was made for the old bitmap (and grow rewrites the active file).
+        {
+            let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some((p, _)) = staged.take()
+                && p.epoch == self.cbt.epoch()
+            {
+                let _ = self.abandon_cut(p);
+            }
         }
         let _g = self.gate();
         // Bitmap first: a crash before the data grows leaves a size mismatch,
