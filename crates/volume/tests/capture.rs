@@ -175,11 +175,7 @@ fn a_staged_cut_freezes_later_writes_survives_resize_and_restarts_as_a_superset(
     assert!(v.frozen_epochs().unwrap().is_empty());
     // A write after staging still belongs to the epoch the staged cut freezes.
     v.write_at(2 * BLOCK_SIZE, &[2; 16], false).unwrap();
-    let p = v.prepare_cut().unwrap();
-    let (epoch, set) = {
-        let g = v.gate();
-        v.commit_cut(&g, p).unwrap()
-    };
+    let (epoch, set) = cut(&v);
     assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 2]);
     v.release_epoch(epoch).unwrap();
     v.end_capture(epoch).unwrap();
@@ -189,11 +185,7 @@ fn a_staged_cut_freezes_later_writes_survives_resize_and_restarts_as_a_superset(
     v.stage_cut().unwrap();
     v.resize(16 * BLOCK_SIZE).unwrap();
     v.write_at(12 * BLOCK_SIZE, &[12; 16], false).unwrap();
-    let p = v.prepare_cut().unwrap();
-    let (epoch2, set) = {
-        let g = v.gate();
-        v.commit_cut(&g, p).unwrap()
-    };
+    let (epoch2, set) = cut(&v);
     assert_eq!(set.iter().collect::<Vec<_>>(), vec![3, 12]);
     v.release_epoch(epoch2).unwrap();
     v.end_capture(epoch2).unwrap();
@@ -221,10 +213,13 @@ fn a_staged_cut_freezes_later_writes_survives_resize_and_restarts_as_a_superset(
     assert_eq!(v.changed_blocks().iter().collect::<Vec<_>>(), vec![5, 6]);
     assert!(v.frozen_epochs().unwrap().is_empty());
     // And the next cut after the restart works.
-    let p = v.prepare_cut().unwrap();
-    let (_, set) = {
-        let g = v.gate();
-        v.commit_cut(&g, p).unwrap()
-    };
+    let (_, set) = cut(&v);
     assert_eq!(set.iter().collect::<Vec<_>>(), vec![5, 6]);
+}
+
+/// Prepare (or take the staged cut) and commit under the gate.
+fn cut(v: &blocksnap_volume::Volume) -> (u64, roaring::RoaringBitmap) {
+    let p = v.prepare_cut().unwrap();
+    let g = v.gate();
+    v.commit_cut(&g, p).unwrap()
 }
