@@ -175,20 +175,14 @@ fn a_staged_cut_freezes_later_writes_survives_resize_and_restarts_as_a_superset(
     assert!(v.frozen_epochs().unwrap().is_empty());
     // A write after staging still belongs to the epoch the staged cut freezes.
     v.write_at(2 * BLOCK_SIZE, &[2; 16], false).unwrap();
-    let (epoch, set) = cut(&v);
-    assert_eq!(set.iter().collect::<Vec<_>>(), vec![0, 2]);
-    v.release_epoch(epoch).unwrap();
-    v.end_capture(epoch).unwrap();
+    assert_eq!(cut_and_release(&v), vec![0, 2]);
 
     // Staged, then grown: the staged cut is for the old bitmap and is not used.
     v.write_at(3 * BLOCK_SIZE, &[3; 16], false).unwrap();
     v.stage_cut().unwrap();
     v.resize(16 * BLOCK_SIZE).unwrap();
     v.write_at(12 * BLOCK_SIZE, &[12; 16], false).unwrap();
-    let (epoch2, set) = cut(&v);
-    assert_eq!(set.iter().collect::<Vec<_>>(), vec![3, 12]);
-    v.release_epoch(epoch2).unwrap();
-    v.end_capture(epoch2).unwrap();
+    assert_eq!(cut_and_release(&v), vec![3, 12]);
 
     // Crash with a staged cut: after the restart nothing is lost (over-reporting is safe).
     v.write_at(5 * BLOCK_SIZE, &[5; 16], false).unwrap();
@@ -222,4 +216,12 @@ fn cut(v: &blocksnap_volume::Volume) -> (u64, roaring::RoaringBitmap) {
     let p = v.prepare_cut().unwrap();
     let g = v.gate();
     v.commit_cut(&g, p).unwrap()
+}
+
+/// A cut whose snapshot completes at once: returns the frozen blocks.
+fn cut_and_release(v: &blocksnap_volume::Volume) -> Vec<u32> {
+    let (epoch, set) = cut(v);
+    v.release_epoch(epoch).unwrap();
+    v.end_capture(epoch).unwrap();
+    set.iter().collect()
 }
