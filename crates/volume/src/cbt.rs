@@ -23,6 +23,9 @@ pub(crate) const ACTIVE_NAME: &str = "changes.bitmap";
 const TMP_NAME: &str = "changes.bitmap.tmp";
 /// The next epoch's empty bitmap, prepared before a cut and renamed over the active file during it.
 const NEXT_NAME: &str = "changes.next";
+/// The next file's own temp name: preparing a cut (possibly in the background) never shares a
+/// temp file with `write_full`.
+const NEXT_TMP_NAME: &str = "changes.next.tmp";
 const FROZEN_PREFIX: &str = "changes.";
 const FROZEN_SUFFIX: &str = ".frozen";
 
@@ -154,11 +157,7 @@ pub(crate) fn load(path: &Path, nblocks: u64) -> io::Result<Loaded> {
 /// rename, fsync dir) and returns the open file.
 pub(crate) fn write_full(dir: &Path, name: &str, epoch: u64, nblocks: u64, words: &[u64]) -> io::Result<File> {
     let tmp = dir.join(TMP_NAME);
-    let mut buf = Vec::with_capacity(PAGE_SIZE * (1 + npages(nblocks)));
-    buf.extend_from_slice(&encode_header(epoch, nblocks));
-    for p in 0..npages(nblocks) {
-        buf.extend_from_slice(&encode_page(epoch, p, words));
-    }
+    let buf = encode_file(epoch, nblocks, words);
     {
         let f = File::create(&tmp)?;
         f.write_all_at(&buf, 0)?;
@@ -168,6 +167,16 @@ pub(crate) fn write_full(dir: &Path, name: &str, epoch: u64, nblocks: u64, words
     fs::rename(&tmp, &target)?;
     fsync_dir(dir)?;
     OpenOptions::new().read(true).write(true).open(target)
+}
+
+/// A whole bitmap file: header page, then every page of `words`.
+fn encode_file(epoch: u64, nblocks: u64, words: &[u64]) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(PAGE_SIZE * (1 + npages(nblocks)));
+    buf.extend_from_slice(&encode_header(epoch, nblocks));
+    for p in 0..npages(nblocks) {
+        buf.extend_from_slice(&encode_page(epoch, p, words));
+    }
+    buf
 }
 
 pub(crate) fn words_to_roaring(words: &[u64]) -> RoaringBitmap {
@@ -438,18 +447,23 @@ impl Cbt {
     pub(crate) fn swap(&self) -> io::Result<(u64, RoaringBitmap)> {
         let mut st = self.lock();
         let old = st.epoch;
-        let frozen = self.dir.join(frozen_name(old));
+        // Frozen copy first and durable: a crash before the new active file is
+        // in place leaves both, which only over-reports.
+        self.link_frozen(old)?;
+        fsync_dir(&self.dir)?;
+        let file = write_full(&self.dir, ACTIVE_NAME, old + 1, st.nblocks, &vec![0u64; st.words.len()])?;
+        Ok(self.install_next_epoch(&mut st, file))
+    }
+
+    /// (Re)link the active file as `epoch`'s frozen copy (same inode).
+    fn link_frozen(&self, epoch: u64) -> io::Result<()> {
+        let frozen = self.dir.join(frozen_name(epoch));
         match fs::remove_file(&frozen) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(e),
         }
-        // Frozen copy first and durable: a crash before the new active file is
-        // in place leaves both, which only over-reports.
-        fs::hard_link(self.dir.join(ACTIVE_NAME), &frozen)?;
-        fsync_dir(&self.dir)?;
-        let file = write_full(&self.dir, ACTIVE_NAME, old + 1, st.nblocks, &vec![0u64; st.words.len()])?;
-        Ok(self.install_next_epoch(&mut st, file))
+        fs::hard_link(self.dir.join(ACTIVE_NAME), &frozen)
     }
 
     /// Switch the in-memory state to the next, empty epoch backed by `file`; returns the old epoch
@@ -476,23 +490,12 @@ impl Cbt {
             let st = self.lock();
             (st.epoch, st.nblocks)
         };
-        let frozen = self.dir.join(frozen_name(old));
-        match fs::remove_file(&frozen) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
-        fs::hard_link(self.dir.join(ACTIVE_NAME), &frozen)?;
+        self.link_frozen(old)?;
         // The next file needs no fsync of its own: if it is renamed into place and then found
         // damaged after a crash, it reads as all-changed (safe). The caller fsyncs the directory
         // once for the link, this file and the capture log.
-        let words = vec![0u64; nwords(nblocks)];
-        let mut buf = Vec::with_capacity(PAGE_SIZE * (1 + npages(nblocks)));
-        buf.extend_from_slice(&encode_header(old + 1, nblocks));
-        for p in 0..npages(nblocks) {
-            buf.extend_from_slice(&encode_page(old + 1, p, &words));
-        }
-        let tmp = self.dir.join(TMP_NAME);
+        let buf = encode_file(old + 1, nblocks, &vec![0u64; nwords(nblocks)]);
+        let tmp = self.dir.join(NEXT_TMP_NAME);
         File::create(&tmp)?.write_all_at(&buf, 0)?;
         fs::rename(&tmp, self.dir.join(NEXT_NAME))?;
         Ok(old)

@@ -62,7 +62,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use roaring::RoaringBitmap;
@@ -136,6 +136,18 @@ impl From<Error> for io::Error {
 pub struct PreparedCut {
     pub epoch: u64,
     log: Option<File>,
+    /// The volume's count of cuts handed out and not yet committed or abandoned (`None` while
+    /// the cut is only staged). Background staging waits for it to be zero: it must never
+    /// re-prepare (and truncate the capture log of) an epoch a caller is about to freeze.
+    in_flight: Option<Arc<AtomicUsize>>,
+}
+
+impl Drop for PreparedCut {
+    fn drop(&mut self) {
+        if let Some(n) = self.in_flight.take() {
+            n.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
 }
 
 /// One run of a [`Volume::block_status`] answer.
@@ -358,6 +370,8 @@ pub struct Volume {
     /// A cut prepared ahead of time by [`Volume::stage_cut`], with the bitmap size it was made
     /// for. The lock also serialises preparing.
     staged: Mutex<Option<(PreparedCut, u64)>>,
+    /// Cuts handed out by `prepare_cut` and not yet committed or abandoned.
+    cuts_in_flight: Arc<AtomicUsize>,
 }
 
 /// Holds a volume's write gate: new writes wait, and every write that had
@@ -398,6 +412,7 @@ impl Volume {
             hydration: Mutex::new(None),
             hydrating: AtomicBool::new(false),
             staged: Mutex::new(None),
+            cuts_in_flight: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -480,10 +495,14 @@ impl Volume {
     /// when it is still valid, so the caller pays no file I/O and no fsync.
     pub fn prepare_cut(&self) -> Result<PreparedCut> {
         let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(p) = self.take_staged(&mut staged) {
-            return Ok(p);
-        }
-        self.prepare_cut_now()
+        let mut p = match self.take_staged(&mut staged) {
+            Some(p) => p,
+            None => self.prepare_cut_now()?,
+        };
+        // Counted under the staging lock, so staging never overlaps a handed-out cut.
+        self.cuts_in_flight.fetch_add(1, Ordering::AcqRel);
+        p.in_flight = Some(self.cuts_in_flight.clone());
+        Ok(p)
     }
 
     /// Prepare the next cut ahead of time (call it off the request path, e.g. when a snapshot
@@ -492,7 +511,7 @@ impl Volume {
     /// cut whose swap was lost (its bits stay in the changed set). Does nothing if one is staged.
     pub fn stage_cut(&self) -> Result<()> {
         let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
-        if staged.is_some() || self.deleted.load(Ordering::Acquire) {
+        if staged.is_some() || self.deleted.load(Ordering::Acquire) || self.cuts_in_flight.load(Ordering::Acquire) > 0 {
             return Ok(());
         }
         let nblocks = self.cbt.nblocks();
@@ -535,7 +554,7 @@ impl Volume {
             r
         });
         match r {
-            Ok(log) => Ok(PreparedCut { epoch, log: Some(log) }),
+            Ok(log) => Ok(PreparedCut { epoch, log: Some(log), in_flight: None }),
             Err(e) => {
                 let _ = std::fs::remove_file(capture::log_path(&self.dir, epoch));
                 let _ = self.cbt.abandon_prepared(epoch);
@@ -1043,14 +1062,13 @@ impl Volume {
         if new_size == from {
             return Ok(());
         }
-        // A staged cut was made for the old bitmap (and grow rewrites the active file).
+        // A staged cut was made for the old bitmap (and grow rewrites the active file); the lock
+        // also keeps staging from running during the grow.
+        let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((p, _)) = staged.take()
+            && p.epoch == self.cbt.epoch()
         {
-            let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some((p, _)) = staged.take()
-                && p.epoch == self.cbt.epoch()
-            {
-                let _ = self.abandon_cut(p);
-            }
+            let _ = self.abandon_cut(p);
         }
         let _g = self.gate();
         // Bitmap first: a crash before the data grows leaves a size mismatch,

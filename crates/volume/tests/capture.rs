@@ -225,3 +225,25 @@ fn cut_and_release(v: &blocksnap_volume::Volume) -> Vec<u32> {
     v.end_capture(epoch).unwrap();
     set.iter().collect()
 }
+
+#[test]
+fn staging_never_re_prepares_a_cut_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = VolumeStore::open(dir.path().to_path_buf()).unwrap();
+    store.create("vol-6", 4 * BLOCK_SIZE).unwrap();
+    let v = store.open_volume("vol-6").unwrap();
+    v.write_at(0, &[1; B], false).unwrap();
+    let p = v.prepare_cut().unwrap();
+    // Background staging while the cut is between prepare and commit: must do nothing.
+    v.stage_cut().unwrap();
+    let (epoch, _) = {
+        let g = v.gate();
+        v.commit_cut(&g, p).unwrap()
+    };
+    v.write_at(0, &[2; B], false).unwrap(); // copy-before-write records the frozen bytes
+    v.stage_cut().unwrap(); // stages the next epoch, leaves this epoch's capture alone
+    let mut buf = vec![0u8; B];
+    v.read_frozen_block(epoch, 0, &mut buf).unwrap();
+    assert!(buf.iter().all(|&b| b == 1), "the frozen block still reads the cut's bytes");
+    assert_eq!(cut(&v).1.iter().collect::<Vec<_>>(), vec![0]);
+}
