@@ -780,6 +780,20 @@ fn decode_token(t: &str) -> Result<String> {
     })
 }
 
+/// A Lightsail resource as listed: pages are keyed by name.
+trait Named {
+    fn name(&self) -> &str;
+}
+
+macro_rules! named {
+    ($($t:ty),*) => {$(impl Named for $t {
+        fn name(&self) -> &str {
+            &self.name
+        }
+    })*};
+}
+named!(Disk, Instance, DiskSnapshot, InstanceSnapshot);
+
 fn page<T>(mut items: Vec<T>, size: usize, key: impl Fn(&T) -> String) -> LsPage<T> {
     let next_page_token = if items.len() > size {
         items.truncate(size);
@@ -1291,17 +1305,31 @@ impl Lightsail<'_> {
     }
 
     pub fn get_disks(&self, ctx: &Ctx, page_token: Option<&str>) -> Result<LsPage<Disk>> {
+        let names = std::cell::OnceCell::new();
+        self.list_page(ctx, KIND_DISK, page_token, |st, d: &DiskDoc| {
+            self.disk_view(st, ctx, d, names.get_or_init(|| self.instance_names(st, ctx)))
+        })
+    }
+
+    /// One page of a kind's records of the caller, in name order, each shown through `view`
+    /// (`None` hides it); the Get*s calls.
+    fn list_page<D: DeserializeOwned, V: Named>(
+        &self,
+        ctx: &Ctx,
+        kind: &str,
+        page_token: Option<&str>,
+        view: impl Fn(&State, &D) -> Option<V>,
+    ) -> Result<LsPage<V>> {
         self.check_region(ctx)?;
         let after = page_token.map(decode_token).transpose()?;
         let st = self.engine.lock();
-        let names = self.instance_names(&st, ctx);
-        let items: Vec<Disk> = rows(&st, KIND_DISK, ctx, after.as_deref())
+        let items: Vec<V> = rows(&st, kind, ctx, after.as_deref())
             .into_iter()
-            .filter_map(|r| parse::<DiskDoc>(r).ok())
-            .filter_map(|d| self.disk_view(&st, ctx, &d, &names))
+            .filter_map(|r| parse::<D>(r).ok())
+            .filter_map(|d| view(&st, &d))
             .take(PAGE_SIZE + 1)
             .collect();
-        Ok(page(items, PAGE_SIZE, |d| d.name.clone()))
+        Ok(page(items, PAGE_SIZE, |v| v.name().to_string()))
     }
 
     pub fn delete_disk(&self, ctx: &Ctx, name: &str) -> Result<Vec<Operation>> {
@@ -1543,17 +1571,10 @@ impl Lightsail<'_> {
     }
 
     pub fn get_instances(&self, ctx: &Ctx, page_token: Option<&str>) -> Result<LsPage<Instance>> {
-        self.check_region(ctx)?;
-        let after = page_token.map(decode_token).transpose()?;
-        let st = self.engine.lock();
-        let items: Vec<Instance> = rows(&st, KIND_INSTANCE, ctx, after.as_deref())
-            .into_iter()
-            .filter_map(|r| parse::<InstanceDoc>(r).ok())
-            .filter(|d| st.instances.get(&d.instance_id).is_some_and(|i| i.state != InstanceState::Terminated))
-            .filter_map(|d| self.instance_view(&st, ctx, &d))
-            .take(PAGE_SIZE + 1)
-            .collect();
-        Ok(page(items, PAGE_SIZE, |i| i.name.clone()))
+        self.list_page(ctx, KIND_INSTANCE, page_token, |st, d: &InstanceDoc| {
+            st.instances.get(&d.instance_id).filter(|i| i.state != InstanceState::Terminated)?;
+            self.instance_view(st, ctx, d)
+        })
     }
 
     pub fn delete_instance(&self, ctx: &Ctx, name: &str) -> Result<Vec<Operation>> {
@@ -1704,16 +1725,7 @@ impl Lightsail<'_> {
     }
 
     pub fn get_disk_snapshots(&self, ctx: &Ctx, page_token: Option<&str>) -> Result<LsPage<DiskSnapshot>> {
-        self.check_region(ctx)?;
-        let after = page_token.map(decode_token).transpose()?;
-        let st = self.engine.lock();
-        let items: Vec<DiskSnapshot> = rows(&st, KIND_DISK_SNAPSHOT, ctx, after.as_deref())
-            .into_iter()
-            .filter_map(|r| parse::<DiskSnapshotDoc>(r).ok())
-            .filter_map(|d| self.disk_snapshot_view(&st, ctx, &d))
-            .take(PAGE_SIZE + 1)
-            .collect();
-        Ok(page(items, PAGE_SIZE, |d| d.name.clone()))
+        self.list_page(ctx, KIND_DISK_SNAPSHOT, page_token, |st, d| self.disk_snapshot_view(st, ctx, d))
     }
 
     pub fn delete_disk_snapshot(&self, ctx: &Ctx, name: &str) -> Result<Vec<Operation>> {
@@ -1840,16 +1852,7 @@ impl Lightsail<'_> {
     }
 
     pub fn get_instance_snapshots(&self, ctx: &Ctx, page_token: Option<&str>) -> Result<LsPage<InstanceSnapshot>> {
-        self.check_region(ctx)?;
-        let after = page_token.map(decode_token).transpose()?;
-        let st = self.engine.lock();
-        let items: Vec<InstanceSnapshot> = rows(&st, KIND_INSTANCE_SNAPSHOT, ctx, after.as_deref())
-            .into_iter()
-            .filter_map(|r| parse::<InstanceSnapshotDoc>(r).ok())
-            .filter_map(|d| self.instance_snapshot_view(&st, ctx, &d))
-            .take(PAGE_SIZE + 1)
-            .collect();
-        Ok(page(items, PAGE_SIZE, |d| d.name.clone()))
+        self.list_page(ctx, KIND_INSTANCE_SNAPSHOT, page_token, |st, d| self.instance_snapshot_view(st, ctx, d))
     }
 
     pub fn delete_instance_snapshot(&self, ctx: &Ctx, name: &str) -> Result<Vec<Operation>> {
