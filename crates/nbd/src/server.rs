@@ -195,32 +195,33 @@ impl NbdServer {
     /// have been answered, and returns once they are gone. A connection still
     /// in its handshake that resolved `name` before this call is refused.
     pub async fn close_export(&self, name: &str) {
-        let waits: Vec<watch::Receiver<bool>> = {
-            let mut r = self.registry();
+        self.stop_connections(|r| {
             *r.generations.entry(name.to_string()).or_insert(0) += 1;
-            r.conns
-                .values()
-                .filter(|c| c.export == name)
-                .map(|c| {
-                    let _ = c.stop.send(true);
-                    c.done.clone()
-                })
-                .collect()
-        };
-        for mut w in waits {
-            let _ = w.wait_for(|d| *d).await;
-        }
+            |c: &ConnEntry| c.export == name
+        })
+        .await;
     }
 
     /// Stops accepting, closes every connection cleanly, and returns once
     /// they are gone.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
+        self.stop_connections(|r| {
+            r.shutting_down = true;
+            |_: &ConnEntry| true
+        })
+        .await;
+    }
+
+    /// Under the registry lock, run `prepare` (which says which connections to stop) and signal
+    /// them; then wait until each has finished its in-flight requests and closed.
+    async fn stop_connections<F: Fn(&ConnEntry) -> bool>(&self, prepare: impl FnOnce(&mut Registry) -> F) {
         let waits: Vec<watch::Receiver<bool>> = {
             let mut r = self.registry();
-            r.shutting_down = true;
+            let selected = prepare(&mut r);
             r.conns
                 .values()
+                .filter(|c| selected(c))
                 .map(|c| {
                     let _ = c.stop.send(true);
                     c.done.clone()
