@@ -8,6 +8,24 @@ use crate::model::{Ctx, KmsKey, Tag, now_millis};
 
 pub const DEFAULT_EBS_ALIAS: &str = "alias/aws/ebs";
 
+/// A new enabled, customer-managed key of the caller's account and region with fresh material.
+fn new_key(ctx: &Ctx, description: String) -> KmsKey {
+    let key_id = ids::new_uuid();
+    KmsKey {
+        arn: format!("arn:aws:kms:{}:{}:key/{}", ctx.region, ctx.account, key_id),
+        key_id,
+        account: ctx.account.clone(),
+        region: ctx.region.clone(),
+        description,
+        aliases: vec![],
+        created: now_millis(),
+        aws_managed: false,
+        material: new_material(),
+        enabled: true,
+        tags: Default::default(),
+    }
+}
+
 impl Engine {
     /// The AWS-managed EBS key of the caller's region, created (as a pending record) on first use.
     pub(crate) fn default_ebs_key(&self, st: &State, ctx: &Ctx, recs: &mut Vec<Rec>) -> KmsKey {
@@ -21,19 +39,10 @@ impl Engine {
         {
             return k.clone();
         }
-        let key_id = ids::new_uuid();
         let key = KmsKey {
-            arn: format!("arn:aws:kms:{}:{}:key/{}", ctx.region, ctx.account, key_id),
-            key_id,
-            account: ctx.account.clone(),
-            region: ctx.region.clone(),
-            description: "Default key that protects my EBS volumes when no other key is defined".into(),
             aliases: vec![DEFAULT_EBS_ALIAS.into()],
-            created: now_millis(),
             aws_managed: true,
-            material: new_material(),
-            enabled: true,
-            tags: Default::default(),
+            ..new_key(ctx, "Default key that protects my EBS volumes when no other key is defined".into())
         };
         recs.push(Rec::KmsKey(key.clone()));
         key
@@ -136,20 +145,7 @@ impl Engine {
             tag_map.insert(t.key, t.value);
         }
         let mut st = self.lock();
-        let key_id = ids::new_uuid();
-        let key = KmsKey {
-            arn: format!("arn:aws:kms:{}:{}:key/{}", ctx.region, ctx.account, key_id),
-            key_id,
-            account: ctx.account.clone(),
-            region: ctx.region.clone(),
-            description,
-            aliases: vec![],
-            created: now_millis(),
-            aws_managed: false,
-            material: new_material(),
-            enabled: true,
-            tags: tag_map,
-        };
+        let key = KmsKey { tags: tag_map, ..new_key(ctx, description) };
         self.commit(&mut st, vec![Rec::KmsKey(key.clone())])?;
         Ok(key)
     }
