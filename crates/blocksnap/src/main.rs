@@ -1,6 +1,7 @@
 //! The `blocksnap` binary: `serve` runs the service; `admin` manages accounts.
 
 mod config;
+mod datadir;
 mod exports;
 
 use std::net::SocketAddr;
@@ -8,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use blocksnap_catalog::SqliteCatalog;
+use blocksnap_catalog::{OpenMode, SqliteCatalog};
 use blocksnap_engine::{Engine, EngineConfig, Storage};
 use blocksnap_nbd::NbdServer;
 use clap::{Parser, Subcommand};
@@ -64,7 +65,9 @@ enum AdminCommand {
         #[arg(long, env = "BLOCKSNAP_CONFIG")]
         config: Option<PathBuf>,
     },
-    /// Create an isolated account and print its id and keys.
+    /// Create an isolated account and print its id and keys. Works while the server runs (the
+    /// rows are written beside it through SQLite's locking and the server reads them on first use);
+    /// otherwise it takes the data dir's lock for the moment it writes.
     CreateAccount {
         #[command(flatten)]
         data: DataDir,
@@ -90,15 +93,27 @@ fn main() -> anyhow::Result<()> {
         Command::Admin { command: AdminCommand::Verify { data, region, config } } => {
             verify(&data.data_dir, region, config.as_deref())
         }
-        Command::Admin { command: AdminCommand::CreateAccount { data, name } } => {
-            let engine = open_engine(&data.data_dir, EngineConfig::default(), None)?;
-            let (account, key) = engine.create_account(&name)?;
-            println!("# account {}", account.id);
-            println!("export AWS_ACCESS_KEY_ID={}", key.access_key_id);
-            println!("export AWS_SECRET_ACCESS_KEY={}", key.secret_access_key);
-            Ok(())
-        }
+        Command::Admin { command: AdminCommand::CreateAccount { data, name } } => create_account(&data.data_dir, &name),
     }
+}
+
+fn create_account(data_dir: &Path, name: &str) -> anyhow::Result<()> {
+    // The owner role when nobody holds the dir (it may be new: create it, migrate the catalog);
+    // beside the running owner otherwise (its schema is current, SQLite serialises the insert).
+    let (_lock, engine) = match datadir::DataDirLock::acquire(data_dir) {
+        Ok(lock) => (Some(lock), open_engine(data_dir, EngineConfig::default(), None)?),
+        Err(datadir::LockError::Held { .. }) => {
+            let catalog = SqliteCatalog::open_mode(&data_dir.join("catalog.db"), OpenMode::Shared)
+                .context("opening the catalog")?;
+            (None, Engine::open(Arc::new(catalog), EngineConfig::default(), None)?)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (account, key) = engine.create_account(name)?;
+    println!("# account {}", account.id);
+    println!("export AWS_ACCESS_KEY_ID={}", key.access_key_id);
+    println!("export AWS_SECRET_ACCESS_KEY={}", key.secret_access_key);
+    Ok(())
 }
 
 fn verify(data_dir: &Path, region: Option<String>, config: Option<&Path>) -> anyhow::Result<()> {
@@ -117,7 +132,10 @@ fn verify(data_dir: &Path, region: Option<String>, config: Option<&Path>) -> any
         snapshot_root: data_dir.join("snapshots"),
         runtime: runtime.handle().clone(),
     };
-    let engine = open_engine(data_dir, cfg, Some(storage))?;
+    // Read-only: no lock, no recovery, no migration; the running owner (if any) is undisturbed.
+    let catalog =
+        SqliteCatalog::open_mode(&data_dir.join("catalog.db"), OpenMode::ReadOnly).context("opening the catalog")?;
+    let engine = Engine::open(Arc::new(catalog), cfg, Some(storage))?;
     let regions = match region {
         Some(r) => vec![r],
         None => engine.snapshot_regions(),
@@ -145,14 +163,8 @@ fn verify(data_dir: &Path, region: Option<String>, config: Option<&Path>) -> any
     Ok(())
 }
 
+/// Open the engine as the data dir's owner: call only while holding its [`datadir::DataDirLock`].
 fn open_engine(data_dir: &Path, cfg: EngineConfig, storage: Option<Storage>) -> anyhow::Result<Engine> {
-    std::fs::create_dir_all(data_dir).with_context(|| format!("creating data dir {}", data_dir.display()))?;
-    // The catalog holds credentials and the built-in KMS's key material: owner only.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("restricting {} to its owner", data_dir.display()))?;
-    }
     let catalog = SqliteCatalog::open(&data_dir.join("catalog.db")).context("opening the catalog")?;
     Ok(Engine::open(Arc::new(catalog), cfg, storage)?)
 }
@@ -180,6 +192,17 @@ fn serve(data_dir: &Path, listen: SocketAddr, nbd_listen: SocketAddr, config: Op
         cfg.regions = r.clone();
     }
     cfg.s3_stores = file_cfg.stores.iter().map(|(region, s)| (region.clone(), s.to_store_config())).collect();
+    // The listeners first: a port clash ends here, before the data dir is touched.
+    let bind = |addr: SocketAddr, what: &str| -> anyhow::Result<std::net::TcpListener> {
+        let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding {what} {addr}"))?;
+        l.set_nonblocking(true)?;
+        Ok(l)
+    };
+    let http_listener = bind(listen, "HTTP")?;
+    let nbd_listener = bind(nbd_listen, "NBD")?;
+    // One owner per data dir: nothing in it is read, created or repaired before the lock is held.
+    let lock = datadir::DataDirLock::acquire(data_dir)?;
+    let lock_path = lock.path().to_path_buf();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let volumes = blocksnap_volume::VolumeStore::open(data_dir.join("volumes")).context("opening the volume store")?;
     let storage = Storage {
@@ -221,20 +244,21 @@ fn serve(data_dir: &Path, listen: SocketAddr, nbd_listen: SocketAddr, config: Op
     runtime.block_on(async move {
         let nbd = Arc::new(NbdServer::new(Arc::new(exports::Exports { engine: engine.clone() })));
         engine.set_export_hooks(Arc::new(exports::CloseOnDetach { server: nbd.clone(), runtime: handle }));
-        let nbd_listener =
-            tokio::net::TcpListener::bind(nbd_listen).await.with_context(|| format!("binding NBD {nbd_listen}"))?;
+        let nbd_listener = tokio::net::TcpListener::from_std(nbd_listener)?;
         let nbd_task = tokio::spawn(nbd.clone().serve(nbd_listener));
         let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || prometheus.render());
         let state = Arc::new(blocksnap_api::AppState { engine: engine.clone(), metrics: Some(render) });
         let app = blocksnap_api::router(state);
-        let http = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("binding HTTP {listen}"))?;
-        tracing::info!(%listen, %nbd_listen, data_dir = %data_dir.display(), "blocksnap serving");
+        let http = tokio::net::TcpListener::from_std(http_listener)?;
+        tracing::info!(%listen, %nbd_listen, data_dir = %data_dir.display(), lock = %lock_path.display(), "blocksnap serving");
         axum::serve(http, app).with_graceful_shutdown(shutdown_signal()).await?;
         nbd.shutdown().await;
         nbd_task.abort();
         tracing::info!("blocksnap stopped");
         anyhow::Ok(())
-    })
+    })?;
+    drop(lock);
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -5,12 +5,13 @@
 //! [`Change`]s, applied in a single transaction, so a process killed at any point restarts into either
 //! the state before or the state after the batch.
 //!
-//! [`SqliteCatalog`] is the embedded default (WAL, `synchronous=FULL`, versioned migrations). The trait
+//! [`SqliteCatalog`] is the embedded default (WAL, `synchronous=NORMAL` plus a
+//! group-committed fsync of the WAL, versioned migrations applied only by the data dir's owner). The trait
 //! is the seam where a PostgreSQL catalog plugs in without touching the engine.
 
 mod sqlite;
 
-pub use sqlite::SqliteCatalog;
+pub use sqlite::{OpenMode, SqliteCatalog};
 
 /// One stored record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,8 +34,18 @@ pub enum Change {
 pub enum CatalogError {
     #[error("catalog database error: {0}")]
     Db(#[from] rusqlite::Error),
-    #[error("catalog schema version {found} is newer than this binary understands ({supported})")]
+    #[error(
+        "catalog schema version {found} was written by a newer blocksnap (this binary reads up to {supported}); \
+         run the newer binary, nothing was changed"
+    )]
     TooNew { found: i64, supported: i64 },
+    #[error(
+        "catalog schema version {found} is older than this binary's ({supported}); it is upgraded when \
+         `blocksnap serve` starts on the data dir"
+    )]
+    NeedsUpgrade { found: i64, supported: i64 },
+    #[error("no catalog at {}", .0.display())]
+    Missing(std::path::PathBuf),
     #[error("catalog io error: {0}")]
     Io(#[from] std::io::Error),
 }

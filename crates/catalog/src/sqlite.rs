@@ -41,14 +41,49 @@ struct SyncState {
     syncing: bool,
 }
 
+/// How a process opens the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The data dir's owner (it holds the data dir lock): creates the database and applies
+    /// pending migrations, in one transaction.
+    Owner,
+    /// Another process writing beside the owner (e.g. `blocksnap admin create-account` while the
+    /// server runs): SQLite's locking serialises the writes; the schema must already be current,
+    /// since only the owner upgrades.
+    Shared,
+    /// Read-only tools (`blocksnap admin verify`): nothing is written; the schema must be current.
+    ReadOnly,
+}
+
 impl SqliteCatalog {
+    /// Open as the data dir's owner (see [`OpenMode::Owner`]).
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
-        // WAL lets `blocksnap admin` write while the server runs; FULL makes each commit durable.
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        // Durability comes from `sync` (group commit on the WAL file), not from each commit.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Self::open_mode(path, OpenMode::Owner)
+    }
+
+    pub fn open_mode(path: &Path, mode: OpenMode) -> Result<Self> {
+        if mode != OpenMode::Owner && !path.exists() {
+            return Err(CatalogError::Missing(path.to_path_buf()));
+        }
+        let conn = match mode {
+            OpenMode::ReadOnly => Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?,
+            OpenMode::Owner | OpenMode::Shared => Connection::open(path)?,
+        };
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // A newer schema is refused before anything (even the journal mode) is written.
+        let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > Self::schema_version() {
+            return Err(CatalogError::TooNew { found: version, supported: Self::schema_version() });
+        }
+        if mode != OpenMode::ReadOnly {
+            // WAL lets `blocksnap admin` write while the server runs.
+            conn.pragma_update(None, "journal_mode", "WAL")?;
+            // Durability comes from `sync` (group commit on the WAL file), not from each commit.
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
         let mut wal = path.as_os_str().to_owned();
         wal.push("-wal");
         let cat = SqliteCatalog {
@@ -58,8 +93,29 @@ impl SqliteCatalog {
             seq: Mutex::new(SyncState::default()),
             synced: Condvar::new(),
         };
-        cat.migrate()?;
+        match mode {
+            OpenMode::Owner => cat.migrate()?,
+            OpenMode::Shared | OpenMode::ReadOnly => cat.check_version()?,
+        }
         Ok(cat)
+    }
+
+    /// The schema version this binary writes.
+    pub fn schema_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+
+    /// Refuse a schema this binary cannot read as is (newer, or older and not yet upgraded).
+    fn check_version(&self) -> Result<()> {
+        let version: i64 = self.lock().query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        let supported = Self::schema_version();
+        if version > supported {
+            return Err(CatalogError::TooNew { found: version, supported });
+        }
+        if version < supported {
+            return Err(CatalogError::NeedsUpgrade { found: version, supported });
+        }
+        Ok(())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -86,7 +142,7 @@ impl SqliteCatalog {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let supported = MIGRATIONS.len() as i64;
+        let supported = Self::schema_version();
         if version > supported {
             return Err(CatalogError::TooNew { found: version, supported });
         }
@@ -209,6 +265,35 @@ mod tests {
         conn.pragma_update(None, "user_version", 99).unwrap();
         drop(conn);
         assert!(matches!(SqliteCatalog::open(&path), Err(CatalogError::TooNew { found: 99, .. })));
+        assert!(matches!(
+            SqliteCatalog::open_mode(&path, OpenMode::ReadOnly),
+            Err(CatalogError::TooNew { found: 99, .. })
+        ));
+    }
+
+    #[test]
+    fn only_the_owner_creates_or_upgrades() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        assert!(matches!(SqliteCatalog::open_mode(&path, OpenMode::Shared), Err(CatalogError::Missing(_))));
+        assert!(!path.exists());
+        // An older (here: empty, version 0) database is refused by the non-owners, upgraded by the owner.
+        drop(Connection::open(&path).unwrap());
+        assert!(matches!(
+            SqliteCatalog::open_mode(&path, OpenMode::Shared),
+            Err(CatalogError::NeedsUpgrade { found: 0, .. })
+        ));
+        assert!(matches!(
+            SqliteCatalog::open_mode(&path, OpenMode::ReadOnly),
+            Err(CatalogError::NeedsUpgrade { found: 0, .. })
+        ));
+        let owner = SqliteCatalog::open(&path).unwrap();
+        owner.commit(&[Change::Put(row("a", "1"))]).unwrap();
+        let shared = SqliteCatalog::open_mode(&path, OpenMode::Shared).unwrap();
+        shared.commit(&[Change::Put(row("b", "2"))]).unwrap();
+        let ro = SqliteCatalog::open_mode(&path, OpenMode::ReadOnly).unwrap();
+        assert_eq!(ro.load_kind("volume").unwrap().len(), 2);
+        assert!(ro.commit(&[Change::Put(row("c", "3"))]).is_err());
     }
 }
 

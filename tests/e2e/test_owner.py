@@ -1,0 +1,138 @@
+"""One owner per data dir: a second `serve` on a data dir in use is refused before it reads, creates or
+repairs anything, and the owner's next snapshot still holds exactly the volume's bytes."""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import blocksnap_bin, free_port, wait_port
+from nbd import MiB, compare, qemu_io
+
+pytestmark = pytest.mark.blocksnap_only
+
+
+def tree(root: Path) -> dict:
+    """Every file under `root`: size, mtime and content hash (directories: their entries)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        d = Path(dirpath)
+        out[str(d.relative_to(root)) + "/"] = sorted(dirnames + filenames)
+        for name in filenames:
+            p = d / name
+            st = p.stat()
+            out[str(p.relative_to(root))] = (st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+def serve_cmd(data_dir: Path, port: int, nbd_port: int) -> list[str]:
+    return [str(blocksnap_bin()), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
+            "--nbd-listen", f"127.0.0.1:{nbd_port}"]
+
+
+def run_second(data_dir: Path, port: int | None = None, nbd_port: int | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run(serve_cmd(data_dir, port or free_port(), nbd_port or free_port()),
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "RUST_LOG": "info"})
+
+
+def attached_volume(ec2, az: str) -> str:
+    inst = ec2.run_instances(ImageId="ami-0b5e4c3d2a1f00001", MinCount=1, MaxCount=1,
+                             Placement={"AvailabilityZone": az})["Instances"][0]["InstanceId"]
+    vid = ec2.create_volume(Size=1, AvailabilityZone=az)["VolumeId"]
+    ec2.attach_volume(VolumeId=vid, InstanceId=inst, Device="/dev/sdf")
+    ec2.get_waiter("volume_in_use").wait(VolumeIds=[vid], WaiterConfig={"Delay": 1})
+    return vid
+
+
+def wait_completed(ec2, *ids: str) -> None:
+    ec2.get_waiter("snapshot_completed").wait(SnapshotIds=list(ids), WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+
+
+def test_second_serve_is_refused_and_the_next_snapshot_is_exact(fresh_server):
+    srv = fresh_server
+    ec2 = srv.client()
+    vid = attached_volume(ec2, f"{srv.region}a")
+    qemu_io(srv, vid, "write -P 0x11 0 1M", "flush")
+    first = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
+    wait_completed(ec2, first)
+    # Later writes: the change bitmap and a staged cut are live on disk.
+    qemu_io(srv, vid, "write -P 0x22 1M 1M", "flush")
+    time.sleep(0.5)  # let the background staging of the next cut settle, so the listing is stable
+    before = tree(srv.data_dir)
+
+    r = run_second(srv.data_dir)
+    assert r.returncode != 0, r.stderr
+    assert f"pid {srv.proc.pid}" in r.stderr, r.stderr
+    assert "in use" in r.stderr, r.stderr
+    assert "change bitmap" not in r.stderr and "orphaned" not in r.stderr, r.stderr
+    assert tree(srv.data_dir) == before, "the refused process changed the data dir"
+
+    # The owner goes on: a 1 MiB write, then a snapshot holding exactly the volume's bytes.
+    qemu_io(srv, vid, "write -P 0x33 2M 1M", "flush")
+    second = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
+    wait_completed(ec2, second)
+    c = compare(srv, second, vid)
+    assert c.returncode == 0, c.stdout + c.stderr
+
+
+def test_two_starts_at_the_same_instant_exactly_one_wins(tmp_path):
+    data = tmp_path / "data"
+    ports = [(free_port(), free_port()) for _ in range(2)]
+    logs = [open(tmp_path / f"s{i}.log", "w+") for i in range(2)]
+    procs = [subprocess.Popen(serve_cmd(data, p, n), stdout=logs[i], stderr=subprocess.STDOUT,
+                              env={**os.environ, "RUST_LOG": "info"}, start_new_session=True)
+             for i, (p, n) in enumerate(ports)]
+    try:
+        # The loser exits at once; the winner keeps serving.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and all(p.poll() is None for p in procs):
+            time.sleep(0.05)
+        exited = [i for i, p in enumerate(procs) if p.poll() is not None]
+        assert len(exited) == 1, "exactly one of the two must exit"
+        loser, winner = exited[0], 1 - exited[0]
+        assert procs[loser].returncode != 0
+        logs[loser].seek(0)
+        text = logs[loser].read()
+        assert f"pid {procs[winner].pid}" in text, text
+        wait_port("127.0.0.1", ports[winner][0], procs[winner], Path(logs[winner].name))
+        assert procs[winner].poll() is None
+        assert (data / "lock").read_text().startswith(f"pid={procs[winner].pid}\n")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+                p.wait(timeout=30)
+        for f in logs:
+            f.close()
+
+
+def test_port_clash_leaves_the_data_dir_untouched(fresh_server):
+    srv = fresh_server
+    ec2 = srv.client()
+    vid = attached_volume(ec2, f"{srv.region}a")
+    qemu_io(srv, vid, "write -P 0x44 0 1M", "flush")
+    sid = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
+    wait_completed(ec2, sid)
+    srv.stop()
+    before = tree(srv.data_dir)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = run_second(srv.data_dir, nbd_port=busy.getsockname()[1])
+    assert r.returncode != 0
+    assert "binding NBD" in r.stderr, r.stderr
+    assert tree(srv.data_dir) == before, "a start that could not bind changed the data dir"
+    # A dir that does not exist yet is not even created.
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        r = run_second(srv.workdir / "never", port=busy.getsockname()[1])
+    assert r.returncode != 0 and "binding HTTP" in r.stderr, r.stderr
+    assert not (srv.workdir / "never").exists()
