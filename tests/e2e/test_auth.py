@@ -133,3 +133,192 @@ def test_unconfigured_region(server):
     r = server.raw({"Action": "DescribeVolumes"}, region="xx-nowhere-" + uuid.uuid4().hex[:4])
     assert 400 <= r.status < 500, r.text
     assert r.code, r.text
+
+
+# --- the signature covers what the request does (issue 12) ----------------------------------------
+# A captured request must not be replayable with another body, Action or X-Amz-Target; a presigned URL
+# authenticates its query string only, so it must not carry a body.
+
+def _signed_post(server, body: str, *, service: str = "ec2", headers: dict | None = None,
+                 signer_cls=None) -> "object":
+    """A botocore-signed POST of `body` to the server, prepared but not sent."""
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    h = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    h.update(headers or {})
+    req = AWSRequest(method="POST", url=server.endpoint, data=body, headers=h)
+    signer_cls = signer_cls or botocore.auth.SigV4Auth
+    signer_cls(Credentials(server.creds.access_key, server.creds.secret_key), service, server.region).add_auth(req)
+    return req.prepare()
+
+
+def _send(prepared, *, body=None, url=None, method=None, headers=None):
+    import requests
+    h = {k: v for k, v in (headers or prepared.headers).items() if k.lower() != "content-length"}
+    return requests.request(method or prepared.method, url or prepared.url, headers=h,
+                            data=prepared.body if body is None else body, timeout=30)
+
+
+def _create_body(server, run_tag):
+    from urllib.parse import urlencode
+    return urlencode({"Action": "CreateVolume", "Version": "2016-11-15", "AvailabilityZone": f"{server.region}a",
+                      "Size": "1", "TagSpecification.1.ResourceType": "volume",
+                      "TagSpecification.1.Tag.1.Key": "e2e-run", "TagSpecification.1.Tag.1.Value": run_tag})
+
+
+def test_replay_with_changed_action_refused(server, ec2, run_tag):
+    from urllib.parse import urlencode
+    p = _signed_post(server, urlencode({"Action": "DescribeVolumes", "Version": "2016-11-15"}))
+    assert _send(p).status_code == 200  # the captured request itself is fine
+    # Same signature, same length, another Action.
+    evil = urlencode({"Action": "DescribeRegions", "Version": "2016-11-15"})
+    r = _send(p, body=evil)
+    assert "<Code>AuthFailure</Code>" in r.text, r.text
+    # The Action moved into the (unsigned-for-body) query string, body kept: refused, nothing merged.
+    r = _send(p, url=server.endpoint + "?" + _create_body(server, run_tag))
+    assert r.status_code == 401 or r.status_code == 400, r.text
+    assert _none_created(ec2, run_tag)
+
+
+class _UnsignedPayloadAuth(__import__("botocore.auth").auth.SigV4Auth):
+    """botocore's signer, declaring the body unsigned (as S3 clients may)."""
+
+    def add_auth(self, request):
+        request.headers["X-Amz-Content-SHA256"] = "UNSIGNED-PAYLOAD"
+        super().add_auth(request)
+
+    def payload(self, request):
+        return "UNSIGNED-PAYLOAD"
+
+
+def test_unsigned_payload_refused_for_query(server, ec2, run_tag):
+    # Were it accepted, anyone holding this captured DescribeVolumes could send any body with it.
+    from urllib.parse import urlencode
+    p = _signed_post(server, urlencode({"Action": "DescribeVolumes", "Version": "2016-11-15"}),
+                     signer_cls=_UnsignedPayloadAuth)
+    assert p.headers["X-Amz-Content-SHA256"] == "UNSIGNED-PAYLOAD"
+    r = _send(p)
+    assert r.status_code in (400, 401) and "<Code>IncompleteSignature</Code>" in r.text, r.text
+    assert "UNSIGNED-PAYLOAD" in r.text
+    r = _send(p, body=_create_body(server, run_tag))
+    assert r.status_code in (400, 401) and "<Code>IncompleteSignature</Code>" in r.text, r.text
+    assert _none_created(ec2, run_tag)
+
+
+def test_unsigned_payload_refused_for_json(server):
+    body = "{}"
+    p = _signed_post(server, body, service="lightsail", signer_cls=_UnsignedPayloadAuth,
+                     headers={"Content-Type": "application/x-amz-json-1.1",
+                              "X-Amz-Target": "Lightsail_20161128.GetDisks"})
+    r = _send(p)
+    assert r.status_code in (400, 401), r.text
+    assert r.json()["__type"] == "IncompleteSignature", r.text
+    # The same request with its body hashed goes through.
+    p = _signed_post(server, body, service="lightsail",
+                     headers={"Content-Type": "application/x-amz-json-1.1",
+                              "X-Amz-Target": "Lightsail_20161128.GetDisks"})
+    r = _send(p)
+    assert r.status_code == 200, r.text
+    assert "disks" in r.json()
+
+
+def test_json_replay_with_changed_target_refused(server):
+    hdrs = {"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "Lightsail_20161128.GetDisks"}
+    p = _signed_post(server, "{}", service="lightsail", headers=hdrs)
+    assert _send(p).status_code == 200
+    h = dict(p.headers)
+    h["X-Amz-Target"] = "Lightsail_20161128.GetInstances"
+    r = _send(p, headers=h)
+    assert r.status_code in (400, 401, 403), r.text
+    assert r.json()["__type"] in ("AuthFailure", "InvalidSignatureException"), r.text
+    # Changed body, same target: refused too.
+    r = _send(p, body='{"pageToken":"x"}')
+    assert r.status_code in (400, 401, 403), r.text
+
+
+def test_json_signed_for_another_service_refused(server):
+    # A KMS request signed in the lightsail scope: the scope names the service.
+    p = _signed_post(server, "{}", service="lightsail",
+                     headers={"Content-Type": "application/x-amz-json-1.1", "X-Amz-Target": "TrentService.ListKeys"})
+    r = _send(p)
+    assert r.status_code == 400, r.text
+    assert r.json()["__type"] == "InvalidSignatureException", r.text
+
+
+def _presigned_url(server, params: dict) -> str:
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    from urllib.parse import urlencode
+    params = dict(params)
+    params.setdefault("Version", "2016-11-15")
+    req = AWSRequest(method="GET", url=server.endpoint + "?" + urlencode(params))
+    botocore.auth.SigV4QueryAuth(Credentials(server.creds.access_key, server.creds.secret_key), "ec2",
+                                 server.region, expires=300).add_auth(req)
+    return req.prepare().url
+
+
+def test_presigned_url_reused_for_another_action_refused(server, ec2, run_tag):
+    import requests
+    url = _presigned_url(server, {"Action": "DescribeVolumes"})
+    assert requests.get(url, timeout=30).status_code == 200
+    # A POST with a body naming another action: the body is not signed by a presigned URL.
+    r = requests.post(url, data=_create_body(server, run_tag),
+                      headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=30)
+    assert r.status_code in (400, 401) and "<Code>IncompleteSignature</Code>" in r.text, r.text
+    assert "presigned" in r.text
+    # Another Action in the query string: the query is signed.
+    r = requests.get(url.replace("Action=DescribeVolumes", "Action=DescribeRegions"), timeout=30)
+    assert "<Code>AuthFailure</Code>" in r.text, r.text
+    # Extra parameters appended to the query: signed too.
+    r = requests.get(url + "&VolumeId.1=vol-0123456789abcdef0", timeout=30)
+    assert "<Code>AuthFailure</Code>" in r.text, r.text
+    assert _none_created(ec2, run_tag)
+
+
+def test_parameters_in_query_and_body_refused(server, ec2, run_tag):
+    # Header-signed, body hashed, but parameters in both places: which one wins must not be a question.
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    import requests
+    req = AWSRequest(method="POST", url=server.endpoint + "?Action=DescribeVolumes&Version=2016-11-15",
+                     data=_create_body(server, run_tag),
+                     headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    botocore.auth.SigV4Auth(Credentials(server.creds.access_key, server.creds.secret_key), "ec2",
+                            server.region).add_auth(req)
+    p = req.prepare()
+    r = requests.post(p.url, headers=dict(p.headers), data=p.body, timeout=30)
+    assert r.status_code == 400 and "<Code>InvalidQueryParameter</Code>" in r.text, r.text
+    assert _none_created(ec2, run_tag)
+    # Each place alone works.
+    assert server.raw({"Action": "DescribeVolumes"}, method="GET").status == 200
+    assert server.raw({"Action": "DescribeVolumes"}).status == 200
+
+
+def test_duplicate_parameter_refused(server):
+    r = server.raw({"Action": "DescribeVolumes", "Version": "2016-11-15"}, version=False)
+    assert r.status == 200, r.text
+    import botocore.auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    import requests
+    req = AWSRequest(method="POST", url=server.endpoint,
+                     data="Action=DescribeVolumes&Version=2016-11-15&Action=DescribeRegions",
+                     headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"})
+    botocore.auth.SigV4Auth(Credentials(server.creds.access_key, server.creds.secret_key), "ec2",
+                            server.region).add_auth(req)
+    p = req.prepare()
+    r = requests.post(p.url, headers=dict(p.headers), data=p.body, timeout=30)
+    assert r.status_code == 400 and "<Code>InvalidQueryParameter</Code>" in r.text, r.text
+
+
+def test_cli_and_boto3_still_work_for_all_protocols(server):
+    # botocore signs the body hash of EC2 Query and JSON 1.1 requests; the AWS CLI is botocore.
+    assert "Regions" in server.cli("describe-regions")
+    assert "Regions" in server.client().describe_regions()
+    kms = server.session().client("kms", endpoint_url=server.endpoint)
+    assert "Keys" in kms.list_keys()
+    ls = server.session().client("lightsail", endpoint_url=server.endpoint)
+    assert "disks" in ls.get_disks()

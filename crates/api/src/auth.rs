@@ -1,8 +1,13 @@
 //! SigV4 on every request: who is calling (account) and where (the credential scope's region).
+//!
+//! The EC2 Query and JSON 1.1 protocols carry the operation and all its parameters in the body (or,
+//! for Query, in the query string): a signature that does not cover the body authenticates nothing
+//! of what the request does. So for them the body must be signed (`UNSIGNED-PAYLOAD` is refused, a
+//! presigned URL carries no body) and a JSON request's `X-Amz-Target` must be a signed header.
 
 use blocksnap_engine::model::Ctx;
 use blocksnap_engine::{Engine, EngineError};
-use blocksnap_sigv4::{AuthError, ParsedAuth};
+use blocksnap_sigv4::{AuthError, ParsedAuth, PayloadHash};
 use http::{HeaderMap, Method, Uri};
 
 /// An authenticated caller and the service its signature names.
@@ -11,9 +16,41 @@ pub struct Caller {
     pub service: String,
 }
 
+/// How a protocol carries its operation: what the signature must cover besides method, path and
+/// query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// EC2 Query: `Action` and parameters in the form body or the query string.
+    Query,
+    /// JSON 1.1 (Lightsail, KMS): the operation in `X-Amz-Target`, parameters in the JSON body.
+    Json,
+}
+
 fn auth_error(e: AuthError) -> EngineError {
     let code: &'static str = e.aws_code();
     EngineError::client(code, e.to_string())
+}
+
+/// Refuses a signature that leaves what the request does unauthenticated (see the module docs).
+fn check_coverage(parsed: &ParsedAuth, body: &[u8], protocol: Protocol) -> Result<(), EngineError> {
+    if !parsed.covers_body(body) {
+        let msg = match parsed.payload {
+            PayloadHash::Presigned => {
+                "A presigned URL cannot carry a request body (its signature does not cover one): send every parameter in the signed query string."
+            }
+            _ => {
+                "The request body must be signed: x-amz-content-sha256 UNSIGNED-PAYLOAD is not accepted for this protocol; sign the SHA-256 of the body."
+            }
+        };
+        return Err(EngineError::client("IncompleteSignature", msg));
+    }
+    if protocol == Protocol::Json && !parsed.signs_header("x-amz-target") {
+        return Err(EngineError::client(
+            "IncompleteSignature",
+            "x-amz-target must be among the SignedHeaders: it names the operation.",
+        ));
+    }
+    Ok(())
 }
 
 pub fn authenticate(
@@ -22,8 +59,10 @@ pub fn authenticate(
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
+    protocol: Protocol,
 ) -> Result<Caller, EngineError> {
     let parsed: ParsedAuth = blocksnap_sigv4::parse(method, uri, headers).map_err(auth_error)?;
+    check_coverage(&parsed, body, protocol)?;
     let key = engine.access_key(&parsed.access_key_id)?.ok_or_else(|| {
         EngineError::client("AuthFailure", "AWS was not able to validate the provided access credentials")
     })?;

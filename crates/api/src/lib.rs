@@ -71,7 +71,8 @@ async fn handle(
     let started = std::time::Instant::now();
     // JSON 1.1 protocols name their operation in X-Amz-Target; EC2 Query has none.
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let caller = match auth::authenticate(&st.engine, &method, &uri, &headers, &body) {
+    let protocol = if target.is_some() { auth::Protocol::Json } else { auth::Protocol::Query };
+    let caller = match auth::authenticate(&st.engine, &method, &uri, &headers, &body, protocol) {
         Ok(c) => c,
         Err(e) if target.is_some() => return json::error(&e, &request_id),
         Err(e) => return ec2_error(&e, &request_id),
@@ -86,10 +87,10 @@ async fn handle(
         );
         return ec2_error(&e, &request_id);
     }
-    let mut params = ec2::params::Params::from_pairs(form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()));
-    if method == Method::POST {
-        params.extend(ec2::params::Params::from_pairs(form_urlencoded::parse(&body)));
-    }
+    let params = match query_params(&method, &uri, &body) {
+        Ok(p) => p,
+        Err(e) => return ec2_error(&e, &request_id),
+    };
     let call = match ec2::route(&params) {
         Ok(c) => c,
         Err(e) => return ec2_error(&e, &request_id),
@@ -122,6 +123,39 @@ async fn handle(
     }
 }
 
+/// The parameters of an EC2 Query request: from the query string or from a POST's form body, never
+/// both (which one would win is exactly what a replayed request could exploit), each name once.
+fn query_params(method: &Method, uri: &Uri, body: &[u8]) -> Result<ec2::params::Params, EngineError> {
+    let in_query: Vec<_> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).collect();
+    let in_body: Vec<_> = if *method == Method::POST { form_urlencoded::parse(body).collect() } else { Vec::new() };
+    if !in_query.is_empty() && !in_body.is_empty() {
+        return Err(EngineError::client(
+            "InvalidQueryParameter",
+            "The request has parameters both in the query string and in the body: send them in one place.",
+        ));
+    }
+    let pairs = if in_body.is_empty() { in_query } else { in_body };
+    let mut seen = std::collections::HashSet::with_capacity(pairs.len());
+    for (k, _) in &pairs {
+        if !seen.insert(k.as_ref()) {
+            return Err(EngineError::client(
+                "InvalidQueryParameter",
+                format!("The parameter {k} is given more than once."),
+            ));
+        }
+    }
+    Ok(ec2::params::Params::from_pairs(pairs.into_iter()))
+}
+
+/// The credential scope's service each JSON 1.1 target prefix must be signed for.
+fn json_service(target_prefix: &str) -> Option<&'static str> {
+    match target_prefix {
+        "TrentService" => Some("kms"),
+        "Lightsail_20161128" => Some("lightsail"),
+        _ => None,
+    }
+}
+
 async fn handle_json(
     st: &Arc<AppState>,
     caller: auth::Caller,
@@ -134,6 +168,15 @@ async fn handle_json(
         Err(e) => return json::error(&e, &request_id),
     };
     let (service, op) = target.split_once('.').unwrap_or((target, ""));
+    if let Some(scope) = json_service(service)
+        && caller.service != scope
+    {
+        let e = EngineError::client(
+            "InvalidSignatureException",
+            format!("Credential should be scoped to correct service: '{scope}'."),
+        );
+        return json::error(&e, &request_id);
+    }
     let engine = st.engine.clone();
     let op = op.to_string();
     let result = match service {

@@ -147,6 +147,31 @@ impl std::fmt::Debug for ParsedAuth {
     }
 }
 
+impl ParsedAuth {
+    /// Does a verified signature of this request also authenticate `body`?
+    ///
+    /// Yes when the signer hashed the body (no `x-amz-content-sha256`, or a hex hash that
+    /// [`verify`] checks against the body). No for `UNSIGNED-PAYLOAD` and its streaming variant.
+    /// A presigned URL covers an empty body only: the presigner may have signed `UNSIGNED-PAYLOAD`,
+    /// so whatever body is sent with it is the sender's, not the signer's.
+    ///
+    /// Protocols whose body carries the operation and its parameters (EC2 Query, JSON 1.1) must
+    /// refuse a request for which this is false; REST operations that authenticate their body
+    /// otherwise (a signed checksum header) may accept it.
+    pub fn covers_body(&self, body: &[u8]) -> bool {
+        match self.payload {
+            PayloadHash::Body | PayloadHash::Sha256(_) => true,
+            PayloadHash::Unsigned { .. } => false,
+            PayloadHash::Presigned => body.is_empty(),
+        }
+    }
+
+    /// Is the header `name` (lowercase) among the signed headers?
+    pub fn signs_header(&self, name: &str) -> bool {
+        self.signed_headers.iter().any(|h| h == name)
+    }
+}
+
 /// Why a request is not authenticated. See the crate docs for the AWS error codes.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -215,6 +215,28 @@ fn tampered_body_fails() {
     }
 }
 
+/// What `covers_body` says of each real request: botocore hashes the body of every EC2 Query and
+/// JSON request; only the EBS PUT with `UNSIGNED-PAYLOAD` leaves it unsigned; a presigned URL
+/// covers no body at all.
+#[test]
+fn covers_body_of_real_requests() {
+    for f in committed() {
+        let req = f.request();
+        let parsed = req.check(&f.secret_access_key, f.signed_at()).unwrap();
+        let expected = f.name != "ebs_put_snapshot_block_unsigned";
+        assert_eq!(parsed.covers_body(&req.body), expected, "{}", f.name);
+        if f.name.starts_with("ec2_") || f.name.starts_with("lightsail_") {
+            assert!(parsed.covers_body(&req.body), "{}: botocore must sign the Query/JSON body", f.name);
+        }
+        if f.presigned() {
+            assert!(!parsed.covers_body(b"Action=CreateVolume"), "{}: a presigned URL signs no body", f.name);
+        }
+        if f.name == "lightsail_json_target" {
+            assert!(parsed.signs_header("x-amz-target"), "botocore signs X-Amz-Target");
+        }
+    }
+}
+
 #[test]
 fn tampered_signed_header_fails_unsigned_header_does_not_matter() {
     for f in committed() {
