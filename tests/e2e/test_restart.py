@@ -1,8 +1,14 @@
 """Everything survives a restart of the service on the same data dir."""
+import os
+import re
+import signal
+import time
+
 import pytest
 from botocore.exceptions import ClientError
 
 from conftest import client_error_code, make_instance, make_volume, tagspec, wait_attached, wait_volume_state
+from nbd import MiB, compare, pattern_ok, qemu_io
 
 pytestmark = pytest.mark.blocksnap_only
 
@@ -88,3 +94,75 @@ def test_restart_same_credentials(fresh_server):
     srv.restart()
     after = srv.client().describe_account_attributes()
     assert before["AccountAttributes"] == after["AccountAttributes"]
+
+
+# ---- clean stop and recovery ------------------------------------------------------------------
+
+def _problems(log: str) -> list[str]:
+    return [l for l in log.splitlines() if re.search(r"\b(WARN|ERROR)\b", l)]
+
+
+def _volume_with_history(srv):
+    """An attached volume with a completed snapshot and later writes (so a cut is staged), and a
+    volume restored from that snapshot (hydration state on disk)."""
+    c = srv.client()
+    az = f"{srv.region}a"
+    inst = c.run_instances(ImageId="ami-0b5e4c3d2a1f00001", MinCount=1, MaxCount=1,
+                           Placement={"AvailabilityZone": az})["Instances"][0]["InstanceId"]
+    vid = c.create_volume(Size=1, AvailabilityZone=az)["VolumeId"]
+    c.attach_volume(VolumeId=vid, InstanceId=inst, Device="/dev/sdf")
+    wait_attached(c, vid)
+    qemu_io(srv, vid, "write -P 0x51 0 2M", "flush")
+    sid = c.create_snapshot(VolumeId=vid)["SnapshotId"]
+    c.get_waiter("snapshot_completed").wait(SnapshotIds=[sid], WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+    qemu_io(srv, vid, "write -P 0x52 1M 1M", "flush")
+    rid = c.create_volume(AvailabilityZone=az, SnapshotId=sid)["VolumeId"]
+    c.get_waiter("volume_available").wait(VolumeIds=[rid], WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+    c.attach_volume(VolumeId=rid, InstanceId=inst, Device="/dev/sdg")
+    wait_attached(c, rid)
+    time.sleep(0.5)  # the next cut is staged in the background after the snapshot completes
+    return vid, sid, rid
+
+
+def test_sigterm_exits_zero_and_the_restart_is_silent(fresh_server):
+    srv = fresh_server
+    vid, sid, rid = _volume_with_history(srv)
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(timeout=30) == 0, srv.log()
+    assert "blocksnap stopped" in srv.log()
+    srv.proc = None
+    srv.start()
+    c = srv.client()
+    c.describe_volumes(VolumeIds=[vid])  # the first answered call: recovery has run
+    assert _problems(srv.log()) == [], srv.log()
+    assert "interrupted cut" not in srv.log() and "orphaned" not in srv.log(), srv.log()
+    assert pattern_ok(srv, vid, 0, 1 * MiB, 0x51) and pattern_ok(srv, vid, 1 * MiB, 1 * MiB, 0x52)
+    assert compare(srv, sid, rid).returncode == 0
+    s2 = c.create_snapshot(VolumeId=vid)["SnapshotId"]
+    c.get_waiter("snapshot_completed").wait(SnapshotIds=[s2], WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+    assert compare(srv, s2, vid).returncode == 0
+    # A second clean cycle stays silent too.
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.proc.wait(timeout=30) == 0
+    srv.proc = None
+    srv.start()
+    srv.client().describe_volumes(VolumeIds=[vid])
+    assert _problems(srv.log()) == [], srv.log()
+
+
+def test_kill_9_restart_logs_what_it_recovered(fresh_server):
+    srv = fresh_server
+    vid, sid, rid = _volume_with_history(srv)
+    os.kill(srv.proc.pid, signal.SIGKILL)
+    srv.proc.wait()
+    srv.proc = None
+    srv.start()
+    c = srv.client()
+    c.describe_volumes(VolumeIds=[vid])
+    log = srv.log()
+    assert re.search(r"\bINFO\b.*recovering an interrupted cut", log), log
+    assert "missing or damaged" not in log, log
+    assert pattern_ok(srv, vid, 1 * MiB, 1 * MiB, 0x52)
+    s2 = c.create_snapshot(VolumeId=vid)["SnapshotId"]
+    c.get_waiter("snapshot_completed").wait(SnapshotIds=[s2], WaiterConfig={"Delay": 1, "MaxAttempts": 120})
+    assert compare(srv, s2, vid).returncode == 0

@@ -84,6 +84,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     match cli.command {
@@ -204,9 +205,15 @@ fn serve(data_dir: &Path, listen: SocketAddr, nbd_listen: SocketAddr, config: Op
     let lock = datadir::DataDirLock::acquire(data_dir)?;
     let lock_path = lock.path().to_path_buf();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let volumes = blocksnap_volume::VolumeStore::open(data_dir.join("volumes")).context("opening the volume store")?;
+    // Watch SIGTERM/SIGINT from here on: a stop during start-up ends it cleanly too.
+    let stop = {
+        let _rt = runtime.enter();
+        StopSignal::new()?
+    };
+    let volumes =
+        Arc::new(blocksnap_volume::VolumeStore::open(data_dir.join("volumes")).context("opening the volume store")?);
     let storage = Storage {
-        volumes: Arc::new(volumes),
+        volumes: volumes.clone(),
         snapshot_root: data_dir.join("snapshots"),
         runtime: runtime.handle().clone(),
     };
@@ -251,27 +258,76 @@ fn serve(data_dir: &Path, listen: SocketAddr, nbd_listen: SocketAddr, config: Op
         let app = blocksnap_api::router(state);
         let http = tokio::net::TcpListener::from_std(http_listener)?;
         tracing::info!(%listen, %nbd_listen, data_dir = %data_dir.display(), lock = %lock_path.display(), "blocksnap serving");
-        axum::serve(http, app).with_graceful_shutdown(shutdown_signal()).await?;
-        nbd.shutdown().await;
+        let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+        let mut http_stopping = stopping.clone();
+        let mut http_task = tokio::spawn(
+            axum::serve(http, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_stopping.wait_for(|s| *s).await;
+                })
+                .into_future(),
+        );
+        tokio::select! {
+            () = stop.wait() => {}
+            r = &mut http_task => {
+                nbd_task.abort();
+                return Err(match r {
+                    Ok(Ok(())) => anyhow::anyhow!("the HTTP server stopped"),
+                    Ok(Err(e)) => anyhow::Error::from(e).context("HTTP server"),
+                    Err(e) => anyhow::Error::from(e).context("HTTP server"),
+                });
+            }
+        }
+        // Stop accepting on both front ends; requests in flight finish, within a bound.
+        tracing::info!("stopping: finishing requests in flight");
+        let _ = stopping_tx.send(true);
+        let drained =
+            tokio::time::timeout(STOP_GRACE, async { tokio::join!(http_task, nbd.shutdown()).0 }).await;
+        match drained {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::error!(error = %e, "HTTP server"),
+            Ok(Err(e)) => tracing::error!(error = %e, "HTTP server task"),
+            Err(_) => tracing::warn!(grace_secs = STOP_GRACE.as_secs(), "requests still in flight at the end of the grace period"),
+        }
         nbd_task.abort();
-        tracing::info!("blocksnap stopped");
         anyhow::Ok(())
     })?;
+    // Background jobs (uploads, restores, copies, GC) stop where they are: each resumes from its
+    // durable state at the next start. Blocking steps in progress get a moment to finish.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    // What a restart needs and is not yet on disk: staged cuts dropped, data and hydration maps flushed.
+    let failed = volumes.close_all();
     drop(lock);
+    if failed > 0 {
+        anyhow::bail!("{failed} volume(s) could not save their state at stop; the next start recovers them");
+    }
+    tracing::info!("blocksnap stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM");
-            return std::future::pending().await;
+/// How long a stop waits for requests in flight (HTTP calls, NBD commands) to finish.
+const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// SIGTERM or SIGINT (Ctrl-C), registered once at start.
+struct StopSignal {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignal {
+    /// Call inside the runtime's context.
+    fn new() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(StopSignal {
+            term: signal(SignalKind::terminate()).context("watching SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("watching SIGINT")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }

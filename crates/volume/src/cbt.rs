@@ -255,33 +255,44 @@ impl Cbt {
 
     pub(crate) fn open(dir: &Path, nblocks: u64, enabled: bool) -> io::Result<Cbt> {
         let mut loaded = load(&dir.join(ACTIVE_NAME), nblocks)?;
-        // A prepared next-epoch file left by a cut whose rename did not reach the disk: bits set in
-        // it after the cut are kept (or-ed into the active set: over-reporting is safe).
+        // Missing or damaged content (a warning: something was lost), as opposed to a cut that a
+        // stop interrupted (expected after a crash, recovered exactly: informational).
+        let damaged = loaded.damaged;
+        let mut interrupted = false;
+        // A prepared next-epoch file left by a cut whose rename did not reach the disk (or a cut
+        // staged ahead of time and never used): bits set in it after the cut are kept (or-ed into
+        // the active set: over-reporting is safe). A clean stop removes a staged cut.
         let next = dir.join(NEXT_NAME);
         if next.exists() {
             if let Ok(extra) = load(&next, nblocks) {
                 for (w, x) in loaded.words.iter_mut().zip(extra.words.iter()) {
                     *w |= *x;
                 }
-                loaded.damaged = true;
+                interrupted = true;
             }
             fs::remove_file(&next)?;
         }
         let frozen = frozen_epochs(dir)?;
         let epoch = match loaded.epoch {
             // The active file still carries an epoch that is frozen: a cut's rename did not reach
-            // the disk (the cut does not wait for it). Continue in the next epoch with the old bits
-            // (a superset) plus any prepared file's: over-reporting is safe.
+            // the disk (the cut does not wait for it), or a staged cut was left. Continue in the
+            // next epoch with the old bits (a superset) plus any prepared file's, in a new file: the
+            // frozen one may belong to a pending snapshot and must not receive later bits.
             Some(e) if frozen.contains(&e) => {
-                loaded.damaged = true;
+                interrupted = true;
                 e + 1
             }
             Some(e) => e,
             // Header lost: continue after any frozen epoch still on disk.
             None => frozen.last().map_or(0, |e| e + 1),
         };
+        loaded.damaged = damaged || interrupted;
         let file = if loaded.damaged {
-            tracing::warn!(dir = %dir.display(), epoch, "change bitmap missing or damaged; treating affected blocks as changed");
+            if damaged {
+                tracing::warn!(dir = %dir.display(), epoch, "change bitmap missing or damaged; treating affected blocks as changed");
+            } else {
+                tracing::info!(dir = %dir.display(), epoch, "recovering an interrupted cut: its changed blocks stay in the changed set");
+            }
             // Rewrite so the conservative reading is itself durable.
             write_full(dir, ACTIVE_NAME, epoch, nblocks, &loaded.words)?
         } else {

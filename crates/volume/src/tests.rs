@@ -332,3 +332,37 @@ fn sequential_writers_mark_ahead() {
     v.write_at(127 * BLOCK_SIZE, &[1u8; 4096], false).unwrap();
     assert_eq!(v.changed_blocks().max(), Some(127));
 }
+
+#[test]
+fn clean_close_drops_a_staged_cut_and_reopens_clean() {
+    let (dir, s) = store();
+    s.create("vol-a", 8 * MIB).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    v.write_at(MIB, &[7u8; 4096], false).unwrap();
+    v.stage_cut().unwrap();
+    assert_eq!(s.close_all(), 0);
+    drop(v);
+    drop(s);
+    let s = VolumeStore::open(dir.path().join("vols")).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    assert!(!v.bitmap_was_damaged(), "a clean stop leaves nothing to recover");
+    assert!(v.frozen_epochs().unwrap().is_empty());
+    assert_eq!(v.changed_blocks(), blocks(&[2]));
+    assert_eq!(v.epoch(), 0);
+}
+
+#[test]
+fn a_staged_cut_left_by_a_crash_keeps_its_bits() {
+    let (dir, s) = store();
+    s.create("vol-a", 8 * MIB).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    v.write_at(MIB, &[7u8; 4096], false).unwrap();
+    v.stage_cut().unwrap();
+    drop(v);
+    drop(s); // no close_all: as after kill -9
+    let s = VolumeStore::open(dir.path().join("vols")).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    assert!(v.bitmap_was_damaged());
+    assert_eq!(v.changed_blocks(), blocks(&[2]));
+    assert_eq!(v.epoch(), 1, "continues after the frozen epoch, in a file of its own");
+}
