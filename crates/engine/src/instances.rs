@@ -2,7 +2,7 @@
 //! volumes from a built-in image; Stop/Start move states; Terminate deletes DeleteOnTermination
 //! volumes and detaches the rest.
 
-use crate::describe::{self, Limits, ListQuery, Page};
+use crate::describe::{self, ListQuery, Page};
 use crate::engine::{Engine, Rec, State, settings_key};
 use crate::error::{EngineError, Result};
 use crate::filter::Filterable;
@@ -458,9 +458,7 @@ impl Engine {
             .filter(|i| q.ids.is_empty() || q.ids.contains(&i.id))
             .map(|i| Self::view(&st, i))
             .collect();
-        describe::run(q, INSTANCE_FILTERS, Limits { min: 5, max: 1000, ids_exclude_max: true }, mine.iter(), |v| {
-            &v.instance.id
-        })
+        describe::run(q, INSTANCE_FILTERS, describe::INSTANCES, mine.iter(), |v| &v.instance.id)
     }
 
     fn change_states(

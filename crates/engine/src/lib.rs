@@ -21,7 +21,7 @@ mod volumes;
 
 pub use copy::{COPY_VOLUME_ID, CopySnapshot, MAX_CONCURRENT_COPIES};
 pub use data::{SnapshotReader, StoreStats};
-pub use describe::{ListQuery, Page};
+pub use describe::{IMAGES as DESCRIBE_IMAGES_LIMITS, ListQuery, Page, page_of};
 pub use engine::{Engine, EngineConfig, ExportHooks, Storage};
 pub use error::{EngineError, Result};
 pub use filter::{Filter, glob};

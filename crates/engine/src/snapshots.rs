@@ -4,7 +4,7 @@
 //! The control plane lives here: validation, the pending row, the state machine. The cut (write
 //! gates, epoch swap) and the background upload are in `data.rs`.
 
-use crate::describe::{self, Limits, ListQuery, Page};
+use crate::describe::{self, ListQuery, Page};
 use crate::engine::{Engine, Rec, State};
 use crate::error::{EngineError, Result};
 use crate::filter::Filterable;
@@ -330,9 +330,7 @@ impl Engine {
                         .iter()
                         .any(|a| s.account == *a || s.create_volume_permissions.iter().any(|p| p == a || p == "all"))
             });
-        describe::run(&req.query, SNAPSHOT_FILTERS, Limits { min: 5, max: 1000, ids_exclude_max: true }, items, |s| {
-            &s.id
-        })
+        describe::run(&req.query, SNAPSHOT_FILTERS, describe::SNAPSHOTS, items, |s| &s.id)
     }
 
     pub fn delete_snapshot(&self, ctx: &Ctx, id: &str, dry_run: bool) -> Result<()> {

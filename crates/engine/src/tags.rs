@@ -1,6 +1,6 @@
 //! Tags on every taggable resource: CreateTags, DeleteTags, DescribeTags and TagSpecifications.
 
-use crate::describe::{self, Limits, ListQuery, Page};
+use crate::describe::{self, ListQuery, Page};
 use crate::engine::{Engine, Rec, State};
 use crate::error::{EngineError, Result};
 use crate::filter::Filterable;
@@ -229,7 +229,7 @@ impl Engine {
         let page = describe::run(
             q,
             &["key", "value", "resource-id", "resource-type"],
-            Limits { min: 5, max: 1000, ids_exclude_max: false },
+            describe::TAGS,
             keyed.into_iter().map(|(k, t)| Keyed { key: k, item: t }).collect::<Vec<_>>().iter(),
             |k| &k.key,
         )?;

@@ -482,6 +482,11 @@ impl Engine {
     }
 
     pub fn describe_volumes(&self, ctx: &Ctx, q: &ListQuery) -> Result<Page<Volume>> {
+        self.list_volumes(ctx, q, describe::VOLUMES)
+    }
+
+    /// The caller's volumes, paged with the calling action's MaxResults range.
+    fn list_volumes(&self, ctx: &Ctx, q: &ListQuery, limits: Limits) -> Result<Page<Volume>> {
         let st = self.lock();
         describe::require_all(
             &q.ids,
@@ -500,7 +505,7 @@ impl Engine {
             ids.dedup();
             Box::new(ids.into_iter().filter_map(|id| st.volumes.get(id)))
         };
-        describe::run(q, VOLUME_FILTERS, Limits { min: 5, max: 500, ids_exclude_max: true }, mine, |v| &v.id)
+        describe::run(q, VOLUME_FILTERS, limits, mine, |v| &v.id)
     }
 
     pub fn delete_volume(&self, ctx: &Ctx, volume_id: &str, dry_run: bool) -> Result<()> {
@@ -662,7 +667,7 @@ impl Engine {
                 "target-throughput",
                 "volume-id",
             ],
-            Limits { min: 5, max: 500, ids_exclude_max: false },
+            describe::VOLUME_MODIFICATIONS,
             mods.iter(),
             |m| &m.volume_id,
         )
@@ -688,10 +693,10 @@ impl Engine {
         let inner = ListQuery {
             ids: q.ids.clone(),
             filters: rest,
-            max_results: if q.ids.is_empty() { q.max_results.map(|n| n.min(500)) } else { None },
+            max_results: q.max_results,
             next_token: q.next_token.clone(),
         };
-        let mut page = self.describe_volumes(ctx, &inner)?;
+        let mut page = self.list_volumes(ctx, &inner, describe::VOLUME_STATUS)?;
         if !all_match {
             page.items.clear();
             page.next_token = None;

@@ -197,7 +197,7 @@ pub fn describe_images(_e: &Engine, _ctx: &Ctx, p: &Params, x: &mut Xml) -> Resu
             return Err(EngineError::invalid_value(format!("The filter '{}' is invalid", f.name)));
         }
     }
-    let images: Vec<_> = regions::IMAGES
+    let mut images: Vec<_> = regions::IMAGES
         .iter()
         .filter(|i| ids.is_empty() || ids.iter().any(|id| id == i.id))
         .filter(|_| owners.is_empty() || owners.iter().any(|o| o == "amazon" || o == BUILTIN_OWNER))
@@ -207,7 +207,15 @@ pub fn describe_images(_e: &Engine, _ctx: &Ctx, p: &Params, x: &mut Xml) -> Resu
                 .all(|f| field(i, &f.name).unwrap_or_default().iter().any(|v| f.values.iter().any(|pat| glob(pat, v))))
         })
         .collect();
-    x.set("imagesSet", images, |x, i| {
+    images.sort_by_key(|i| i.id);
+    let query = blocksnap_engine::ListQuery {
+        ids,
+        filters: vec![],
+        max_results: p.int("MaxResults")?,
+        next_token: p.str("NextToken").filter(|t| !t.is_empty()),
+    };
+    let page = blocksnap_engine::page_of(&query, blocksnap_engine::DESCRIBE_IMAGES_LIMITS, images, |i| i.id)?;
+    x.set("imagesSet", page.items, |x, i| {
         x.leaf("imageId", i.id)
             .leaf("imageLocation", format!("blocksnap/{}", i.name))
             .leaf("imageState", "available")
@@ -236,5 +244,6 @@ pub fn describe_images(_e: &Engine, _ctx: &Ctx, p: &Params, x: &mut Xml) -> Resu
             .leaf("platformDetails", i.platform_details)
             .leaf("usageOperation", "RunInstances");
     });
+    x.opt("nextToken", page.next_token);
     Ok(())
 }

@@ -27,7 +27,8 @@ fn metadata(k: &KmsKey) -> Value {
     })
 }
 
-/// Page a list by an opaque marker (the last item's key) and a 1..=1000 limit.
+/// Page a list (sorted by `key`) by an opaque marker naming the last item's key and a limit of 1 to
+/// 1000 (100 when absent), as KMS's List* calls do.
 fn page<T>(
     items: Vec<T>,
     key: impl Fn(&T) -> String,
@@ -38,20 +39,35 @@ fn page<T>(
         None => 100,
         Some(n) if (1..=1000).contains(&n) => n as usize,
         Some(n) => {
-            return Err(EngineError::client("ValidationException", format!("Limit {n} is out of range: 1 to 1000")));
+            return Err(EngineError::client(
+                "ValidationException",
+                format!(
+                    "1 validation error detected: Value '{n}' at 'limit' failed to satisfy constraint: Member must have value between 1 and 1000"
+                ),
+            ));
         }
     };
-    let mut rest: Vec<T> = match marker {
+    let after = marker.as_deref().filter(|m| !m.is_empty()).map(decode_marker).transpose()?;
+    let mut rest: Vec<T> = match after {
         None => items,
         Some(m) => items.into_iter().filter(|i| key(i) > m).collect(),
     };
     let next = if rest.len() > limit {
         rest.truncate(limit);
-        rest.last().map(&key)
+        rest.last().map(|i| format!("{MARKER_PREFIX}{}", hex::encode(key(i))))
     } else {
         None
     };
     Ok((rest, next))
+}
+
+const MARKER_PREFIX: &str = "bskm1";
+
+fn decode_marker(m: &str) -> Result<String> {
+    m.strip_prefix(MARKER_PREFIX)
+        .and_then(|h| hex::decode(h).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .ok_or_else(|| EngineError::client("InvalidMarkerException", "The request was rejected because the marker that specifies where pagination should next begin is not valid."))
 }
 
 pub fn dispatch(engine: &Engine, ctx: &Ctx, op: &str, body: &Body) -> Result<Value> {
