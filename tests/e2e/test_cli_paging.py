@@ -31,6 +31,7 @@ EC2_LIMITS = [
 @pytest.fixture(scope="module")
 def account(server):
     """An account of its own, so item counts are this module's."""
+    server.client().describe_regions()  # the server is up (its catalog migrated) before admin opens it
     return server.create_account()
 
 
