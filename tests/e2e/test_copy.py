@@ -10,7 +10,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conftest import tagspec
-from nbd import MiB, compare, pattern_ok, qemu_io
+from nbd import MiB, compare, from_file, pattern_ok, qemu_io
 
 pytestmark = pytest.mark.blocksnap_only
 SRC = "us-west-2"
@@ -240,8 +240,7 @@ def test_copy_survives_restart_and_source_is_held(fresh_server):
     west.attach_volume(VolumeId=vid, InstanceId=inst, Device="/dev/sdf")
     img = server.workdir / "copy-src.bin"
     img.write_bytes(os.urandom(256 * MiB))
-    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(img),
-                    f"nbd://127.0.0.1:{server.nbd_port}/{vid}"], check=True)
+    from_file(server, img, vid)
     sid = west.create_snapshot(VolumeId=vid)["SnapshotId"]
     assert wait(west, sid)["State"] == "completed"
     east = server.client(region="us-east-1")

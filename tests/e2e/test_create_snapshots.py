@@ -1,7 +1,6 @@
 """CreateSnapshots: every volume of an instance at one instant, crash-consistent across them."""
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 
@@ -9,7 +8,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conftest import tagspec
-from nbd import QemuIo, url
+from nbd import QemuIo, image_opts, qemu_img
 
 pytestmark = pytest.mark.blocksnap_only
 SECTOR = 512
@@ -100,8 +99,8 @@ def test_create_snapshots_errors_create_nothing(ec2, az, run_tag):
 def last_written_sector(server, snapshot_id: str, limit: int) -> int:
     """The highest sector holding the writer's pattern in a snapshot (-1 if none)."""
     out = server.workdir / f"{snapshot_id}.head"
-    subprocess.run(["qemu-img", "dd", "-f", "raw", "-O", "raw", f"if={url(server, snapshot_id)}",
-                    f"of={out}", "bs=512", f"count={limit}"], capture_output=True, check=True, timeout=300)
+    qemu_img(server, "dd", "--image-opts", "-O", "raw", f"if={image_opts(server, snapshot_id)}",
+             f"of={out}", "bs=512", f"count={limit}", check=True)
     data = out.read_bytes()
     out.unlink()
     best = -1

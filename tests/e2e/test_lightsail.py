@@ -17,7 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from conftest import poll
-from nbd import MiB, QemuIo, compare, pattern_ok, qemu_io, url
+from nbd import MiB, QemuIo, compare, image_opts, pattern_ok, qemu_img, qemu_io
 
 pytestmark = pytest.mark.blocksnap_only
 
@@ -276,9 +276,8 @@ SECTOR = 512
 
 def last_written_sector(server, snapshot_id: str, limit: int) -> int:
     out = server.workdir / f"{snapshot_id}.img"
-    p = subprocess.run(["qemu-img", "dd", "-f", "raw", "-O", "raw", f"if={url(server, snapshot_id)}",
-                        f"of={out}", "bs=512", f"count={limit}"], capture_output=True, timeout=300)
-    assert p.returncode == 0, f"reading {snapshot_id}: {p.stderr.decode(errors='replace')}"
+    qemu_img(server, "dd", "--image-opts", "-O", "raw", f"if={image_opts(server, snapshot_id)}",
+             f"of={out}", "bs=512", f"count={limit}", check=True)
     data = out.read_bytes()
     out.unlink()
     best = -1

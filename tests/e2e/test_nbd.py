@@ -11,7 +11,7 @@ import time
 import pytest
 
 from conftest import tagspec
-from nbd import MiB, compare, pattern_ok, qemu_io, url
+from nbd import MiB, compare, file_opts, image_opts, pattern_ok, qemu_img, qemu_io, qemu_io_args, to_file, uri
 
 pytestmark = pytest.mark.blocksnap_only
 
@@ -33,15 +33,13 @@ def test_write_read_map_and_compare(server, ec2, az, run_tag, tmp_path):
     assert pattern_ok(server, vid, 512 * MiB, 65536, 0xcd)
     assert not pattern_ok(server, vid, 0, MiB, 0xac), "a wrong pattern must not verify"
     # qemu-img map: the unwritten rest of the volume is a hole that reads as zeros.
-    m = subprocess.run(["qemu-img", "map", "--output=json", url(server, vid)], capture_output=True, text=True,
-                       check=True).stdout
+    m = qemu_img(server, "map", "--output=json", "--image-opts", image_opts(server, vid), check=True).stdout
     assert '"start": 0, "length": 1048576' in m.replace("  ", " ") and '"zero": true' in m
     # qemu-img convert to a file, then compare with the export.
     copy = tmp_path / "copy.raw"
-    subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", url(server, vid), str(copy)], check=True)
+    to_file(server, vid, copy)
     assert copy.stat().st_size == 1 << 30
-    r = subprocess.run(["qemu-img", "compare", "-f", "raw", "-F", "raw", url(server, vid), str(copy)],
-                       capture_output=True, text=True)
+    r = qemu_img(server, "compare", "--image-opts", image_opts(server, vid), file_opts(copy))
     assert r.returncode == 0, r.stdout
 
 
@@ -50,15 +48,15 @@ def test_nbdcopy_and_nbdinfo(server, ec2, az, run_tag, tmp_path):
     _, vid = setup_volume(ec2, az, run_tag)
     qemu_io(server, vid, "write -P 0x3c 8M 4M", "flush")
     out = tmp_path / "nbdcopy.raw"
-    subprocess.run(["nbdcopy", "--connections=4", url(server, vid), str(out)], check=True, timeout=300)
+    subprocess.run(["nbdcopy", "--connections=4", uri(server, vid), str(out)], check=True, timeout=300)
     with open(out, "rb") as f:
         f.seek(8 * MiB)
         assert f.read(4 * MiB) == b"\x3c" * (4 * MiB)
         f.seek(0)
         assert f.read(MiB) == b"\0" * MiB
-    info = subprocess.run(["nbdinfo", "--map", url(server, vid)], capture_output=True, text=True, check=True).stdout
+    info = subprocess.run(["nbdinfo", "--map", uri(server, vid)], capture_output=True, text=True, check=True).stdout
     assert "hole" in info and "data" in info
-    listing = subprocess.run(["nbdinfo", "--list", f"nbd://127.0.0.1:{server.nbd_port}"], capture_output=True,
+    listing = subprocess.run(["nbdinfo", "--list", uri(server)], capture_output=True,
                              text=True).stdout
     assert vid in listing
 
@@ -85,7 +83,7 @@ def test_bytes_persist_across_detach_attach(server, ec2, az, run_tag):
 def test_detach_while_connected_closes_the_connection(server, ec2, az, run_tag):
     _, vid = setup_volume(ec2, az, run_tag)
     # A long-lived client: qemu-io in interactive mode keeps its connection open.
-    p = subprocess.Popen(["qemu-io", "-f", "raw", url(server, vid)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    p = subprocess.Popen(qemu_io_args(server, vid), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True)
     try:
         p.stdin.write("write -P 0x19 0 64k\nflush\n")

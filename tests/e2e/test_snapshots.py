@@ -14,7 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conftest import tagspec
-from nbd import MiB, compare, pattern_ok, qemu_io, url
+from nbd import MiB, compare, from_file, pattern_ok, qemu_io, to_file
 
 pytestmark = pytest.mark.blocksnap_only
 
@@ -343,7 +343,7 @@ def test_kill_9_during_upload(fresh_server, az):
     ec2.attach_volume(VolumeId=vid, InstanceId=inst, Device="/dev/sdf")
     img = server.workdir / "random.bin"
     img.write_bytes(os.urandom(256 * MiB))
-    subprocess.run(["qemu-img", "convert", "-n", "-f", "raw", "-O", "raw", str(img), url(server, vid)], check=True)
+    from_file(server, img, vid)
     sid = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
     # Overwrite part of the volume after the cut: the snapshot must not contain it.
     qemu_io(server, vid, "write -P 0xee 0 4M", "flush")
@@ -362,7 +362,7 @@ def test_kill_9_during_upload(fresh_server, az):
     assert s["State"] in ("completed", "error"), s
     if s["State"] == "completed":
         snap_copy = server.workdir / "snap.bin"
-        subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "raw", url(server, sid), str(snap_copy)], check=True)
+        to_file(server, sid, snap_copy)
         with open(snap_copy, "rb") as f:
             assert f.read(256 * MiB) == img.read_bytes(), "the snapshot holds the bytes of the cut"
     else:
