@@ -101,6 +101,7 @@ class Server:
     workdir: Path
     port: int = 0
     nbd_port: int = 0
+    metrics_port: int = 0
     proc: subprocess.Popen | None = None
     creds: Creds = field(default_factory=lambda: Creds(ROOT_ACCESS_KEY, ROOT_SECRET_KEY))
     region: str = REGION
@@ -125,6 +126,7 @@ class Server:
         if not self.port:
             self.port = free_port()
             self.nbd_port = free_port()
+            self.metrics_port = free_port()
         log = open(self.log_path, "wb")
         if self.kind == "moto":
             cmd = ["moto_server", "-H", "127.0.0.1", "-p", str(self.port)]
@@ -137,6 +139,7 @@ class Server:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             cmd = [str(binary), "serve", "--data-dir", str(self.data_dir),
                    "--listen", f"127.0.0.1:{self.port}", "--nbd-listen", f"127.0.0.1:{self.nbd_port}",
+                   "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
                    *self.extra_args]
             env = dict(os.environ)
             env["BLOCKSNAP_ROOT_ACCESS_KEY_ID"] = self.creds.access_key

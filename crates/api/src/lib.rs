@@ -14,29 +14,17 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use blocksnap_engine::{Engine, EngineError};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 
 pub struct AppState {
     pub engine: Arc<Engine>,
-    /// Renders the Prometheus text exposition for `/metrics`.
-    pub metrics: Option<Arc<dyn Fn() -> String + Send + Sync>>,
 }
 
+/// Every path is an AWS API call and needs SigV4: metrics and health are served on their own
+/// listener by the binary, never here.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/_blocksnap/health", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .fallback(handle)
-        .with_state(state)
-}
-
-async fn metrics(State(st): State<Arc<AppState>>) -> Response {
-    match &st.metrics {
-        Some(render) => ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render()).into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
-    }
+    Router::new().fallback(handle).with_state(state)
 }
 
 fn new_request_id() -> String {
@@ -115,7 +103,9 @@ async fn handle(
     };
     // Server-side time of an authenticated, routed EC2 call (what a client adds is its own).
     let elapsed = started.elapsed();
-    ::metrics::histogram!("blocksnap_api_request_duration_seconds", "action" => action).record(elapsed.as_secs_f64());
+    // Bounded labels: a known action name and a served region (both checked above).
+    ::metrics::histogram!("blocksnap_api_request_duration_seconds", "action" => action, "region" => caller.ctx.region.clone())
+        .record(elapsed.as_secs_f64());
     tracing::debug!(action, request_id, elapsed_us = elapsed.as_micros() as u64, ok = result.is_ok(), "ec2 call");
     match result {
         Ok(body) => xml_response(StatusCode::OK, body, &request_id),

@@ -3,6 +3,7 @@
 mod config;
 mod datadir;
 mod exports;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,10 @@ enum Command {
         /// Optional TOML configuration (regions, stores, catalog, limits).
         #[arg(long, env = "BLOCKSNAP_CONFIG")]
         config: Option<PathBuf>,
+        /// Address for Prometheus `/metrics` and `/health` (unauthenticated: keep it on loopback),
+        /// or `off`. Default 127.0.0.1:4567, skipped with a warning if taken.
+        #[arg(long, env = "BLOCKSNAP_METRICS_LISTEN")]
+        metrics_listen: Option<telemetry::MetricsListen>,
     },
     /// Administration.
     Admin {
@@ -88,9 +93,13 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { data, listen, nbd_listen, config } => {
-            serve(&data.data_dir, listen, nbd_listen, config.as_deref())
-        }
+        Command::Serve { data, listen, nbd_listen, config, metrics_listen } => serve(
+            &data.data_dir,
+            listen,
+            nbd_listen,
+            metrics_listen.unwrap_or(telemetry::MetricsListen::Default),
+            config.as_deref(),
+        ),
         Command::Admin { command: AdminCommand::Verify { data, region, config } } => {
             verify(&data.data_dir, region, config.as_deref())
         }
@@ -183,7 +192,13 @@ fn save_credentials(data_dir: &Path, text: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn serve(data_dir: &Path, listen: SocketAddr, nbd_listen: SocketAddr, config: Option<&Path>) -> anyhow::Result<()> {
+fn serve(
+    data_dir: &Path,
+    listen: SocketAddr,
+    nbd_listen: SocketAddr,
+    metrics_listen: telemetry::MetricsListen,
+    config: Option<&Path>,
+) -> anyhow::Result<()> {
     let file_cfg = match config {
         Some(p) => config::Config::load(p)?,
         None => config::Config::default(),
@@ -201,6 +216,10 @@ fn serve(data_dir: &Path, listen: SocketAddr, nbd_listen: SocketAddr, config: Op
     };
     let http_listener = bind(listen, "HTTP")?;
     let nbd_listener = bind(nbd_listen, "NBD")?;
+    let metrics_listener = telemetry::bind(metrics_listen)?;
+    if !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "the HTTP API listens beyond loopback without TLS: SigV4 authenticates requests but does not hide them (bodies, volume ids, KMS plaintexts); put a TLS-terminating proxy in front of it");
+    }
     // One owner per data dir: nothing in it is read, created or repaired before the lock is held.
     let lock = datadir::DataDirLock::acquire(data_dir)?;
     let lock_path = lock.path().to_path_buf();
@@ -244,17 +263,32 @@ fn serve(data_dir: &Path, listen: SocketAddr, nbd_listen: SocketAddr, config: Op
         save_credentials(data_dir, &text)?;
         println!("{text}# (saved in {})", data_dir.join("root-credentials").display());
     }
-    let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .context("installing the metrics recorder")?;
+    // Without a metrics listener nothing is recorded (the facade's calls are no-ops).
+    let prometheus = match &metrics_listener {
+        Some(_) => Some(
+            metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .context("installing the metrics recorder")?,
+        ),
+        None => None,
+    };
     let handle = runtime.handle().clone();
     runtime.block_on(async move {
         let nbd = Arc::new(NbdServer::new(Arc::new(exports::Exports { engine: engine.clone() })));
         engine.set_export_hooks(Arc::new(exports::CloseOnDetach { server: nbd.clone(), runtime: handle }));
         let nbd_listener = tokio::net::TcpListener::from_std(nbd_listener)?;
         let nbd_task = tokio::spawn(nbd.clone().serve(nbd_listener));
-        let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || prometheus.render());
-        let state = Arc::new(blocksnap_api::AppState { engine: engine.clone(), metrics: Some(render) });
+        let metrics_task = match metrics_listener.zip(prometheus) {
+            Some((l, prometheus)) => {
+                let l = tokio::net::TcpListener::from_std(l)?;
+                tracing::info!(metrics_listen = %l.local_addr()?, "serving /metrics and /health");
+                let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || prometheus.render());
+                let app = telemetry::router(render);
+                Some(tokio::spawn(async move { axum::serve(l, app).await }))
+            }
+            None => None,
+        };
+        let state = Arc::new(blocksnap_api::AppState { engine: engine.clone() });
         let app = blocksnap_api::router(state);
         let http = tokio::net::TcpListener::from_std(http_listener)?;
         tracing::info!(%listen, %nbd_listen, data_dir = %data_dir.display(), lock = %lock_path.display(), "blocksnap serving");
@@ -290,6 +324,9 @@ fn serve(data_dir: &Path, listen: SocketAddr, nbd_listen: SocketAddr, config: Op
             Err(_) => tracing::warn!(grace_secs = STOP_GRACE.as_secs(), "requests still in flight at the end of the grace period"),
         }
         nbd_task.abort();
+        if let Some(t) = metrics_task {
+            t.abort();
+        }
         anyhow::Ok(())
     })?;
     // Background jobs (uploads, restores, copies, GC) stop where they are: each resumes from its

@@ -1,5 +1,10 @@
-//! Per-export request metrics through the `metrics` facade (no-ops until the
-//! binary installs a recorder).
+//! NBD request metrics through the `metrics` facade (no-ops until the binary
+//! installs a recorder).
+//!
+//! Series are labelled by export *kind* (`volume`, `snapshot`, `other`) and
+//! operation, never by export name: names are resource ids (what an
+//! unauthenticated scraper must not learn), and one series per export would
+//! grow without bound.
 
 use std::time::Duration;
 
@@ -44,18 +49,30 @@ pub(crate) struct ConnMetrics {
     connections: metrics::Gauge,
 }
 
+/// The bounded label for an export name.
+pub(crate) fn export_kind(export: &str) -> &'static str {
+    if export.starts_with("vol-") {
+        "volume"
+    } else if export.starts_with("snap-") {
+        "snapshot"
+    } else {
+        "other"
+    }
+}
+
 impl ConnMetrics {
     pub(crate) fn new(export: &str) -> ConnMetrics {
+        let kind = export_kind(export);
         let ops = OPS
             .iter()
             .map(|(_, name)| OpMetrics {
-                ops: metrics::counter!("blocksnap_nbd_requests_total", "export" => export.to_string(), "op" => *name),
-                bytes: metrics::counter!("blocksnap_nbd_bytes_total", "export" => export.to_string(), "op" => *name),
-                errors: metrics::counter!("blocksnap_nbd_errors_total", "export" => export.to_string(), "op" => *name),
-                latency: metrics::histogram!("blocksnap_nbd_request_duration_seconds", "export" => export.to_string(), "op" => *name),
+                ops: metrics::counter!("blocksnap_nbd_requests_total", "kind" => kind, "op" => *name),
+                bytes: metrics::counter!("blocksnap_nbd_bytes_total", "kind" => kind, "op" => *name),
+                errors: metrics::counter!("blocksnap_nbd_errors_total", "kind" => kind, "op" => *name),
+                latency: metrics::histogram!("blocksnap_nbd_request_duration_seconds", "kind" => kind, "op" => *name),
             })
             .collect();
-        let connections = metrics::gauge!("blocksnap_nbd_connections", "export" => export.to_string());
+        let connections = metrics::gauge!("blocksnap_nbd_connections", "kind" => kind);
         connections.increment(1.0);
         ConnMetrics { ops, connections }
     }
@@ -94,5 +111,18 @@ impl ConnMetrics {
 impl Drop for ConnMetrics {
     fn drop(&mut self) {
         self.connections.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::export_kind;
+
+    #[test]
+    fn labels_are_bounded_and_carry_no_ids() {
+        assert_eq!(export_kind("vol-0123456789abcdef0"), "volume");
+        assert_eq!(export_kind("snap-0123456789abcdef0"), "snapshot");
+        assert_eq!(export_kind("anything else"), "other");
+        assert_eq!(export_kind(""), "other");
     }
 }
