@@ -32,7 +32,6 @@
 //! same way in `fromAttachedDisks[].supportCode` (system disk: the instance snapshot's own code).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard};
 
 use blocksnap_catalog::Row;
 use serde::de::DeserializeOwned;
@@ -119,12 +118,9 @@ pub fn lightsail_principal(ctx: &Ctx) -> Ctx {
     Ctx { account: format!("{}:lightsail", ctx.account), region: ctx.region.clone() }
 }
 
-/// Serialises Lightsail mutations (name checks and the commits that take the names).
-static MUTATIONS: Mutex<()> = Mutex::new(());
-
-fn serialise() -> MutexGuard<'static, ()> {
-    MUTATIONS.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// How long a Lightsail mutation waits for another one of the same account (which may be taking a
+/// snapshot, itself bounded by the volume drain timeout).
+const SERIALISE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 // ---- validation ------------------------------------------------------------------------------
 
@@ -882,6 +878,19 @@ impl<'c> Ops<'c> {
 }
 
 impl Lightsail<'_> {
+    /// Serialises one account's Lightsail mutations (name checks and the commits that take the
+    /// names); other accounts go on.
+    fn serialise(&self, ctx: &Ctx) -> Result<blocksnap_volume::Claim<'_>> {
+        let key = [format!("lightsail:{}", ctx.account)];
+        let deadline = std::time::Instant::now() + SERIALISE_TIMEOUT;
+        self.engine.jobs.claims.claim(&key, deadline).ok_or_else(|| {
+            EngineError::client(
+                "ServiceException",
+                "Another Lightsail request of this account is still running; retry in a few seconds.",
+            )
+        })
+    }
+
     fn check_region(&self, ctx: &Ctx) -> Result<()> {
         if LIGHTSAIL_REGIONS.iter().any(|r| r.0 == ctx.region) {
             Ok(())
@@ -1181,7 +1190,7 @@ impl Lightsail<'_> {
         if req.add_ons {
             return Err(invalid("Add-ons (automatic snapshots) are not supported by blocksnap."));
         }
-        let _g = serialise();
+        let _g = self.serialise(ctx)?;
         if self.disk_doc(&self.engine.lock(), ctx, &req.disk_name)?.is_some() {
             return Err(invalid(format!("Some names are already in use: {}", req.disk_name)));
         }
@@ -1239,7 +1248,7 @@ impl Lightsail<'_> {
         if req.add_ons {
             return Err(invalid("Add-ons (automatic snapshots) are not supported by blocksnap."));
         }
-        let _g = serialise();
+        let _g = self.serialise(ctx)?;
         let snap = {
             let st = self.engine.lock();
             if self.disk_doc(&st, ctx, &req.disk_name)?.is_some() {
@@ -1334,7 +1343,7 @@ impl Lightsail<'_> {
 
     pub fn delete_disk(&self, ctx: &Ctx, name: &str) -> Result<Vec<Operation>> {
         self.check_region(ctx)?;
-        let _g = serialise();
+        let _g = self.serialise(ctx)?;
         let d = {
             let mut st = self.engine.lock();
             self.settle(&mut st, ctx);
@@ -1366,7 +1375,7 @@ impl Lightsail<'_> {
         disk_path: &str,
     ) -> Result<Vec<Operation>> {
         self.check_region(ctx)?;
-        let _g = serialise();
+        let _g = self.serialise(ctx)?;
         let (d, i) = {
             let st = self.engine.lock();
             let d = self.need_disk(&st, ctx, disk_name)?;
@@ -1424,7 +1433,7 @@ impl Lightsail<'_> {
 
     pub fn detach_disk(&self, ctx: &Ctx, disk_name: &str) -> Result<Vec<Operation>> {
         self.check_region(ctx)?;
-        let _g = serialise();
+        let _g = self.serialise(ctx)?;
         let (d, inst_name, inst_zone) = {
             let st = self.engine.lock();
             let d = self.need_disk(&st, ctx, disk_name)?;
@@ -1493,7 +1502,7 @@ impl Lightsail<'_> {
             return Err(invalid("Add-ons (automatic snapshots) are not supported by blocksnap."));
         }
         let tags = check_tags(&req.tags)?;
-        let _g = serialise();
+        let _g = self.serialise(ctx)?;
         {
             let st = self.engine.lock();
             let taken: Vec<&str> = req
@@ -1579,7 +1588,7 @@ impl Lightsail<'_> {
 
     pub fn delete_instance(&self, ctx: &Ctx, name: &str) -> Result<Vec<Operation>> {
         self.check_region(ctx)?;
-        let _g = serialise();
+        let _g = self.serialise(ctx)?;
         let (d, attached) = {
             let mut st = self.engine.lock();
             self.settle(&mut st, ctx);
@@ -1642,7 +1651,7 @@ impl Lightsail<'_> {
         }
         let tags = check_tags(&req.tags)?;
         let name = req.disk_snapshot_name.clone();
-        let _g = serialise();
+        let _g = self.serialise(ctx)?;
         // (volume, source name, source type, source zone, from disk (name, arn), from instance (name, arn))
         let (volume_id, source, rtype, zone, from_disk, from_instance) = {
             let st = self.engine.lock();
@@ -1730,7 +1739,7 @@ impl Lightsail<'_> {
 
     pub fn delete_disk_snapshot(&self, ctx: &Ctx, name: &str) -> Result<Vec<Operation>> {
         self.check_region(ctx)?;
-        let _g = serialise();
+        let _g = self.serialise(ctx)?;
         let d = {
             let mut st = self.engine.lock();
             self.settle(&mut st, ctx);
@@ -1761,7 +1770,7 @@ impl Lightsail<'_> {
         let tags = check_tags(&req.tags)?;
         let name = req.instance_snapshot_name.clone();
         let iname = req.instance_name.clone();
-        let _g = serialise();
+        let _g = self.serialise(ctx)?;
         let (i, disks_by_volume) = {
             let st = self.engine.lock();
             if self.instance_snapshot_doc(&st, ctx, &name)?.is_some() {
@@ -1857,7 +1866,7 @@ impl Lightsail<'_> {
 
     pub fn delete_instance_snapshot(&self, ctx: &Ctx, name: &str) -> Result<Vec<Operation>> {
         self.check_region(ctx)?;
-        let _g = serialise();
+        let _g = self.serialise(ctx)?;
         let d = {
             let mut st = self.engine.lock();
             self.settle(&mut st, ctx);
@@ -2012,7 +2021,7 @@ impl Lightsail<'_> {
         f: impl FnOnce(&mut Tags) -> Result<()>,
     ) -> Result<Vec<Operation>> {
         self.check_region(ctx)?;
-        let _g = serialise();
+        let _g = self.serialise(ctx)?;
         let mut st = self.engine.lock();
         let (kind, rtype, id, zone, mut doc) = self.taggable(&st, ctx, name, want_arn)?;
         let mut tags: Tags = match doc.get("tags") {

@@ -214,20 +214,20 @@ impl Engine {
         check_location(&req.location, &req.outpost_arn)?;
         let description = check_description(&req.description)?;
         let tags = tags_for(&req.tag_specifications, ResourceType::Snapshot)?;
-        let mut st = self.lock();
-        let v = self.volume_of(&st, ctx, &req.volume_id)?.clone();
-        if !matches!(v.state, VolumeState::Available | VolumeState::InUse) {
-            return Err(EngineError::client(
-                "IncorrectState",
-                format!("Volume '{}' is in the '{}' state and cannot be snapshotted.", v.id, v.state.as_str()),
-            ));
-        }
-        self.check_snapshot_limits(&st, ctx, &[&v.id], 1)?;
-        if req.dry_run {
-            return Err(EngineError::DryRun);
-        }
-        let snap = self.new_snapshot(&st, &v, description, tags, now_millis());
-        let mut snaps = self.cut_and_commit(&mut st, vec![snap])?;
+        let mut snaps = self.cut_and_commit(|st| {
+            let v = self.volume_of(st, ctx, &req.volume_id)?;
+            if !matches!(v.state, VolumeState::Available | VolumeState::InUse) {
+                return Err(EngineError::client(
+                    "IncorrectState",
+                    format!("Volume '{}' is in the '{}' state and cannot be snapshotted.", v.id, v.state.as_str()),
+                ));
+            }
+            self.check_snapshot_limits(st, ctx, &[&v.id], 1)?;
+            if req.dry_run {
+                return Err(EngineError::DryRun);
+            }
+            Ok(vec![self.new_snapshot(st, v, description.clone(), tags.clone(), now_millis())])
+        })?;
         Ok(snaps.remove(0))
     }
 
@@ -246,63 +246,68 @@ impl Engine {
         if req.exclude_data_volume_ids.len() > 40 {
             return Err(EngineError::invalid_value("ExcludeDataVolumeIds may name at most 40 volumes."));
         }
-        let mut st = self.lock();
-        let inst = self.instance_of(&st, ctx, &req.instance_id)?.clone();
-        if matches!(inst.state, InstanceState::Terminated | InstanceState::ShuttingDown) {
-            return Err(EngineError::client(
-                "IncorrectState",
-                format!("The instance '{}' is {} and its volumes cannot be snapshotted.", inst.id, inst.state.as_str()),
-            ));
-        }
-        let view = Self::view(&st, &inst);
-        let root_volume = view.block_devices.iter().find(|b| b.0 == inst.root_device_name).map(|b| b.1.clone());
-        for ex in &req.exclude_data_volume_ids {
-            self.volume_of(&st, ctx, ex)?;
-            if Some(ex) == root_volume.as_ref() {
-                return Err(EngineError::invalid_value(format!(
-                    "The root volume {ex} cannot be named in ExcludeDataVolumeIds; use ExcludeBootVolume instead."
-                )));
-            }
-            if !view.block_devices.iter().any(|b| &b.1 == ex) {
-                return Err(EngineError::invalid_value(format!(
-                    "The volume {ex} in ExcludeDataVolumeIds is not attached to instance {}.",
-                    inst.id
-                )));
-            }
-        }
-        let mut volumes: Vec<Volume> = view
-            .block_devices
-            .iter()
-            .filter(|b| !(req.exclude_boot_volume && Some(&b.1) == root_volume.as_ref()))
-            .filter(|b| !req.exclude_data_volume_ids.contains(&b.1))
-            .filter_map(|b| st.volumes.get(&b.1).cloned())
-            .collect();
-        if volumes.is_empty() {
-            return Err(EngineError::client(
-                "InvalidParameterCombination",
-                format!("Instance {} has no volumes left to snapshot after the exclusions.", inst.id),
-            ));
-        }
-        // A fixed order (by volume id) for taking the write gates: no two cuts can deadlock.
-        volumes.sort_by(|a, b| a.id.cmp(&b.id));
-        let ids: Vec<&str> = volumes.iter().map(|v| v.id.as_str()).collect();
-        self.check_snapshot_limits(&st, ctx, &ids, volumes.len())?;
-        if req.dry_run {
-            return Err(EngineError::DryRun);
-        }
-        let now = now_millis();
         let set = ids::new_id("cs");
-        let snaps: Vec<Snapshot> = volumes
-            .iter()
-            .map(|v| {
-                let mut tags = if req.copy_tags_from_source.is_some() { v.tags.clone() } else { Tags::new() };
-                tags.extend(spec_tags.clone());
-                let mut s = self.new_snapshot(&st, v, description.clone(), tags, now);
-                s.instance_set = Some(set.clone());
-                s
-            })
-            .collect();
-        self.cut_and_commit(&mut st, snaps)
+        self.cut_and_commit(|st| {
+            let inst = self.instance_of(st, ctx, &req.instance_id)?.clone();
+            if matches!(inst.state, InstanceState::Terminated | InstanceState::ShuttingDown) {
+                return Err(EngineError::client(
+                    "IncorrectState",
+                    format!(
+                        "The instance '{}' is {} and its volumes cannot be snapshotted.",
+                        inst.id,
+                        inst.state.as_str()
+                    ),
+                ));
+            }
+            let view = Self::view(st, &inst);
+            let root_volume = view.block_devices.iter().find(|b| b.0 == inst.root_device_name).map(|b| b.1.clone());
+            for ex in &req.exclude_data_volume_ids {
+                self.volume_of(st, ctx, ex)?;
+                if Some(ex) == root_volume.as_ref() {
+                    return Err(EngineError::invalid_value(format!(
+                        "The root volume {ex} cannot be named in ExcludeDataVolumeIds; use ExcludeBootVolume instead."
+                    )));
+                }
+                if !view.block_devices.iter().any(|b| &b.1 == ex) {
+                    return Err(EngineError::invalid_value(format!(
+                        "The volume {ex} in ExcludeDataVolumeIds is not attached to instance {}.",
+                        inst.id
+                    )));
+                }
+            }
+            let mut volumes: Vec<Volume> = view
+                .block_devices
+                .iter()
+                .filter(|b| !(req.exclude_boot_volume && Some(&b.1) == root_volume.as_ref()))
+                .filter(|b| !req.exclude_data_volume_ids.contains(&b.1))
+                .filter_map(|b| st.volumes.get(&b.1).cloned())
+                .collect();
+            if volumes.is_empty() {
+                return Err(EngineError::client(
+                    "InvalidParameterCombination",
+                    format!("Instance {} has no volumes left to snapshot after the exclusions.", inst.id),
+                ));
+            }
+            // A fixed order (by volume id) for taking the write gates: no two cuts can deadlock.
+            volumes.sort_by(|a, b| a.id.cmp(&b.id));
+            let ids: Vec<&str> = volumes.iter().map(|v| v.id.as_str()).collect();
+            self.check_snapshot_limits(st, ctx, &ids, volumes.len())?;
+            if req.dry_run {
+                return Err(EngineError::DryRun);
+            }
+            let now = now_millis();
+            let snaps: Vec<Snapshot> = volumes
+                .iter()
+                .map(|v| {
+                    let mut tags = if req.copy_tags_from_source.is_some() { v.tags.clone() } else { Tags::new() };
+                    tags.extend(spec_tags.clone());
+                    let mut s = self.new_snapshot(st, v, description.clone(), tags, now);
+                    s.instance_set = Some(set.clone());
+                    s
+                })
+                .collect();
+            Ok(snaps)
+        })
     }
 
     pub fn describe_snapshots(&self, ctx: &Ctx, req: &DescribeSnapshots) -> Result<Page<Snapshot>> {

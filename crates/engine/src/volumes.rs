@@ -568,73 +568,97 @@ impl Engine {
     }
 
     pub fn modify_volume(&self, ctx: &Ctx, req: ModifyVolume) -> Result<VolumeModification> {
-        let mut st = self.lock();
-        let v = self.volume_of(&st, ctx, &req.volume_id)?.clone();
-        if req.size.is_none()
-            && req.volume_type.is_none()
-            && req.iops.is_none()
-            && req.throughput.is_none()
-            && req.multi_attach_enabled.is_none()
-        {
-            return Err(EngineError::missing(
-                "At least one of the parameters size, volumeType, iops, throughput or multiAttachEnabled must be specified.",
-            ));
-        }
-        let size = req.size.unwrap_or(v.size_gib as i64);
-        if size < v.size_gib as i64 {
-            return Err(EngineError::invalid_value(format!(
-                "New size cannot be smaller than existing size: the volume {} is {}GiB and cannot shrink to {size}GiB.",
-                v.id, v.size_gib
-            )));
-        }
-        let vtype = req.volume_type.clone().unwrap_or_else(|| v.volume_type.clone());
-        let same_type = vtype == v.volume_type;
-        let iops_in = req.iops.or(if same_type && vtype != "gp2" { v.iops.map(i64::from) } else { None });
-        let tp_in = req.throughput.or(if same_type { v.throughput.map(i64::from) } else { None });
-        let multi = req.multi_attach_enabled.unwrap_or(v.multi_attach_enabled);
-        let (iops, throughput) = check_type(&vtype, size, iops_in, tp_in, multi)?;
-        if req.dry_run {
-            return Err(EngineError::DryRun);
-        }
-        let now = now_millis();
-        let modification = VolumeModification {
-            volume_id: v.id.clone(),
-            state: "modifying".into(),
-            target_size: size as u32,
-            target_iops: iops,
-            target_volume_type: vtype.clone(),
-            target_throughput: throughput,
-            target_multi_attach_enabled: multi,
-            original_size: v.size_gib,
-            original_iops: v.iops,
-            original_volume_type: v.volume_type.clone(),
-            original_throughput: v.throughput,
-            original_multi_attach_enabled: v.multi_attach_enabled,
-            progress: 0,
-            start_time: now,
-            end_time: None,
+        // Validated under the engine lock (twice when the bytes grow: once more after the volume is
+        // claimed); the file grows without the lock, so a slow disk stalls only this call.
+        let plan = |st: &State| -> Result<(Volume, VolumeModification, u32)> {
+            let v = self.volume_of(st, ctx, &req.volume_id)?.clone();
+            if req.size.is_none()
+                && req.volume_type.is_none()
+                && req.iops.is_none()
+                && req.throughput.is_none()
+                && req.multi_attach_enabled.is_none()
+            {
+                return Err(EngineError::missing(
+                    "At least one of the parameters size, volumeType, iops, throughput or multiAttachEnabled must be specified.",
+                ));
+            }
+            let size = req.size.unwrap_or(v.size_gib as i64);
+            if size < v.size_gib as i64 {
+                return Err(EngineError::invalid_value(format!(
+                    "New size cannot be smaller than existing size: the volume {} is {}GiB and cannot shrink to {size}GiB.",
+                    v.id, v.size_gib
+                )));
+            }
+            let vtype = req.volume_type.clone().unwrap_or_else(|| v.volume_type.clone());
+            let same_type = vtype == v.volume_type;
+            let iops_in = req.iops.or(if same_type && vtype != "gp2" { v.iops.map(i64::from) } else { None });
+            let tp_in = req.throughput.or(if same_type { v.throughput.map(i64::from) } else { None });
+            let multi = req.multi_attach_enabled.unwrap_or(v.multi_attach_enabled);
+            let (iops, throughput) = check_type(&vtype, size, iops_in, tp_in, multi)?;
+            if req.dry_run {
+                return Err(EngineError::DryRun);
+            }
+            let now = now_millis();
+            let modification = VolumeModification {
+                volume_id: v.id.clone(),
+                state: "modifying".into(),
+                target_size: size as u32,
+                target_iops: iops,
+                target_volume_type: vtype.clone(),
+                target_throughput: throughput,
+                target_multi_attach_enabled: multi,
+                original_size: v.size_gib,
+                original_iops: v.iops,
+                original_volume_type: v.volume_type.clone(),
+                original_throughput: v.throughput,
+                original_multi_attach_enabled: v.multi_attach_enabled,
+                progress: 0,
+                start_time: now,
+                end_time: None,
+            };
+            let original = v.size_gib;
+            let mut nv = v;
+            nv.size_gib = size as u32;
+            nv.volume_type = vtype;
+            nv.iops = iops;
+            nv.throughput = throughput;
+            nv.multi_attach_enabled = multi;
+            // The change is in effect at once: the record DescribeVolumesModifications shows is done.
+            let mut done = modification.clone();
+            done.state = "completed".into();
+            done.progress = 100;
+            done.end_time = Some(now);
+            nv.last_modification = Some(done);
+            Ok((nv, modification, original))
         };
-        if size as u32 != v.size_gib
+        let (mut nv, mut modification, mut original) = plan(&self.lock())?;
+        let mut _claim = None;
+        if nv.size_gib != original
             && let Some(s) = &self.storage
         {
-            match s.volumes.resize(&v.id, size as u64 * GIB) {
-                // Not allocated yet: it will be created at the new size.
-                Ok(()) | Err(blocksnap_volume::Error::NotFound(_)) => {}
-                Err(e) => return Err(EngineError::Internal(format!("growing volume {}: {e}", v.id))),
+            let deadline = std::time::Instant::now() + blocksnap_volume::DRAIN_TIMEOUT;
+            _claim = Some(self.jobs.claims.claim(std::slice::from_ref(&nv.id), deadline).ok_or_else(|| {
+                EngineError::client(
+                    "IncorrectModificationState",
+                    format!("Volume {} is being snapshotted or modified; retry in a few seconds.", nv.id),
+                )
+            })?);
+            (nv, modification, original) = plan(&self.lock())?;
+            if nv.size_gib != original {
+                match s.volumes.resize(&nv.id, nv.size_gib as u64 * GIB) {
+                    // Not allocated yet: it will be created at the new size.
+                    Ok(()) | Err(blocksnap_volume::Error::NotFound(_)) => {}
+                    Err(e) => return Err(EngineError::Internal(format!("growing volume {}: {e}", nv.id))),
+                }
             }
         }
-        let mut nv = v;
-        nv.size_gib = size as u32;
-        nv.volume_type = vtype;
-        nv.iops = iops;
-        nv.throughput = throughput;
-        nv.multi_attach_enabled = multi;
-        // The change is in effect at once: the record DescribeVolumesModifications shows is done.
-        let mut done = modification.clone();
-        done.state = "completed".into();
-        done.progress = 100;
-        done.end_time = Some(now);
-        nv.last_modification = Some(done);
+        let mut st = self.lock();
+        if st.volumes.get(&nv.id).is_none_or(|v| v.size_gib != original) {
+            return Err(EngineError::client(
+                "IncorrectModificationState",
+                format!("Volume {} was modified by another request meanwhile; retry.", nv.id),
+            ));
+        }
         self.commit(&mut st, vec![Rec::Volume(nv)])?;
         Ok(modification)
     }

@@ -1,8 +1,34 @@
 //! The write gate: writers hold a cheap shared side, a snapshot cut holds the
 //! exclusive side (new writes wait, in-flight writes drain).
+//!
+//! # Protocol
+//!
+//! `state` is one word: the high bit (`GATED`) is set while a cutter holds
+//! (or is acquiring) the gate; the low bits count writers inside.
+//!
+//! * A writer enters with one `fetch_add`. If `GATED` was set it backs out
+//!   (`exit`) and waits on the condvar until the bit clears.
+//! * A cutter sets `GATED` under the mutex (only one cutter at a time: a second
+//!   one waits until the first opens), then waits until the writer count is 0.
+//! * Every state change that a waiter may be waiting for is followed by taking
+//!   the mutex and `notify_all`, so a check made under the mutex never misses
+//!   its wakeup.
+//!
+//! # Bounds
+//!
+//! Cutters never wait unboundedly: [`Gate::begin_close_until`] and
+//! [`Gate::wait_drained_until`] take a deadline and report `false` when it
+//! passes; the cutter then gives up with [`Gate::open`] (abandoning the cut),
+//! which is always safe, drained or not. A writer waits only while a cutter
+//! holds the gate, so its wait is bounded by the cutter's deadline plus the
+//! few renames of a cut's commit.
+//!
+//! The protocol is model-checked with loom (`tests` below, under `--cfg loom`:
+//! `bench/loom` runs them).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use crate::sync::{AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
 
 /// High bit set while a gate is held (or being acquired); the low bits count
 /// writers currently inside.
@@ -18,7 +44,23 @@ pub(crate) struct Gate {
 impl Gate {
     fn lock(&self) -> MutexGuard<'_, ()> {
         // The mutex guards no data, so a poisoned one is still usable.
-        self.mutex.lock().unwrap_or_else(PoisonError::into_inner)
+        self.mutex.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits on the condvar until `deadline` (or forever without one). `false` when the deadline
+    /// has passed.
+    fn wait<'a>(&self, g: MutexGuard<'a, ()>, deadline: Option<Instant>) -> (MutexGuard<'a, ()>, bool) {
+        match deadline {
+            None => (self.cv.wait(g).unwrap_or_else(|p| p.into_inner()), true),
+            Some(d) => {
+                let now = Instant::now();
+                if now >= d {
+                    return (g, false);
+                }
+                let (g, _) = self.cv.wait_timeout(g, d - now).unwrap_or_else(|p| p.into_inner());
+                (g, true)
+            }
+        }
     }
 
     fn notify(&self) {
@@ -38,12 +80,13 @@ impl Gate {
             self.exit();
             let mut g = self.lock();
             while self.state.load(Ordering::Acquire) & GATED != 0 {
-                g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+                g = self.wait(g, None).0;
             }
         }
     }
 
-    /// Enters the shared side only if no gate is held; never waits.
+    /// Enters the shared side only if no gate is held; never waits. On `false` nothing is held
+    /// and the caller must not call [`Gate::exit`].
     pub(crate) fn try_enter(&self) -> bool {
         let prev = self.state.fetch_add(1, Ordering::Acquire);
         if prev & GATED == 0 {
@@ -56,42 +99,55 @@ impl Gate {
     /// Leaves the shared side.
     pub(crate) fn exit(&self) {
         let prev = self.state.fetch_sub(1, Ordering::Release);
+        debug_assert!(prev & !GATED != 0, "gate exit without a matching enter");
         if prev == GATED | 1 {
             // Last writer out while a gate waits for the drain.
             self.notify();
         }
     }
 
-    /// Takes the exclusive side: blocks new writers, waits for in-flight ones.
-    pub(crate) fn close(&self) {
-        self.begin_close();
-        self.wait_drained();
-    }
-
-    /// First half of [`Gate::close`]: new writers wait from now on (in-flight ones go on). Several
-    /// gates can be begun before any is drained, so a multi-volume cut waits for the slowest
-    /// in-flight write, not for the sum of them.
-    pub(crate) fn begin_close(&self) {
+    /// First half of a cut: new writers wait from now on (in-flight ones go on). Several gates
+    /// can be begun before any is drained, so a multi-volume cut waits for the slowest in-flight
+    /// write, not for the sum of them. Waits for another cutter to open the gate until `deadline`;
+    /// `false` if it did not (nothing is held then).
+    pub(crate) fn begin_close_until(&self, deadline: Option<Instant>) -> bool {
         let mut g = self.lock();
         // One gate at a time: the bit is only set under the mutex.
         while self.state.load(Ordering::Acquire) & GATED != 0 {
-            g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+            let (next, in_time) = self.wait(g, deadline);
+            g = next;
+            if !in_time {
+                return false;
+            }
         }
         self.state.fetch_or(GATED, Ordering::AcqRel);
+        true
     }
 
-    /// Second half of [`Gate::close`]: wait until no writer is inside.
-    pub(crate) fn wait_drained(&self) {
+    /// Second half of a cut: waits until no writer is inside, until `deadline`. `false` if the
+    /// writers did not drain in time: the gate is still held and the caller must [`Gate::open`] it.
+    pub(crate) fn wait_drained_until(&self, deadline: Option<Instant>) -> bool {
         let mut g = self.lock();
         while self.state.load(Ordering::Acquire) != GATED {
-            g = self.cv.wait(g).unwrap_or_else(PoisonError::into_inner);
+            let (next, in_time) = self.wait(g, deadline);
+            g = next;
+            if !in_time {
+                return false;
+            }
         }
+        true
     }
 
-    /// Releases the exclusive side.
+    /// Releases the exclusive side (after a cut, or to abandon one that did not drain in time).
     pub(crate) fn open(&self) {
-        self.state.fetch_and(!GATED, Ordering::Release);
+        let prev = self.state.fetch_and(!GATED, Ordering::Release);
+        debug_assert!(prev & GATED != 0, "gate opened while not held");
         self.notify();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn raw_state(&self) -> usize {
+        self.state.load(Ordering::SeqCst)
     }
 }
 
@@ -103,11 +159,12 @@ impl<'a> WriterGuard<'a> {
         gate.enter();
         WriterGuard(gate)
     }
-}
 
-impl<'a> WriterGuard<'a> {
+    /// A guard only when the gate is open; never waits. (Built only after a successful
+    /// `try_enter`: a guard made and dropped on failure would `exit` twice and underflow the
+    /// writer count into the `GATED` bit, closing the gate for good.)
     pub(crate) fn try_new(gate: &'a Gate) -> Option<Self> {
-        gate.try_enter().then_some(WriterGuard(gate))
+        if gate.try_enter() { Some(WriterGuard(gate)) } else { None }
     }
 }
 
@@ -117,12 +174,17 @@ impl Drop for WriterGuard<'_> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
     use std::time::Duration;
+
+    fn close(g: &Gate) {
+        assert!(g.begin_close_until(None));
+        assert!(g.wait_drained_until(None));
+    }
 
     #[test]
     fn gate_drains_and_blocks() {
@@ -132,7 +194,7 @@ mod tests {
         let g2 = gate.clone();
         let i2 = inside.clone();
         let t = std::thread::spawn(move || {
-            g2.close();
+            close(&g2);
             i2.store(true, Ordering::SeqCst);
         });
         std::thread::sleep(Duration::from_millis(50));
@@ -153,5 +215,152 @@ mod tests {
         gate.open();
         w.join().unwrap();
         assert!(entered.load(Ordering::SeqCst));
+        assert_eq!(gate.raw_state(), 0);
+    }
+
+    /// The bug of issue 11: a failed `try_new` must leave the writer count untouched, so the gate
+    /// opens again and later writers and cutters pass.
+    #[test]
+    fn failed_try_new_leaves_the_count_alone() {
+        let gate = Gate::default();
+        close(&gate);
+        for _ in 0..3 {
+            assert!(WriterGuard::try_new(&gate).is_none());
+        }
+        assert_eq!(gate.raw_state(), GATED, "a failed try_new changed the writer count");
+        gate.open();
+        assert_eq!(gate.raw_state(), 0);
+        drop(WriterGuard::try_new(&gate).expect("the gate is open"));
+        let deadline = Some(Instant::now() + Duration::from_secs(5));
+        assert!(gate.begin_close_until(deadline));
+        assert!(gate.wait_drained_until(deadline), "the gate must drain: no writer is inside");
+        gate.open();
+    }
+
+    #[test]
+    fn drain_times_out_and_the_cut_is_abandoned() {
+        let gate = Gate::default();
+        let w = WriterGuard::new(&gate);
+        let deadline = Some(Instant::now() + Duration::from_millis(30));
+        assert!(gate.begin_close_until(deadline));
+        assert!(!gate.wait_drained_until(deadline), "a writer is inside: the drain cannot finish");
+        gate.open();
+        // The writer was never disturbed; new writers pass again.
+        drop(w);
+        drop(WriterGuard::new(&gate));
+        assert_eq!(gate.raw_state(), 0);
+    }
+
+    #[test]
+    fn second_cutter_gives_up_at_its_deadline() {
+        let gate = Gate::default();
+        close(&gate);
+        let deadline = Some(Instant::now() + Duration::from_millis(30));
+        assert!(!gate.begin_close_until(deadline));
+        assert_eq!(gate.raw_state(), GATED);
+        gate.open();
+        assert!(gate.begin_close_until(Some(Instant::now() + Duration::from_secs(5))));
+        gate.open();
+    }
+}
+
+/// Model checks of the gate protocol (`RUSTFLAGS="--cfg loom" cargo test -p blocksnap-volume
+/// --lib --release loom`). loom's `wait_timeout` never times out, so a timed-out drain is
+/// modelled by a cutter that opens without waiting (the abandon path).
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::sync::atomic::AtomicUsize as Counter;
+
+    /// Writers inside and cutters holding, checked against each other.
+    #[derive(Default)]
+    struct Probe {
+        writers: Counter,
+        cutters: Counter,
+    }
+
+    fn write(gate: &Gate, p: &Probe) {
+        let _w = WriterGuard::new(gate);
+        p.writers.fetch_add(1, Ordering::SeqCst);
+        assert_eq!(p.cutters.load(Ordering::SeqCst), 0, "a writer ran inside a drained cut");
+        p.writers.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn try_write(gate: &Gate, p: &Probe) {
+        if let Some(_w) = WriterGuard::try_new(gate) {
+            p.writers.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(p.cutters.load(Ordering::SeqCst), 0, "a fast writer ran inside a drained cut");
+            p.writers.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    fn cut(gate: &Gate, p: &Probe) {
+        assert!(gate.begin_close_until(None));
+        assert!(gate.wait_drained_until(None));
+        assert_eq!(p.cutters.fetch_add(1, Ordering::SeqCst), 0, "two cutters held one gate");
+        assert_eq!(p.writers.load(Ordering::SeqCst), 0, "the drain let a writer stay inside");
+        p.cutters.fetch_sub(1, Ordering::SeqCst);
+        gate.open();
+    }
+
+    /// Every interleaving with up to three preemptions (tokio's suites use two): enough for each
+    /// thread to be interrupted between every pair of its atomic steps in these small models.
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(f);
+    }
+
+    #[test]
+    fn loom_two_writers_and_a_cutter() {
+        model(|| {
+            let gate = Arc::new(Gate::default());
+            let p = Arc::new(Probe::default());
+            let (g1, p1) = (gate.clone(), p.clone());
+            let w1 = loom::thread::spawn(move || write(&g1, &p1));
+            let (g2, p2) = (gate.clone(), p.clone());
+            let w2 = loom::thread::spawn(move || try_write(&g2, &p2));
+            cut(&gate, &p);
+            w1.join().unwrap();
+            w2.join().unwrap();
+            assert_eq!(gate.raw_state(), 0);
+        });
+    }
+
+    #[test]
+    fn loom_two_cutters_and_a_writer() {
+        model(|| {
+            let gate = Arc::new(Gate::default());
+            let p = Arc::new(Probe::default());
+            let (g1, p1) = (gate.clone(), p.clone());
+            let c1 = loom::thread::spawn(move || cut(&g1, &p1));
+            let (g2, p2) = (gate.clone(), p.clone());
+            let w = loom::thread::spawn(move || try_write(&g2, &p2));
+            cut(&gate, &p);
+            c1.join().unwrap();
+            w.join().unwrap();
+            assert_eq!(gate.raw_state(), 0);
+        });
+    }
+
+    /// The abandon path: a cutter that gives up (opens without draining) while writers enter,
+    /// back out and wait; afterwards a full cut still drains and nothing is left counted.
+    #[test]
+    fn loom_abandoned_cut_and_two_writers() {
+        model(|| {
+            let gate = Arc::new(Gate::default());
+            let p = Arc::new(Probe::default());
+            let (g1, p1) = (gate.clone(), p.clone());
+            let w1 = loom::thread::spawn(move || write(&g1, &p1));
+            let (g2, p2) = (gate.clone(), p.clone());
+            let w2 = loom::thread::spawn(move || try_write(&g2, &p2));
+            assert!(gate.begin_close_until(None));
+            gate.open();
+            w1.join().unwrap();
+            w2.join().unwrap();
+            assert_eq!(gate.raw_state(), 0);
+            cut(&gate, &p);
+        });
     }
 }

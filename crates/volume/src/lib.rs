@@ -52,9 +52,12 @@
 
 mod capture;
 mod cbt;
+mod claims;
 mod gate;
 mod hydrate;
+mod sync;
 
+pub use claims::{Claim, Claims};
 pub use hydrate::BlockSource;
 
 use std::collections::HashMap;
@@ -64,6 +67,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use roaring::RoaringBitmap;
 use rustix::fs::{FallocateFlags, SeekFrom};
@@ -77,6 +81,9 @@ pub const BLOCK_SIZE: u64 = 524_288;
 pub const BITMAP_FORMAT_VERSION: u32 = cbt::FORMAT_VERSION;
 
 const DATA_NAME: &str = "data.img";
+/// How long a gate holder (a cut, a resize, a delete) waits for in-flight writes to finish before
+/// giving up: an NBD client that stopped reading or a hung disk must not stall the caller for ever.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Extra blocks a sequential writer marks changed at once (ramping up).
 const SEQ_MARK_AHEAD_MIN: u64 = 15;
 const SEQ_MARK_AHEAD_MAX: u64 = 128;
@@ -100,6 +107,8 @@ pub enum Error {
     Deleted(String),
     #[error("write gate belongs to another volume")]
     WrongGate,
+    #[error("in-flight writes to volume {0} did not finish in time")]
+    Busy(String),
     #[error("zeroing cannot be done fast")]
     NotFast,
     #[error(transparent)]
@@ -126,6 +135,7 @@ impl From<Error> for io::Error {
             | Error::WrongGate => io::ErrorKind::InvalidInput,
             Error::Deleted(_) => io::ErrorKind::NotFound,
             Error::NotFast => io::ErrorKind::Unsupported,
+            Error::Busy(_) => io::ErrorKind::TimedOut,
         };
         io::Error::new(kind, e)
     }
@@ -347,9 +357,14 @@ impl VolumeStore {
             return Err(Error::NotFound(id.to_string()));
         }
         if let Some(v) = handles.remove(id) {
-            // Let in-flight writes finish before the files go away.
-            let _g = v.gate();
+            // Let in-flight writes finish before the files go away (bounded: a write that never
+            // finishes lands in the unlinked file, which is harmless).
+            let g = v.gate();
             v.deleted.store(true, Ordering::Release);
+            if let Err(e) = &g {
+                tracing::warn!(volume = id, error = %e, "deleting a volume with writes still in flight");
+            }
+            drop(g);
         }
         let gone = self.root.join(format!(".del-{id}"));
         if gone.exists() {
@@ -1012,24 +1027,32 @@ impl Volume {
 
     /// Takes the write gates of several volumes at one instant (in the given order): new writes to
     /// every one of them wait from the moment its gate is begun; then all in-flight writes drain
-    /// together. The pause writers see is the slowest drain, not the sum.
-    pub fn gate_all<'a>(vols: &[&'a Volume]) -> Vec<WriteGateGuard<'a>> {
+    /// together. The pause writers see is the slowest drain, not the sum. Gives up at `deadline`
+    /// (another cut holding a gate, or a write that does not finish: a hung disk) with
+    /// [`Error::Busy`], every gate open again and nothing changed.
+    pub fn gate_all<'a>(vols: &[&'a Volume], deadline: Instant) -> Result<Vec<WriteGateGuard<'a>>> {
+        let mut guards = Vec::with_capacity(vols.len());
         for v in vols {
-            v.gate.begin_close();
+            if !v.gate.begin_close_until(Some(deadline)) {
+                return Err(Error::Busy(v.id.clone()));
+            }
+            guards.push(WriteGateGuard { vol: v });
         }
-        vols.iter()
-            .map(|v| {
-                v.gate.wait_drained();
-                WriteGateGuard { vol: v }
-            })
-            .collect()
+        for v in vols {
+            if !v.gate.wait_drained_until(Some(deadline)) {
+                // Dropping the guards opens every gate: the cut is abandoned.
+                return Err(Error::Busy(v.id.clone()));
+            }
+        }
+        Ok(guards)
     }
 
-    /// Takes the write gate: new writes wait, in-flight writes drain. Cheap
-    /// when uncontended. Blocks the calling thread while draining.
-    pub fn gate(&self) -> WriteGateGuard<'_> {
-        self.gate.close();
-        WriteGateGuard { vol: self }
+    /// Takes the write gate: new writes wait, in-flight writes drain (for at most
+    /// [`DRAIN_TIMEOUT`], then [`Error::Busy`]). Cheap when uncontended. Blocks the calling thread
+    /// while draining.
+    pub fn gate(&self) -> Result<WriteGateGuard<'_>> {
+        let mut g = Self::gate_all(&[self], Instant::now() + DRAIN_TIMEOUT)?;
+        g.pop().ok_or_else(|| Error::Busy(self.id.clone()))
     }
 
     /// Current change-tracking epoch.
@@ -1098,7 +1121,7 @@ impl Volume {
         {
             let _ = self.abandon_cut(p);
         }
-        let _g = self.gate();
+        let _g = self.gate()?;
         // Bitmap first: a crash before the data grows leaves a size mismatch,
         // which reads as all-changed.
         self.cbt.grow(cbt::nblocks_for(new_size))?;

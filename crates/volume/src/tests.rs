@@ -142,7 +142,7 @@ fn epoch_swap_freeze_release_restore() {
     v.write_at(3 * BLOCK_SIZE, b"b", false).unwrap();
     assert_eq!(v.epoch(), 0);
     let (old, set) = {
-        let g = v.gate();
+        let g = v.gate().unwrap();
         v.swap_epoch(&g).unwrap()
     };
     assert_eq!((old, set), (0, blocks(&[1, 3])));
@@ -154,7 +154,7 @@ fn epoch_swap_freeze_release_restore() {
     // Another volume's gate is refused.
     s.create("vol-b", MIB).unwrap();
     let other = s.open_volume("vol-b").unwrap();
-    assert!(matches!(v.swap_epoch(&other.gate()), Err(Error::WrongGate)));
+    assert!(matches!(v.swap_epoch(&other.gate().unwrap()), Err(Error::WrongGate)));
 
     // Survives a restart: epoch 1 active, epoch 0 frozen.
     drop((v, other));
@@ -172,7 +172,7 @@ fn epoch_swap_freeze_release_restore() {
     assert!(v.frozen_epochs().unwrap().is_empty());
 
     let (old, _) = {
-        let g = v.gate();
+        let g = v.gate().unwrap();
         v.swap_epoch(&g).unwrap()
     };
     assert_eq!(old, 1);
@@ -186,7 +186,7 @@ fn gate_blocks_writers_until_released() {
     let (_d, s) = store();
     s.create("vol-a", MIB).unwrap();
     let v = s.open_volume("vol-a").unwrap();
-    let g = v.gate();
+    let g = v.gate().unwrap();
     let v2 = v.clone();
     let t = std::thread::spawn(move || v2.write_at(0, b"late", false).unwrap());
     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -301,7 +301,7 @@ fn fast_paths_never_skip_the_bitmap_or_the_gate() {
     assert!(!v.try_write_fast(BLOCK_SIZE, b"x").unwrap());
     // No fast writes while the gate is held.
     {
-        let _g = v.gate();
+        let _g = v.gate().unwrap();
         assert!(!v.try_write_fast(8, b"x").unwrap());
     }
     assert!(matches!(v.try_write_fast(4 * MIB, b"x"), Err(Error::OutOfRange { .. })));

@@ -15,7 +15,7 @@ fn frozen_blocks_keep_their_bytes_across_writes_and_restarts() {
     v.write_at(3 * BLOCK_SIZE + 10, &[0xbb; 100], false).unwrap();
 
     let (epoch, set) = {
-        let g = v.gate();
+        let g = v.gate().unwrap();
         let (epoch, set) = v.swap_epoch(&g).unwrap();
         v.begin_capture(&g, epoch, &set).unwrap();
         (epoch, set)
@@ -64,7 +64,7 @@ fn torn_log_tail_is_dropped() {
     let v = store.open_volume("vol-2").unwrap();
     v.write_at(0, &vec![0x42; 2 * B], false).unwrap();
     let (epoch, set) = {
-        let g = v.gate();
+        let g = v.gate().unwrap();
         let (e, s) = v.swap_epoch(&g).unwrap();
         v.begin_capture(&g, e, &s).unwrap();
         (e, s)
@@ -100,7 +100,7 @@ fn prepared_cut_freezes_writes_made_until_the_gate() {
     // A write between prepare and the gate belongs to the frozen epoch.
     v.write_at(2 * BLOCK_SIZE, &[2; 16], false).unwrap();
     let (epoch, set) = {
-        let g = v.gate();
+        let g = v.gate().unwrap();
         v.commit_cut(&g, prepared).unwrap()
     };
     v.finish_cut().unwrap();
@@ -142,7 +142,7 @@ fn a_lost_cut_rename_recovers_as_a_superset() {
     // Keep a copy of the pre-rename state of the directory.
     let active_before = std::fs::read(vdir.join("changes.bitmap")).unwrap();
     let (e, set) = {
-        let g = v.gate();
+        let g = v.gate().unwrap();
         v.commit_cut(&g, p).unwrap()
     };
     assert_eq!(e, epoch);
@@ -214,7 +214,7 @@ fn a_staged_cut_freezes_later_writes_survives_resize_and_restarts_as_a_superset(
 /// Prepare (or take the staged cut) and commit under the gate.
 fn cut(v: &blocksnap_volume::Volume) -> (u64, roaring::RoaringBitmap) {
     let p = v.prepare_cut().unwrap();
-    let g = v.gate();
+    let g = v.gate().unwrap();
     v.commit_cut(&g, p).unwrap()
 }
 
@@ -237,7 +237,7 @@ fn staging_never_re_prepares_a_cut_in_flight() {
     // Background staging while the cut is between prepare and commit: must do nothing.
     v.stage_cut().unwrap();
     let (epoch, _) = {
-        let g = v.gate();
+        let g = v.gate().unwrap();
         v.commit_cut(&g, p).unwrap()
     };
     v.write_at(0, &[2; B], false).unwrap(); // copy-before-write records the frozen bytes
