@@ -27,6 +27,9 @@ pub fn describe_regions(e: &Engine, _ctx: &Ctx, p: &Params, x: &mut Xml) -> Resu
             return Err(EngineError::invalid_value(format!("Invalid region names: [{n}]")));
         }
     }
+    if p.dry_run()? {
+        return Err(EngineError::DryRun);
+    }
     let mut out = Vec::new();
     for r in e.regions() {
         if !names.is_empty() && !names.contains(r) {
@@ -59,6 +62,9 @@ pub fn describe_availability_zones(_e: &Engine, ctx: &Ctx, p: &Params, x: &mut X
         if !zones.contains(n) {
             return Err(EngineError::invalid_value(format!("The zone '{n}' does not exist.")));
         }
+    }
+    if p.dry_run()? {
+        return Err(EngineError::DryRun);
     }
     let mut out = Vec::new();
     for z in zones {
@@ -108,6 +114,9 @@ pub fn describe_account_attributes(_e: &Engine, _ctx: &Ctx, p: &Params, x: &mut 
         if !attrs.iter().any(|(n, _)| n == w) {
             return Err(EngineError::invalid_value(format!("Value ({w}) for parameter attributeName is invalid.")));
         }
+    }
+    if p.dry_run()? {
+        return Err(EngineError::DryRun);
     }
     let shown = attrs.iter().filter(|(n, _)| wanted.is_empty() || wanted.iter().any(|w| w == n));
     x.set("accountAttributeSet", shown, |x, (n, vals)| {

@@ -197,6 +197,9 @@ pub fn describe_images(_e: &Engine, _ctx: &Ctx, p: &Params, x: &mut Xml) -> Resu
             return Err(EngineError::invalid_value(format!("The filter '{}' is invalid", f.name)));
         }
     }
+    if p.dry_run()? {
+        return Err(EngineError::DryRun);
+    }
     let mut images: Vec<_> = regions::IMAGES
         .iter()
         .filter(|i| ids.is_empty() || ids.iter().any(|id| id == i.id))
