@@ -6,7 +6,7 @@ import uuid
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import Creds, client_error_code, make_volume, run_filter
+from conftest import Creds, client_error_code, make_volume, poll, run_filter
 
 pytestmark = pytest.mark.blocksnap_only
 
@@ -322,3 +322,131 @@ def test_cli_and_boto3_still_work_for_all_protocols(server):
     assert "Keys" in kms.list_keys()
     ls = server.session().client("lightsail", endpoint_url=server.endpoint)
     assert "disks" in ls.get_disks()
+
+
+# --- access keys: `blocksnap admin list-keys|create-key|rotate-key|delete-key`, root rotation ------
+
+def _admin(server, *args, check=True):
+    import subprocess
+    from conftest import blocksnap_bin
+    out = subprocess.run([str(blocksnap_bin()), "admin", *args, "--data-dir", str(server.data_dir)],
+                         capture_output=True, text=True, timeout=60, cwd=server.workdir)
+    if check:
+        assert out.returncode == 0, f"admin {args} failed: {out.stderr}"
+    return out
+
+
+def _printed_creds(stdout: str) -> Creds:
+    import re
+    acct = re.search(r"^# account (\d{12})$", stdout, re.M)
+    akid = re.search(r"^export AWS_ACCESS_KEY_ID=(\S+)$", stdout, re.M)
+    secret = re.search(r"^export AWS_SECRET_ACCESS_KEY=(\S+)$", stdout, re.M)
+    assert acct and akid and secret, stdout
+    return Creds(akid.group(1), secret.group(1), acct.group(1))
+
+
+def _works(server, creds) -> bool:
+    try:
+        server.client(creds).describe_regions()
+        return True
+    except ClientError as e:
+        assert e.response["Error"]["Code"] == "AuthFailure", e
+        return False
+
+
+def test_admin_keys_list_rotate_delete_while_serving(fresh_server):
+    srv = fresh_server
+    assert _works(srv, srv.creds)  # serve answers once its catalog is migrated
+    a = srv.create_account()
+    assert _works(srv, a)
+    listed = _admin(srv, "list-keys").stdout
+    assert a.access_key in listed and a.account_id in listed
+    assert srv.creds.access_key in listed and " root" in listed
+    assert a.secret_key not in listed and srv.creds.secret_key not in listed, "list-keys shows no secrets"
+    assert _admin(srv, "list-keys", "--account", a.account_id).stdout.split()[0] == a.access_key
+
+    # A second key (two-step rotation), used by the real AWS CLI.
+    b = _printed_creds(_admin(srv, "create-key", "--account", a.account_id).stdout)
+    assert b.account_id == a.account_id and b.access_key != a.access_key
+    assert "Regions" in srv.cli("describe-regions", creds=b)
+    assert _works(srv, a)
+
+    # Rotation replaces the key at once, in the running server.
+    c = _printed_creds(_admin(srv, "rotate-key", a.access_key).stdout)
+    assert c.account_id == a.account_id
+    assert not _works(srv, a), "the rotated-out key must stop working"
+    assert _works(srv, c)
+    out = srv.cli("describe-regions", creds=a, check=False)
+    assert out.returncode != 0 and "AuthFailure" in out.stderr, out.stderr
+    # Resources are the account's, not the key's: the new key sees what the old one made.
+    vid = srv.client(b).create_volume(AvailabilityZone=f"{srv.region}a", Size=1)["VolumeId"]
+    assert srv.client(c).describe_volumes(VolumeIds=[vid])["Volumes"][0]["VolumeId"] == vid
+
+    # Deletion, also while serving; the listing follows.
+    assert "deleted" in _admin(srv, "delete-key", b.access_key).stdout
+    assert not _works(srv, b)
+    listed = _admin(srv, "list-keys").stdout
+    assert b.access_key not in listed and a.access_key not in listed and c.access_key in listed
+
+    # Unknown keys and accounts: a clear error, nothing changed.
+    r = _admin(srv, "delete-key", "AKIANOSUCHKEY0000000", check=False)
+    assert r.returncode != 0 and "does not exist" in r.stderr, r.stderr
+    r = _admin(srv, "rotate-key", b.access_key, check=False)
+    assert r.returncode != 0 and "does not exist" in r.stderr, r.stderr
+    r = _admin(srv, "create-key", "--account", "000000000000", check=False)
+    assert r.returncode != 0 and "does not exist" in r.stderr, r.stderr
+    assert _works(srv, c)
+
+
+def test_changing_root_keys_revokes_the_old_one(fresh_server):
+    import secrets
+    srv = fresh_server
+    old = srv.creds
+    assert _works(srv, old)
+    vid = srv.client().create_volume(AvailabilityZone=f"{srv.region}a", Size=1)["VolumeId"]
+    srv.stop()
+    new = Creds("AKIAE2EROTATED" + secrets.token_hex(3).upper(), "rotated-" + secrets.token_hex(16))
+    srv.creds = new
+    srv.start()
+    assert _works(srv, new)
+    assert not _works(srv, old), "the previous root key must be revoked"
+    # Same root account: its volume is still there.
+    assert srv.client(new).describe_volumes(VolumeIds=[vid])["Volumes"][0]["VolumeId"] == vid
+    listed = _admin(srv, "list-keys").stdout
+    assert new.access_key in listed and old.access_key not in listed
+    # A root key id that belongs to another account is refused at start.
+    a = srv.create_account()
+    srv.stop()
+    srv.creds = Creds(a.access_key, "whatever")
+    try:
+        srv.start()  # may return once the ports are bound, before the refusal
+    except RuntimeError:
+        pass
+    assert srv.proc.wait(timeout=60) != 0
+    assert "already a key of account" in srv.log()
+    srv.proc = None
+    srv.creds = new
+    srv.start()
+    assert _works(srv, new) and _works(srv, a)
+
+
+def test_generated_root_key_revoked_when_env_key_set(tmp_path):
+    """No BLOCKSNAP_ROOT_* at first start: a key is generated and saved; setting them later revokes it."""
+    from conftest import Server
+    srv = Server(kind="blocksnap", workdir=tmp_path)
+    env_key = srv.creds
+    try:
+        srv.creds = Creds("", "")  # empty BLOCKSNAP_ROOT_*: a key is generated
+        srv.start()
+        cred_file = srv.data_dir / "root-credentials"
+        poll(cred_file.exists, bool)  # written once the catalog is open, after the ports are bound
+        generated = _printed_creds("# account 000000000000\n" + cred_file.read_text())
+        assert _works(srv, generated)
+        srv.stop()
+        srv.creds = env_key
+        srv.start()
+        assert _works(srv, env_key)
+        assert not _works(srv, generated), "the generated root key must be revoked"
+        assert not cred_file.exists(), "the revoked key's file must be gone"
+    finally:
+        srv.stop()

@@ -80,6 +80,40 @@ enum AdminCommand {
         #[arg(long, default_value = "account")]
         name: String,
     },
+    /// List access keys (id, account, account name; never secrets). Works while the server runs.
+    ListKeys {
+        #[command(flatten)]
+        data: DataDir,
+        /// Only the keys of this account.
+        #[arg(long)]
+        account: Option<String>,
+    },
+    /// Give an account another access key and print it (rotate in two steps: create-key, switch
+    /// clients, delete-key the old one). Works while the server runs.
+    CreateKey {
+        #[command(flatten)]
+        data: DataDir,
+        /// The account (12 digits, from `list-keys` or `create-account`).
+        #[arg(long)]
+        account: String,
+    },
+    /// Replace an access key by a new one of the same account and print it: the old key stops
+    /// working at once, also for a running server. The root account's key is set by
+    /// BLOCKSNAP_ROOT_ACCESS_KEY_ID/BLOCKSNAP_ROOT_SECRET_ACCESS_KEY when those are set (the next start
+    /// makes it the root's only key again).
+    RotateKey {
+        #[command(flatten)]
+        data: DataDir,
+        /// The access key id to replace.
+        access_key_id: String,
+    },
+    /// Delete an access key: requests signed with it are refused at once, also by a running server.
+    DeleteKey {
+        #[command(flatten)]
+        data: DataDir,
+        /// The access key id to delete.
+        access_key_id: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -104,13 +138,39 @@ fn main() -> anyhow::Result<()> {
             verify(&data.data_dir, region, config.as_deref())
         }
         Command::Admin { command: AdminCommand::CreateAccount { data, name } } => create_account(&data.data_dir, &name),
+        Command::Admin { command: AdminCommand::ListKeys { data, account } } => {
+            let (_lock, engine) = admin_engine(&data.data_dir)?;
+            for k in engine.list_access_keys(account.as_deref()) {
+                let root = if k.root { " root" } else { "" };
+                println!("{} {} {}{root}", k.access_key_id, k.account, k.account_name);
+            }
+            Ok(())
+        }
+        Command::Admin { command: AdminCommand::CreateKey { data, account } } => {
+            let (_lock, engine) = admin_engine(&data.data_dir)?;
+            print_key(&engine.create_access_key(&account)?);
+            Ok(())
+        }
+        Command::Admin { command: AdminCommand::RotateKey { data, access_key_id } } => {
+            let (_lock, engine) = admin_engine(&data.data_dir)?;
+            print_key(&engine.rotate_access_key(&access_key_id)?);
+            eprintln!("# {access_key_id} is deleted");
+            Ok(())
+        }
+        Command::Admin { command: AdminCommand::DeleteKey { data, access_key_id } } => {
+            let (_lock, engine) = admin_engine(&data.data_dir)?;
+            let key = engine.delete_access_key(&access_key_id)?;
+            println!("# deleted {} of account {}", key.access_key_id, key.account);
+            Ok(())
+        }
     }
 }
 
-fn create_account(data_dir: &Path, name: &str) -> anyhow::Result<()> {
-    // The owner role when nobody holds the dir (it may be new: create it, migrate the catalog);
-    // beside the running owner otherwise (its schema is current, SQLite serialises the insert).
-    let (_lock, engine) = match datadir::DataDirLock::acquire(data_dir) {
+/// The engine of an admin command that writes the catalog: the owner role when nobody holds the dir
+/// (it may be new: create it, migrate the catalog); beside the running owner otherwise (its schema is
+/// current, SQLite serialises the write, the server reads keys from the catalog on each request).
+fn admin_engine(data_dir: &Path) -> anyhow::Result<(Option<datadir::DataDirLock>, Engine)> {
+    Ok(match datadir::DataDirLock::acquire(data_dir) {
         Ok(lock) => (Some(lock), open_engine(data_dir, EngineConfig::default(), None)?),
         Err(datadir::LockError::Held { .. }) => {
             let catalog = SqliteCatalog::open_mode(&data_dir.join("catalog.db"), OpenMode::Shared)
@@ -118,11 +178,19 @@ fn create_account(data_dir: &Path, name: &str) -> anyhow::Result<()> {
             (None, Engine::open(Arc::new(catalog), EngineConfig::default(), None)?)
         }
         Err(e) => return Err(e.into()),
-    };
-    let (account, key) = engine.create_account(name)?;
-    println!("# account {}", account.id);
+    })
+}
+
+fn print_key(key: &blocksnap_engine::model::AccessKey) {
+    println!("# account {}", key.account);
     println!("export AWS_ACCESS_KEY_ID={}", key.access_key_id);
     println!("export AWS_SECRET_ACCESS_KEY={}", key.secret_access_key);
+}
+
+fn create_account(data_dir: &Path, name: &str) -> anyhow::Result<()> {
+    let (_lock, engine) = admin_engine(data_dir)?;
+    let (_account, key) = engine.create_account(name)?;
+    print_key(&key);
     Ok(())
 }
 
@@ -255,6 +323,7 @@ fn serve(
             }
             _ => None,
         };
+    let root_from_env = env_key.is_some();
     if let Some((account, key)) = engine.ensure_root(env_key)? {
         let text = format!(
             "# blocksnap root account {account}: paste these lines to use the AWS CLI or boto3\nexport AWS_ACCESS_KEY_ID={}\nexport AWS_SECRET_ACCESS_KEY={}\nexport AWS_DEFAULT_REGION=us-east-1\n",
@@ -262,6 +331,14 @@ fn serve(
         );
         save_credentials(data_dir, &text)?;
         println!("{text}# (saved in {})", data_dir.join("root-credentials").display());
+    }
+    if root_from_env {
+        // The environment's key is the root's only key now: a generated one saved before is revoked.
+        let saved = data_dir.join("root-credentials");
+        if saved.exists() {
+            std::fs::remove_file(&saved).with_context(|| format!("removing the revoked {}", saved.display()))?;
+            tracing::info!(path = %saved.display(), "removed the saved root credentials: the root key comes from BLOCKSNAP_ROOT_*");
+        }
     }
     // Without a metrics listener nothing is recorded (the facade's calls are no-ops).
     let prometheus = match &metrics_listener {

@@ -76,6 +76,7 @@ pub(crate) struct State {
 pub(crate) enum Rec {
     Account(Account),
     AccessKey(AccessKey),
+    DeleteAccessKey(String),
     Volume(Volume),
     DeleteVolume(String),
     Instance(Instance),
@@ -223,6 +224,7 @@ impl Engine {
             changes.push(match r {
                 Rec::Account(a) => row(KIND_ACCOUNT, &a.id, &a.id, "", a)?,
                 Rec::AccessKey(k) => row(KIND_ACCESS_KEY, &k.access_key_id, &k.account, "", k)?,
+                Rec::DeleteAccessKey(id) => Change::Delete { kind: KIND_ACCESS_KEY.into(), id: id.clone() },
                 Rec::Volume(v) => row(KIND_VOLUME, &v.id, &v.account, &v.region, v)?,
                 Rec::DeleteVolume(id) => Change::Delete { kind: KIND_VOLUME.into(), id: id.clone() },
                 Rec::Instance(i) => row(KIND_INSTANCE, &i.id, &i.account, &i.region, i)?,
@@ -246,6 +248,9 @@ impl Engine {
                 }
                 Rec::AccessKey(k) => {
                     st.keys.insert(k.access_key_id.clone(), k);
+                }
+                Rec::DeleteAccessKey(id) => {
+                    st.keys.remove(&id);
                 }
                 Rec::Volume(v) => {
                     st.volumes.insert(v.id.clone(), v);
@@ -321,7 +326,19 @@ impl Engine {
         match key {
             Some((akid, secret)) => {
                 let current = st.keys.get(&akid);
-                if current.is_none_or(|k| k.secret_access_key != secret || k.account != account) {
+                if let Some(k) = current.filter(|k| k.account != account) {
+                    return Err(EngineError::client(
+                        "InvalidParameterValue",
+                        format!("The root access key id {akid} is already a key of account {}.", k.account),
+                    ));
+                }
+                // The environment's key is the root account's only key: one set before (or generated
+                // at the first start, or added with `blocksnap admin`) stops working now.
+                for old in st.keys.values().filter(|k| k.account == account && k.access_key_id != akid) {
+                    tracing::warn!(access_key_id = %old.access_key_id, "revoking the previous root access key");
+                    recs.push(Rec::DeleteAccessKey(old.access_key_id.clone()));
+                }
+                if current.is_none_or(|k| k.secret_access_key != secret) {
                     recs.push(Rec::AccessKey(AccessKey {
                         access_key_id: akid,
                         secret_access_key: secret,
@@ -367,17 +384,17 @@ impl Engine {
         Ok((account, key))
     }
 
-    /// The account and secret of an access key. Falls back to the catalog so keys made by
-    /// `blocksnap admin create-account` while the server runs are seen at once.
+    /// The account and secret of an access key, read from the catalog on every call: `blocksnap
+    /// admin` creates, rotates and deletes keys from another process while the server runs, and a
+    /// deleted key must stop working at once. (One indexed SQLite read, outside the state lock.)
     pub fn access_key(&self, access_key_id: &str) -> Result<Option<AccessKey>> {
-        if let Some(k) = self.lock().keys.get(access_key_id) {
-            return Ok(Some(k.clone()));
-        }
         let Some(r) = self.catalog.get(KIND_ACCESS_KEY, access_key_id)? else {
+            self.lock().keys.remove(access_key_id);
             return Ok(None);
         };
         let key: AccessKey = serde_json::from_str(&r.doc)?;
-        let account = self.catalog.get(KIND_ACCOUNT, &key.account)?;
+        let known = self.lock().accounts.contains_key(&key.account);
+        let account = if known { None } else { self.catalog.get(KIND_ACCOUNT, &key.account)? };
         let mut st = self.lock();
         if let Some(a) = account {
             let a: Account = serde_json::from_str(&a.doc)?;

@@ -10,6 +10,7 @@ mod error;
 mod filter;
 pub mod ids;
 mod instances;
+mod keys;
 mod kms;
 pub mod lightsail;
 pub mod model;
@@ -28,6 +29,7 @@ pub use filter::{Filter, glob};
 pub use instances::{
     BlockDeviceMappingSpec, EbsSpec, InstanceView, MAX_INSTANCES_PER_CALL, Reservation, RunInstances, StateChange,
 };
+pub use keys::AccessKeyInfo;
 pub use kms::{AliasInfo, DEFAULT_EBS_ALIAS};
 pub use snapshots::{CreateSnapshot, CreateSnapshots, DescribeSnapshots, MAX_PENDING_PER_VOLUME, PermissionChange};
 pub use tags::{TagDescription, TagSelector, TagSpec};
