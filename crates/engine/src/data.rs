@@ -113,37 +113,30 @@ impl Engine {
 
     /// A crash between a cut and its catalog commit leaves a frozen epoch (and maybe a capture log)
     /// that no snapshot owns: its blocks go back into the volume's changed set, so the next snapshot
-    /// reads them. Never under-report.
+    /// reads them. Never under-report. Lazy: done when this process first opens the volume (every
+    /// use of a volume opens it first), so start-up does not touch every volume directory. Epochs
+    /// owned at start are those of pending snapshots; cuts made later by this process happen on
+    /// volumes already opened (and so already reconciled).
     fn reconcile_frozen_epochs(&self) {
         let Some(storage) = &self.storage else { return };
-        let (owned, volumes): (std::collections::HashSet<(String, u64)>, Vec<String>) = {
-            let st = self.lock();
-            (
-                st.snapshots
-                    .values()
-                    .filter(|s| s.state == SnapshotState::Pending)
-                    .filter_map(|s| s.epoch.map(|e| (s.volume_id.clone(), e)))
-                    .collect(),
-                st.volumes.keys().cloned().collect(),
-            )
-        };
-        for vid in volumes {
-            if !storage.volumes.exists(&vid) {
-                continue;
+        let mut owned: HashMap<String, HashSet<u64>> = HashMap::new();
+        for s in self.lock().snapshots.values().filter(|s| s.state == SnapshotState::Pending) {
+            if let Some(e) = s.epoch {
+                owned.entry(s.volume_id.clone()).or_default().insert(e);
             }
-            let Ok(v) = storage.volumes.open_volume(&vid) else { continue };
-            let Ok(frozen) = v.frozen_epochs() else { continue };
-            for (epoch, _) in frozen {
-                if owned.contains(&(vid.clone(), epoch)) {
+        }
+        storage.volumes.set_on_first_open(Box::new(move |v: &blocksnap_volume::Volume| {
+            let vid = v.id();
+            for (epoch, _) in v.frozen_epochs()? {
+                if owned.get(vid).is_some_and(|o| o.contains(&epoch)) {
                     continue;
                 }
                 tracing::info!(volume_id = vid, epoch, "returning an orphaned frozen epoch to the changed set");
                 let _ = v.end_capture(epoch);
-                if let Err(e) = v.restore_epoch(epoch) {
-                    tracing::error!(volume_id = vid, epoch, error = %e, "could not restore an orphaned epoch");
-                }
+                v.restore_epoch(epoch)?;
             }
-        }
+            Ok(())
+        }));
     }
 
     pub(crate) fn me(&self) -> Option<Arc<Engine>> {

@@ -201,7 +201,13 @@ pub struct VolumeStore {
     opts: StoreOptions,
     /// Also serializes create / resize / delete.
     handles: Mutex<HashMap<String, Arc<Volume>>>,
+    /// Runs once per volume when this process first opens it, before the handle is handed out
+    /// (lazy recovery: start-up does not touch every volume).
+    on_first_open: std::sync::OnceLock<OpenHook>,
 }
+
+/// See [`VolumeStore::set_on_first_open`].
+pub type OpenHook = Box<dyn Fn(&Volume) -> Result<()> + Send + Sync>;
 
 impl VolumeStore {
     /// Opens (creating if needed) a store at `root`, removing leftovers of
@@ -213,7 +219,12 @@ impl VolumeStore {
     /// Opens a store another process may own (read-only tools such as `blocksnap admin verify`):
     /// leftovers of interrupted operations are left alone.
     pub fn open_shared(root: PathBuf) -> Result<VolumeStore> {
-        Ok(VolumeStore { root, opts: StoreOptions::default(), handles: Mutex::new(HashMap::new()) })
+        Ok(VolumeStore {
+            root,
+            opts: StoreOptions::default(),
+            handles: Mutex::new(HashMap::new()),
+            on_first_open: std::sync::OnceLock::new(),
+        })
     }
 
     pub fn open_with(root: PathBuf, opts: StoreOptions) -> Result<VolumeStore> {
@@ -228,11 +239,18 @@ impl VolumeStore {
             }
         }
         fsync_dir(&root)?;
-        Ok(VolumeStore { root, opts, handles: Mutex::new(HashMap::new()) })
+        Ok(VolumeStore { root, opts, handles: Mutex::new(HashMap::new()), on_first_open: std::sync::OnceLock::new() })
     }
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// Set (once) what runs when a volume is first opened by this process, before anyone gets
+    /// its handle: the owner's recovery of state a previous run left (e.g. orphaned frozen
+    /// epochs). A failing hook fails that open; the next open tries again.
+    pub fn set_on_first_open(&self, hook: OpenHook) {
+        let _ = self.on_first_open.set(hook);
     }
 
     fn handles(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Volume>>> {
@@ -297,6 +315,9 @@ impl VolumeStore {
             return Err(Error::NotFound(id.to_string()));
         }
         let v = Arc::new(Volume::open(id, dir, self.opts.change_tracking)?);
+        if let Some(hook) = self.on_first_open.get() {
+            hook(&v)?;
+        }
         handles.insert(id.to_string(), v.clone());
         Ok(v)
     }
