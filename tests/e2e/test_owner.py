@@ -136,3 +136,69 @@ def test_port_clash_leaves_the_data_dir_untouched(fresh_server):
         r = run_second(srv.workdir / "never", port=busy.getsockname()[1])
     assert r.returncode != 0 and "binding HTTP" in r.stderr, r.stderr
     assert not (srv.workdir / "never").exists()
+
+
+# ---- formats ------------------------------------------------------------------------------------
+
+def test_a_data_dir_of_a_newer_format_is_refused_untouched(fresh_server):
+    import json
+    import sqlite3
+    srv = fresh_server
+    ec2 = srv.client()
+    vid = attached_volume(ec2, f"{srv.region}a")
+    qemu_io(srv, vid, "write -P 0x66 0 1M", "flush")
+    sid = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
+    wait_completed(ec2, sid)
+    srv.stop()
+    fmt = srv.data_dir / "format"
+    assert fmt.read_text() == "format=1\n"
+    store_json = srv.data_dir / "snapshots" / srv.region / "store.json"
+    original_store = store_json.read_text()
+
+    def refused(expect: str) -> None:
+        # The lock file records the last process that held the dir; everything else stays as it was.
+        before = {k: v for k, v in tree(srv.data_dir).items() if k != "lock"}
+        r = run_second(srv.data_dir)
+        assert r.returncode != 0 and expect in r.stderr, r.stderr
+        assert "nothing was changed" in r.stderr, r.stderr
+        assert {k: v for k, v in tree(srv.data_dir).items() if k != "lock"} == before, \
+            "a refused start changed the data dir"
+        v = subprocess.run([str(blocksnap_bin()), "admin", "verify", "--data-dir", str(srv.data_dir)],
+                           capture_output=True, text=True, timeout=60)
+        assert v.returncode != 0 and expect in v.stderr, v.stderr
+
+    fmt.write_text("format=2\n")
+    refused("has format 2, written by a newer blocksnap")
+    fmt.write_text("format=1\n")
+
+    db = sqlite3.connect(srv.data_dir / "catalog.db")
+    db.execute("PRAGMA user_version = 7")
+    db.commit()
+    db.close()
+    refused("catalog schema version 7 was written by a newer blocksnap")
+    db = sqlite3.connect(srv.data_dir / "catalog.db")
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+
+    store_json.write_text(json.dumps({**json.loads(original_store), "format": 9}))
+    refused("has format 9")
+    store_json.write_text(original_store)
+
+    # Put back as it was: the same dir serves again, with its data.
+    srv.start()
+    assert compare(srv, sid, vid).returncode == 0
+
+
+def test_a_data_dir_of_an_older_format_is_upgraded_under_the_lock(fresh_server):
+    srv = fresh_server
+    ec2 = srv.client()
+    vid = ec2.create_volume(Size=1, AvailabilityZone=f"{srv.region}a")["VolumeId"]
+    srv.stop()
+    # As written by a blocksnap before the data dir recorded its format.
+    (srv.data_dir / "format").unlink()
+    srv.start()
+    assert srv.client().describe_volumes(VolumeIds=[vid])["Volumes"][0]["VolumeId"] == vid
+    assert (srv.data_dir / "format").read_text() == "format=1\n"
+    assert "data dir format upgraded" in srv.log()
+    assert not (srv.data_dir / "format.tmp").exists()

@@ -115,6 +115,87 @@ fn read_holder(file: &mut File) -> String {
     "pid unknown".to_string()
 }
 
+/// `DATA/format`: the data dir's layout version (the catalog's schema, the volume files' and the
+/// local snapshot stores' formats all carry their own versions too). Checked before anything else
+/// is read; a newer one is refused with nothing changed.
+pub const FORMAT_NAME: &str = "format";
+/// The layout this binary writes. Dirs written before the file existed are format 1 without it.
+pub const DATA_DIR_FORMAT: u32 = 1;
+
+/// What `DATA/format` says: `None` when absent (a new dir, or one written before the file
+/// existed). Refuses a format newer than this binary's, and an unreadable file.
+pub fn check_format(dir: &Path) -> anyhow::Result<Option<u32>> {
+    let path = dir.join(FORMAT_NAME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("reading {}", path.display()))),
+    };
+    let format = text
+        .lines()
+        .find_map(|l| l.strip_prefix("format=").map(str::trim))
+        .and_then(|v| v.parse::<u32>().ok())
+        .ok_or_else(|| anyhow::anyhow!("{} is not a blocksnap data dir format file", path.display()))?;
+    if format > DATA_DIR_FORMAT {
+        anyhow::bail!(
+            "the data dir {} has format {format}, written by a newer blocksnap (this binary supports up to \
+             {DATA_DIR_FORMAT}); run the newer binary; nothing was changed",
+            dir.display()
+        );
+    }
+    Ok(Some(format))
+}
+
+/// Record this binary's format (owner only, after every part of the dir was upgraded): temp file,
+/// fsync, rename, directory fsync; a crash leaves the old file or the new one.
+pub fn record_format(_lock: &DataDirLock, dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join(FORMAT_NAME);
+    let tmp = dir.join(format!("{FORMAT_NAME}.tmp"));
+    (|| -> std::io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(format!("format={DATA_DIR_FORMAT}\n").as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    })()
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Refuse the data dir when a local snapshot store (`DATA/snapshots/<region>/store.json`) was
+/// written by a newer format, before anything is recovered (stores are otherwise opened on first use).
+pub fn check_local_stores(dir: &Path) -> anyhow::Result<()> {
+    let root = dir.join("snapshots");
+    let entries = match std::fs::read_dir(&root) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("listing {}", root.display()))),
+    };
+    for e in entries {
+        let path = e?.path().join("store.json");
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(anyhow::Error::from(e).context(format!("reading {}", path.display()))),
+        };
+        #[derive(serde::Deserialize)]
+        struct Probe {
+            format: u32,
+        }
+        let probe: Probe = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a blocksnap store description", path.display()))?;
+        if !blocksnap_store::STORE_FORMATS.contains(&probe.format) {
+            anyhow::bail!(
+                "the snapshot store {} has format {}, which this blocksnap does not read (it reads {:?}); \
+                 run the blocksnap that wrote it; nothing was changed",
+                path.display(),
+                probe.format,
+                blocksnap_store::STORE_FORMATS
+            );
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +216,21 @@ mod tests {
         drop(held);
         let again = DataDirLock::acquire(&data).unwrap();
         drop(again);
+    }
+
+    #[test]
+    fn format_file_is_checked_and_recorded_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let lock = DataDirLock::acquire(&data).unwrap();
+        assert_eq!(check_format(&data).unwrap(), None);
+        record_format(&lock, &data).unwrap();
+        assert_eq!(check_format(&data).unwrap(), Some(DATA_DIR_FORMAT));
+        assert!(!data.join("format.tmp").exists());
+        std::fs::write(data.join(FORMAT_NAME), format!("format={}\n", DATA_DIR_FORMAT + 1)).unwrap();
+        let e = check_format(&data).unwrap_err().to_string();
+        assert!(e.contains("newer") && e.contains("nothing was changed"), "{e}");
+        std::fs::write(data.join(FORMAT_NAME), "garbage").unwrap();
+        assert!(check_format(&data).is_err());
     }
 }

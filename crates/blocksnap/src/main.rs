@@ -171,8 +171,16 @@ fn main() -> anyhow::Result<()> {
 /// current, SQLite serialises the write, the server reads keys from the catalog on each request).
 fn admin_engine(data_dir: &Path) -> anyhow::Result<(Option<datadir::DataDirLock>, Engine)> {
     Ok(match datadir::DataDirLock::acquire(data_dir) {
-        Ok(lock) => (Some(lock), open_engine(data_dir, EngineConfig::default(), None)?),
+        Ok(lock) => {
+            let found = datadir::check_format(data_dir)?;
+            let engine = open_engine(data_dir, EngineConfig::default(), None)?;
+            if found != Some(datadir::DATA_DIR_FORMAT) {
+                datadir::record_format(&lock, data_dir)?;
+            }
+            (Some(lock), engine)
+        }
         Err(datadir::LockError::Held { .. }) => {
+            datadir::check_format(data_dir)?;
             let catalog = SqliteCatalog::open_mode(&data_dir.join("catalog.db"), OpenMode::Shared)
                 .context("opening the catalog")?;
             (None, Engine::open(Arc::new(catalog), EngineConfig::default(), None)?)
@@ -211,6 +219,8 @@ fn verify(data_dir: &Path, region: Option<String>, config: Option<&Path>) -> any
         runtime: runtime.handle().clone(),
     };
     // Read-only: no lock, no recovery, no migration; the running owner (if any) is undisturbed.
+    datadir::check_format(data_dir)?;
+    datadir::check_local_stores(data_dir)?;
     let catalog =
         SqliteCatalog::open_mode(&data_dir.join("catalog.db"), OpenMode::ReadOnly).context("opening the catalog")?;
     let engine = Engine::open(Arc::new(catalog), cfg, Some(storage))?;
@@ -291,6 +301,10 @@ fn serve(
     // One owner per data dir: nothing in it is read, created or repaired before the lock is held.
     let lock = datadir::DataDirLock::acquire(data_dir)?;
     let lock_path = lock.path().to_path_buf();
+    // Formats next: a dir written by a newer blocksnap is refused before anything is read or repaired.
+    let found_format = datadir::check_format(data_dir)?;
+    datadir::check_local_stores(data_dir)?;
+    let existed = data_dir.join("catalog.db").exists();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // Watch SIGTERM/SIGINT from here on: a stop during start-up ends it cleanly too.
     let stop = {
@@ -305,6 +319,13 @@ fn serve(
         runtime: runtime.handle().clone(),
     };
     let engine = Arc::new(open_engine(data_dir, cfg, Some(storage))?);
+    // Every part is current now (the catalog migrated in its own transaction): record the format.
+    if found_format != Some(datadir::DATA_DIR_FORMAT) {
+        datadir::record_format(&lock, data_dir)?;
+        if existed {
+            tracing::info!(from = ?found_format, to = datadir::DATA_DIR_FORMAT, "data dir format upgraded");
+        }
+    }
     engine.remove_orphan_volumes()?;
     // Resume uploads and restores before any client can write: captures must be in place first.
     engine.start()?;

@@ -139,21 +139,34 @@ impl SqliteCatalog {
     }
 
     fn migrate(&self) -> Result<()> {
-        let mut conn = self.lock();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        let supported = Self::schema_version();
-        if version > supported {
-            return Err(CatalogError::TooNew { found: version, supported });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            tracing::info!(version = i + 1, "applying catalog migration");
-            tx.execute_batch(sql)?;
-        }
-        tx.pragma_update(None, "user_version", supported)?;
-        tx.commit()?;
-        Ok(())
+        migrate(&mut self.lock(), MIGRATIONS)
     }
+}
+
+/// Bring the schema up to `migrations.len()`: every pending migration and the new version in one
+/// transaction (an upgrade interrupted at any point leaves the old version intact), taken with
+/// the write lock first so two openers cannot both migrate.
+fn migrate(conn: &mut Connection, migrations: &[&str]) -> Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let supported = migrations.len() as i64;
+    if version > supported {
+        return Err(CatalogError::TooNew { found: version, supported });
+    }
+    if version == supported {
+        return Ok(());
+    }
+    if version == 0 {
+        tracing::info!(version = supported, "creating the catalog");
+    } else {
+        tracing::info!(from = version, to = supported, "upgrading the catalog schema");
+    }
+    for sql in migrations.iter().skip(version as usize) {
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "user_version", supported)?;
+    tx.commit()?;
+    Ok(())
 }
 
 fn row_from(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
@@ -269,6 +282,37 @@ mod tests {
             SqliteCatalog::open_mode(&path, OpenMode::ReadOnly),
             Err(CatalogError::TooNew { found: 99, .. })
         ));
+    }
+
+    #[test]
+    fn upgrade_is_atomic_and_keeps_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog.db");
+        {
+            let c = SqliteCatalog::open(&path).unwrap();
+            c.commit(&[Change::Put(row("a", "1"))]).unwrap();
+        }
+        let version = |conn: &Connection| conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)).unwrap();
+        let mut conn = Connection::open(&path).unwrap();
+        // A later migration that fails halfway: nothing of it stays, the version is unchanged.
+        let broken = [MIGRATIONS[0], "CREATE TABLE extra (x TEXT); INSERT INTO nowhere VALUES (1);"];
+        assert!(migrate(&mut conn, &broken).is_err());
+        assert_eq!(version(&conn), 1);
+        let extra: i64 =
+            conn.query_row("SELECT count(*) FROM sqlite_master WHERE name = 'extra'", [], |r| r.get(0)).unwrap();
+        assert_eq!(extra, 0, "a failed upgrade left part of itself");
+        // A good one: applied once, rows kept.
+        let good = [MIGRATIONS[0], "ALTER TABLE rows ADD COLUMN note TEXT NOT NULL DEFAULT '';"];
+        migrate(&mut conn, &good).unwrap();
+        migrate(&mut conn, &good).unwrap();
+        assert_eq!(version(&conn), 2);
+        let doc: String = conn.query_row("SELECT doc FROM rows WHERE id = 'a'", [], |r| r.get(0)).unwrap();
+        assert_eq!(doc, "1");
+        drop(conn);
+        // And this binary (schema 1) now refuses it, untouched.
+        let before = std::fs::read(&path).unwrap();
+        assert!(matches!(SqliteCatalog::open(&path), Err(CatalogError::TooNew { found: 2, supported: 1 })));
+        assert_eq!(std::fs::read(&path).unwrap(), before);
     }
 
     #[test]

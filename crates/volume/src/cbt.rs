@@ -119,6 +119,19 @@ pub(crate) fn load(path: &Path, nblocks: u64) -> io::Result<Loaded> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(all_dirty(None)),
         Err(e) => return Err(e),
     };
+    // A bitmap written by a newer format is refused, never read as damaged and rewritten.
+    if bytes.len() >= 12 && &bytes[0..8] == MAGIC {
+        let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+        if version > FORMAT_VERSION {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "{} has change bitmap format {version}, newer than this binary's {FORMAT_VERSION}",
+                    path.display()
+                ),
+            ));
+        }
+    }
     let Some((epoch, file_nblocks)) = decode_header(&bytes) else {
         return Ok(all_dirty(None));
     };

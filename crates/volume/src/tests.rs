@@ -366,3 +366,17 @@ fn a_staged_cut_left_by_a_crash_keeps_its_bits() {
     assert_eq!(v.changed_blocks(), blocks(&[2]));
     assert_eq!(v.epoch(), 1, "continues after the frozen epoch, in a file of its own");
 }
+
+#[test]
+fn a_bitmap_of_a_newer_format_is_refused_untouched() {
+    let (_d, s) = store();
+    s.create("vol-a", 8 * MIB).unwrap();
+    let path = s.root().join("vol-a").join(cbt::ACTIVE_NAME);
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[8..12].copy_from_slice(&(cbt::FORMAT_VERSION + 1).to_le_bytes());
+    std::fs::write(&path, &bytes).unwrap();
+    let err = s.open_volume("vol-a").unwrap_err().to_string();
+    assert!(err.contains("newer"), "{err}");
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the newer file was rewritten");
+    assert!(!s.root().join("vol-a").join("changes.bitmap.tmp").exists());
+}
