@@ -181,8 +181,20 @@ fn admin_engine(data_dir: &Path) -> anyhow::Result<(Option<datadir::DataDirLock>
         }
         Err(datadir::LockError::Held { .. }) => {
             datadir::check_format(data_dir)?;
-            let catalog = SqliteCatalog::open_mode(&data_dir.join("catalog.db"), OpenMode::Shared)
-                .context("opening the catalog")?;
+            // The owner may be starting: it creates or upgrades the catalog first. Wait for that
+            // (bounded) rather than migrate beside it.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            let catalog = loop {
+                match SqliteCatalog::open_mode(&data_dir.join("catalog.db"), OpenMode::Shared) {
+                    Err(
+                        blocksnap_catalog::CatalogError::Missing(_)
+                        | blocksnap_catalog::CatalogError::NeedsUpgrade { .. },
+                    ) if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    r => break r.context("opening the catalog")?,
+                }
+            };
             (None, Engine::open(Arc::new(catalog), EngineConfig::default(), None)?)
         }
         Err(e) => return Err(e.into()),
