@@ -702,6 +702,10 @@ impl Engine {
 
     /// The snapshot's row is gone: drop its manifest (its blocks go at the next GC).
     pub(crate) fn forget_snapshot_data(&self, s: &Snapshot) {
+        if !self.row_changes_durable("deleting a manifest") {
+            return;
+        }
+        fail::fail_point!("snapshot.before_delete_manifest");
         let (Some(me), Some(storage)) = (self.me(), &self.storage) else { return };
         let (region, id) = (s.region.clone(), s.id.clone());
         storage.runtime.spawn(async move {
@@ -880,6 +884,7 @@ impl Engine {
     /// One mark-and-sweep of a region's store, then its statistics.
     pub async fn gc_region(&self, region: &str, grace: Duration) -> Result<StoreStats> {
         let store = self.store(region).await?;
+        self.drop_orphan_manifests(region, &store).await?;
         let report = store.gc(grace).await.map_err(|e| internal("garbage collection", e))?;
         if report.chunks_removed + report.segments_removed > 0 {
             tracing::info!(
@@ -901,6 +906,23 @@ impl Engine {
         let ratio = if stats.stored_bytes == 0 { 1.0 } else { stats.logical_bytes as f64 / stats.stored_bytes as f64 };
         metrics::gauge!("blocksnap_store_dedup_ratio", &labels).set(ratio);
         Ok(stats)
+    }
+
+    /// Manifests whose snapshot row is gone (a crash between a durable DeleteSnapshot and the
+    /// manifest's removal): removed, so the sweep can free their blocks. A manifest is only ever
+    /// written for a row that exists (pending) and rows never come back, so listing first and
+    /// checking the rows after cannot drop a live manifest. The store belongs to this catalog.
+    async fn drop_orphan_manifests(&self, region: &str, store: &BlockStore) -> Result<usize> {
+        let listed = store.list_manifests().await.map_err(|e| internal("listing manifests", e))?;
+        let orphans: Vec<String> = {
+            let st = self.lock();
+            listed.into_iter().filter(|id| !st.snapshots.contains_key(id)).collect()
+        };
+        for id in &orphans {
+            tracing::info!(region, snapshot_id = %id, "removing the manifest of a deleted snapshot");
+            store.delete_manifest(id).await.map_err(|e| internal("removing an orphan manifest", e))?;
+        }
+        Ok(orphans.len())
     }
 
     /// Logical size from the catalog's completed snapshots, physical size from the store's chunks.

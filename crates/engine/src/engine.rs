@@ -216,6 +216,18 @@ impl Engine {
         Ok(())
     }
 
+    /// Bytes (volume files, manifests) may only be removed once the row change that orphans them is
+    /// durable: a crash (or power loss) after the removal must not bring back a row without its bytes.
+    /// Returns `false` (and logs) when this thread still holds an unsynced commit; debug builds panic.
+    pub(crate) fn row_changes_durable(&self, what: &str) -> bool {
+        let pending = PENDING_SYNC.with(|p| p.get());
+        debug_assert_eq!(pending, 0, "{what}: bytes removed before the row change is durable");
+        if pending != 0 {
+            tracing::error!(what, "bytes would be removed before the row change is durable; leaving them to cleanup");
+        }
+        pending == 0
+    }
+
     /// Commit records (atomically, crash-safe for the process), then apply them to memory. The
     /// caller's thread must call [`Engine::sync_pending`] before acknowledging anything.
     pub(crate) fn commit(&self, st: &mut State, recs: Vec<Rec>) -> Result<()> {

@@ -426,7 +426,7 @@ impl Engine {
         }
         if let Err(e) = self.commit(&mut st, recs) {
             for c in &created {
-                self.release_volume_bytes(c);
+                self.drop_volume_bytes(c);
             }
             return Err(e);
         }
@@ -545,6 +545,8 @@ impl Engine {
             }
             Ok((InstanceState::ShuttingDown, InstanceState::Terminated))
         })?;
+        // The DeleteOnTermination volumes' rows are gone durably before their bytes go.
+        self.sync_pending()?;
         for id in &freed {
             // A pending snapshot still reads the volume's frozen bytes: they go when it ends.
             let keep = Self::volume_has_pending_snapshot(&self.lock(), id);

@@ -363,6 +363,8 @@ impl Engine {
         }
         self.commit(&mut st, vec![Rec::DeleteSnapshot(id.to_string())])?;
         drop(st);
+        // The row's deletion is durable before the manifest goes (GC drops manifests without rows).
+        self.sync_pending()?;
         self.forget_snapshot_data(&s);
         Ok(())
     }

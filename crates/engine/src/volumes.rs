@@ -468,7 +468,7 @@ impl Engine {
         };
         recs.push(Rec::Volume(vol.clone()));
         if let Err(e) = self.commit(&mut st, recs) {
-            self.release_volume_bytes(&id);
+            self.drop_volume_bytes(&id);
             return Err(e);
         }
         drop(st);
@@ -524,6 +524,8 @@ impl Engine {
         // A pending snapshot still reads the volume's frozen bytes: they go when it ends.
         let keep = Self::volume_has_pending_snapshot(&st, volume_id);
         drop(st);
+        // The row's deletion is durable before any byte goes (an orphan dir is removed at start).
+        self.sync_pending()?;
         if keep {
             self.close_export(volume_id);
         } else {
@@ -540,6 +542,15 @@ impl Engine {
     }
 
     pub(crate) fn release_volume_bytes(&self, volume_id: &str) {
+        if self.row_changes_durable("freeing volume bytes") {
+            fail::fail_point!("volume.before_free_bytes");
+            self.drop_volume_bytes(volume_id);
+        }
+    }
+
+    /// Remove a volume's files. Callers: a durable deletion (above), or a volume whose row was never
+    /// committed (a failed create).
+    pub(crate) fn drop_volume_bytes(&self, volume_id: &str) {
         if let Some(s) = &self.storage {
             match s.volumes.delete(volume_id) {
                 Ok(()) | Err(blocksnap_volume::Error::NotFound(_)) => {}
