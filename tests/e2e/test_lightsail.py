@@ -17,7 +17,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from conftest import poll
-from nbd import MiB, QemuIo, compare, image_opts, pattern_ok, qemu_img, qemu_io
+from nbd import MiB, QemuIo, compare, from_file, image_opts, pattern_ok, qemu_img, qemu_io
 
 pytestmark = pytest.mark.blocksnap_only
 
@@ -460,12 +460,20 @@ def test_pending_snapshot_cannot_be_deleted_or_restored(server, ls):
     make_disk(ls, disk)
     make_instance(ls, inst)
     vol = attach(ls, disk, inst)
-    qemu_io(server, vol, f"write -P 0x11 0 {128 * MiB}")
+    # Random bytes (no dedup, no compression): the upload takes long enough to see it pending.
+    img = server.workdir / "pending-src.bin"
+    img.write_bytes(os.urandom(256 * MiB))
+    from_file(server, img, vol)
+    img.unlink()
     ls.create_disk_snapshot(diskName=disk, diskSnapshotName=snap)
-    if ls.get_disk_snapshot(diskSnapshotName=snap)["diskSnapshot"]["state"] == "pending":
-        with pytest.raises(ClientError) as e:
-            ls.create_disk_from_snapshot(diskName=uniq("d"), diskSnapshotName=snap, availabilityZone=AZ, sizeInGb=8)
-        assert err(e)[0] in ("OperationFailureException",)
+    with pytest.raises(ClientError) as e:
+        ls.delete_disk_snapshot(diskSnapshotName=snap)
+    assert err(e)[0] == "OperationFailureException"
+    with pytest.raises(ClientError) as e:
+        ls.create_disk_from_snapshot(diskName=uniq("d"), diskSnapshotName=snap, availabilityZone=AZ, sizeInGb=8)
+    assert err(e)[0] == "OperationFailureException"
+    assert ls.get_disk_snapshot(diskSnapshotName=snap)["diskSnapshot"]["state"] == "pending", \
+        "both refusals must have met a pending snapshot"
     wait_snapshot(ls, snap)
     ops = ls.delete_disk_snapshot(diskSnapshotName=snap)["operations"]
     assert [(o["resourceName"], o["operationType"], o["status"], o["location"]["availabilityZone"]) for o in ops] == \
