@@ -355,7 +355,7 @@ def test_chain_delete_middle_restore_later_and_gc(gc_server, az):
     new = restore(ec2, chain[2], az, "gc")
     ec2.attach_volume(VolumeId=new, InstanceId=inst, Device="/dev/sdg")
     assert compare(server, chain[2], new).returncode == 0
-    metrics = urllib.request.urlopen(server.endpoint + "metrics").read().decode()
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics").read().decode()
     assert "blocksnap_store_dedup_ratio" in metrics and "blocksnap_store_stored_bytes" in metrics
 
 

@@ -1,5 +1,7 @@
-//! S3 round trip against a local `moto_server`. Runs only with `BLOCKSNAP_S3_TEST=1`
-//! (and `moto_server` on PATH): `BLOCKSNAP_S3_TEST=1 cargo test -p blocksnap-store --test s3`.
+//! S3 round trip against a local S3-compatible server. Never skipped: `tests/run` starts
+//! `moto_server` (S3 mode) once and passes `BLOCKSNAP_S3_ENDPOINT=http://127.0.0.1:PORT`; without
+//! that variable the test starts its own `moto_server` (which must be on PATH) and fails if it cannot.
+//! `cargo test -p blocksnap-store --test s3`
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -10,11 +12,13 @@ use blocksnap_store::{BLOCK_SIZE, BlockId, BlockStore, Codec, DataKey, Manifest,
 use bytes::Bytes;
 use rand::RngCore;
 
-struct Moto(Child);
+struct Moto(Option<Child>);
 impl Drop for Moto {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -23,12 +27,11 @@ fn free_port() -> u16 {
 }
 
 /// moto accepts unsigned requests: create the bucket with one raw HTTP PUT.
-fn create_bucket(port: u16, bucket: &str) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+fn create_bucket(addr: &str, bucket: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(addr) else {
         return false;
     };
-    let req =
-        format!("PUT /{bucket} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let req = format!("PUT /{bucket} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
     if s.write_all(req.as_bytes()).is_err() {
         return false;
     }
@@ -37,11 +40,10 @@ fn create_bucket(port: u16, bucket: &str) -> bool {
     resp.starts_with("HTTP/1.1 200")
 }
 
-#[tokio::test]
-async fn s3_round_trip_with_moto() {
-    if std::env::var("BLOCKSNAP_S3_TEST").as_deref() != Ok("1") {
-        eprintln!("skipped: set BLOCKSNAP_S3_TEST=1 to run against moto_server");
-        return;
+/// The S3 endpoint to use (`http://host:port`) and the server this test started, if any.
+fn s3_server() -> (String, Moto) {
+    if let Ok(e) = std::env::var("BLOCKSNAP_S3_ENDPOINT") {
+        return (e, Moto(None));
     }
     let port = free_port();
     let child = Command::new("moto_server")
@@ -49,17 +51,28 @@ async fn s3_round_trip_with_moto() {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
-    let _moto = Moto(child);
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start moto_server ({e}): install it (pip install 'moto[server]') or set BLOCKSNAP_S3_ENDPOINT"
+            )
+        });
+    (format!("http://127.0.0.1:{port}"), Moto(Some(child)))
+}
+
+#[tokio::test]
+async fn s3_round_trip() {
+    let (endpoint, _moto) = s3_server();
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let bucket = format!("snaps-{:08x}", rand::random::<u32>());
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !create_bucket(port, "snaps") {
-        assert!(Instant::now() < deadline, "moto_server did not start");
+    while !create_bucket(&addr, &bucket) {
+        assert!(Instant::now() < deadline, "the S3 server at {endpoint} did not answer within 30 s");
         std::thread::sleep(Duration::from_millis(200));
     }
     let cfg = S3Config {
-        bucket: "snaps".into(),
+        bucket: bucket.clone(),
         prefix: "region/us-east-1".into(),
-        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        endpoint: Some(endpoint.clone()),
         region: "us-east-1".into(),
         access_key_id: Some("test".into()),
         secret_access_key: Some("test".into()),
