@@ -96,6 +96,7 @@ mod error;
 mod gc;
 mod id;
 mod manifest;
+mod retry;
 mod segment;
 mod store;
 
@@ -104,6 +105,7 @@ pub use error::{Result, StoreError};
 pub use gc::GcReport;
 pub use id::{BlockId, SegmentId};
 pub use manifest::{EncryptionInfo, Manifest, ManifestHeader};
+pub use retry::{RetryPolicy, Retrying};
 #[cfg(feature = "s3")]
 pub use store::S3Config;
 pub use store::{BlockStore, LocalOptions, PutOutcome, SyncMode, VerifyMode, VerifyReport};

@@ -19,6 +19,7 @@ use crate::crypto::Codec;
 use crate::error::{Result, StoreError};
 use crate::id::{BlockId, SegmentId};
 use crate::manifest::{self, Manifest, ManifestHeader, check_snapshot_id};
+use crate::retry::{RetryPolicy, Retrying};
 use crate::{BLOCK_SIZE, SEGMENT_BLOCKS, STORE_FORMAT, STORE_FORMATS, chunk, segment};
 
 /// Concurrent object requests for segment and verify walks (COLD uses 64, PBS restores
@@ -199,7 +200,9 @@ impl BlockStore {
         let fs = LocalFileSystem::new_with_prefix(&root)?
             .with_automatic_cleanup(true)
             .with_fsync(opts.sync == SyncMode::EveryObject);
-        Self::open_inner(Arc::new(fs), Path::default(), Some(root), opts.sync).await
+        let fs: Arc<dyn ObjectStore> = Arc::new(fs);
+        Self::open_inner(Arc::new(Retrying::new(fs, RetryPolicy::default())), Path::default(), Some(root), opts.sync)
+            .await
     }
 
     /// Open (creating if needed) a store in an S3 bucket.
@@ -227,6 +230,12 @@ impl BlockStore {
         if !cfg.conditional_put {
             b = b.with_conditional_put(S3ConditionalPut::Disabled);
         }
+        // The HTTP client's own retries stay short: `Retrying` (over every backend) bounds the call.
+        b = b.with_retry(object_store::RetryConfig {
+            max_retries: 2,
+            retry_timeout: std::time::Duration::from_secs(20),
+            ..Default::default()
+        });
         let s3 = b.build()?;
         let prefix = Path::parse(cfg.prefix.trim_matches('/')).map_err(object_store::Error::from)?;
         Self::open(Arc::new(s3), prefix).await
@@ -234,7 +243,12 @@ impl BlockStore {
 
     /// Open (creating if needed) a store under `prefix` of any object store.
     pub async fn open(store: Arc<dyn ObjectStore>, prefix: Path) -> Result<Self> {
-        Self::open_inner(store, prefix, None, SyncMode::None).await
+        Self::open_with_policy(store, prefix, RetryPolicy::default()).await
+    }
+
+    /// [`BlockStore::open`] with another retry policy for the backend's calls.
+    pub async fn open_with_policy(store: Arc<dyn ObjectStore>, prefix: Path, policy: RetryPolicy) -> Result<Self> {
+        Self::open_inner(Arc::new(Retrying::new(store, policy)), prefix, None, SyncMode::None).await
     }
 
     async fn open_inner(
