@@ -1752,12 +1752,14 @@ impl Lightsail<'_> {
             d
         };
         let sh = lightsail_principal(ctx);
-        self.engine.delete_snapshot(&sh, &d.snapshot_id, false).map_err(to_lightsail)?;
         let mut ops = Ops::new(ctx);
         ops.add(name, "DiskSnapshot", ALL_ZONES, "DeleteDiskSnapshot", None, Track::Done);
         let mut recs = vec![Rec::DeleteDoc(KIND_DISK_SNAPSHOT, row_id(ctx, name))];
         recs.extend(ops.recs()?);
-        self.commit_or(recs, || {})?;
+        // The snapshot row and its name go in one transaction.
+        self.engine
+            .delete_snapshots_with(&sh, std::slice::from_ref(&d.snapshot_id), recs, false)
+            .map_err(to_lightsail)?;
         Ok(ops.answer(false))
     }
 
@@ -1882,18 +1884,20 @@ impl Lightsail<'_> {
             d
         };
         let sh = lightsail_principal(ctx);
-        for x in &d.disks {
-            match self.engine.delete_snapshot(&sh, &x.snapshot_id, false) {
-                Ok(()) => {}
-                Err(EngineError::Client { code: "InvalidSnapshot.NotFound", .. }) => {}
-                Err(e) => return Err(to_lightsail(e)),
-            }
-        }
+        let ids: Vec<String> = {
+            let st = self.engine.lock();
+            d.disks
+                .iter()
+                .filter(|x| st.snapshots.contains_key(&x.snapshot_id))
+                .map(|x| x.snapshot_id.clone())
+                .collect()
+        };
         let mut ops = Ops::new(ctx);
         ops.add(name, "InstanceSnapshot", ALL_ZONES, "DeleteInstanceSnapshot", None, Track::Done);
         let mut recs = vec![Rec::DeleteDoc(KIND_INSTANCE_SNAPSHOT, row_id(ctx, name))];
         recs.extend(ops.recs()?);
-        self.commit_or(recs, || {})?;
+        // Every disk's snapshot and the name go in one transaction: a crash never leaves half of it.
+        self.engine.delete_snapshots_with(&sh, &ids, recs, false).map_err(to_lightsail)?;
         Ok(ops.answer(false))
     }
 

@@ -339,33 +339,53 @@ impl Engine {
     }
 
     pub fn delete_snapshot(&self, ctx: &Ctx, id: &str, dry_run: bool) -> Result<()> {
+        self.delete_snapshots_with(ctx, &[id.to_string()], Vec::new(), dry_run)
+    }
+
+    /// Delete snapshots, committing `extra` rows (e.g. Lightsail names) in the same transaction: all
+    /// or nothing, and durable before any manifest goes (GC drops manifests without rows).
+    pub(crate) fn delete_snapshots_with(
+        &self,
+        ctx: &Ctx,
+        ids: &[String],
+        extra: Vec<Rec>,
+        dry_run: bool,
+    ) -> Result<()> {
         let mut st = self.lock();
-        let s = self.own_snapshot(&st, ctx, id)?.clone();
-        if s.state == SnapshotState::Pending {
-            return Err(EngineError::client(
-                "IncorrectState",
-                format!("Snapshot '{id}' is still pending; it can be deleted once it is completed or in error."),
-            ));
-        }
-        let children = st
-            .snapshots
-            .values()
-            .filter(|c| c.parent.as_deref() == Some(id) && c.state == SnapshotState::Pending)
-            .count();
-        if children > 0 || self.snapshot_busy(id) {
-            return Err(EngineError::client(
-                "InvalidSnapshot.InUse",
-                format!("The snapshot {id} is in use by a snapshot, copy or volume restore still running."),
-            ));
+        let mut gone = Vec::with_capacity(ids.len());
+        for id in ids {
+            let s = self.own_snapshot(&st, ctx, id)?.clone();
+            if s.state == SnapshotState::Pending {
+                return Err(EngineError::client(
+                    "IncorrectState",
+                    format!("Snapshot '{id}' is still pending; it can be deleted once it is completed or in error."),
+                ));
+            }
+            let children = st
+                .snapshots
+                .values()
+                .filter(|c| c.parent.as_deref() == Some(id.as_str()) && c.state == SnapshotState::Pending)
+                .count();
+            if children > 0 || self.snapshot_busy(id) {
+                return Err(EngineError::client(
+                    "InvalidSnapshot.InUse",
+                    format!("The snapshot {id} is in use by a snapshot, copy or volume restore still running."),
+                ));
+            }
+            gone.push(s);
         }
         if dry_run {
             return Err(EngineError::DryRun);
         }
-        self.commit(&mut st, vec![Rec::DeleteSnapshot(id.to_string())])?;
+        let mut recs: Vec<Rec> = gone.iter().map(|s| Rec::DeleteSnapshot(s.id.clone())).collect();
+        recs.extend(extra);
+        self.commit(&mut st, recs)?;
         drop(st);
-        // The row's deletion is durable before the manifest goes (GC drops manifests without rows).
+        // The rows' deletion is durable before the manifests go.
         self.sync_pending()?;
-        self.forget_snapshot_data(&s);
+        for s in &gone {
+            self.forget_snapshot_data(s);
+        }
         Ok(())
     }
 

@@ -148,6 +148,10 @@ fn child() {
             fail::cfg_callback("snapshot.before_delete_manifest", exit).unwrap();
             n.engine.delete_snapshot(&n.ctx, arg, false).unwrap();
         }
+        "delete-instance-snapshot" => {
+            fail::cfg_callback("snapshot.before_delete_manifest", exit).unwrap();
+            n.engine.lightsail().delete_instance_snapshot(&n.ctx, arg).unwrap();
+        }
         other => panic!("unknown case {other}"),
     }
 }
@@ -226,4 +230,70 @@ fn delete_snapshot_crash_before_manifest_goes() {
     reader.read_at(0, &mut buf).unwrap();
     assert_eq!(&buf[..65536], &pattern(3)[..]);
     assert_eq!(&buf[65536..], &pattern(4)[..]);
+}
+
+#[test]
+fn lightsail_delete_instance_snapshot_crash_before_manifests_go() {
+    use blocksnap_engine::lightsail::{CreateDisk, CreateInstanceSnapshot, CreateInstances};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (snap_ids, kept) = {
+        let n = open(dir);
+        let ls = n.engine.lightsail();
+        for name in ["web", "db"] {
+            let req = CreateInstances {
+                instance_names: vec![name.into()],
+                availability_zone: format!("{REGION}a"),
+                blueprint_id: "amazon_linux_2023".into(),
+                bundle_id: "nano_3_0".into(),
+                ..Default::default()
+            };
+            ls.create_instances(&n.ctx, req).unwrap();
+            if name == "web" {
+                // Two disks: the deletion must not be able to stop half way.
+                let req = CreateDisk {
+                    disk_name: "web-data".into(),
+                    availability_zone: format!("{REGION}a"),
+                    size_in_gb: 8,
+                    tags: vec![],
+                    add_ons: false,
+                };
+                ls.create_disk(&n.ctx, req).unwrap();
+                ls.attach_disk(&n.ctx, "web-data", "web", "/dev/xvdf").unwrap();
+            }
+            let req = CreateInstanceSnapshot {
+                instance_name: name.into(),
+                instance_snapshot_name: format!("{name}-snap"),
+                tags: vec![],
+            };
+            ls.create_instance_snapshot(&n.ctx, req).unwrap();
+        }
+        n.engine.sync_pending().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while ["web-snap", "db-snap"].iter().any(|s| ls.get_instance_snapshot(&n.ctx, s).unwrap().state != "available")
+        {
+            assert!(Instant::now() < deadline, "instance snapshots not available after 60 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // The Lightsail objects' EC2 rows belong to a hidden owner: find them through the store.
+        let snaps = dir.join("snapshots").join(REGION).join("snaps");
+        let ids: Vec<String> = std::fs::read_dir(&snaps)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().trim_end_matches(".manifest").to_string())
+            .collect();
+        assert_eq!(ids.len(), 3, "web: system and data disk, db: system disk: {ids:?}");
+        (ids, "db-snap")
+    };
+    assert_eq!(crash_child("delete-instance-snapshot", dir, "web-snap"), CRASH_CODE, "the child crashes");
+    let n = open(dir);
+    let ls = n.engine.lightsail();
+    let err = ls.get_instance_snapshot(&n.ctx, "web-snap").unwrap_err();
+    assert!(err.to_string().contains("does not exist"), "the deleted instance snapshot stays deleted: {err}");
+    assert_eq!(ls.get_instance_snapshot(&n.ctx, kept).unwrap().state, "available", "the other one is intact");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(n.engine.gc_region(REGION, Duration::ZERO)).unwrap();
+    let left: Vec<&String> = snap_ids.iter().filter(|id| manifest(dir, id).exists()).collect();
+    assert_eq!(left.len(), 1, "GC removed the deleted snapshots' manifests, kept the other: {left:?}");
+    let reports = rt.block_on(n.engine.verify_snapshots(REGION)).unwrap();
+    assert!(reports.len() == 1 && reports[0].is_ok(), "{reports:?}");
 }
