@@ -478,6 +478,12 @@ def cli(server, world):
 
 
 # ------------------------------------------------------------------------------------ the sweep
+def test_every_front_end_is_swept():
+    """A new protocol front end (aws ebs, rbin, dlm, …) joins served_operations() and the recipes."""
+    front_ends = {p.name for p in (REPO_ROOT / "crates/api/src").iterdir() if p.is_dir()}
+    assert front_ends == set(SERVED), f"front ends {front_ends - set(SERVED)} are not swept"
+
+
 def test_every_served_operation_has_a_recipe():
     for svc, ops in SERVED.items():
         missing = [op for op in ops if op not in RECIPES[svc]]
