@@ -16,7 +16,12 @@ Also measures change-tracking overhead: blocksnap with and without change
 tracking (serve_dir --no-tracking), each on a fresh volume, so the first
 write to every 512 KiB block pays its bitmap fdatasync (the worst case).
 
-Usage: bench/nbd/run.py [--size-mib 1024] [--quick] [--binary PATH]
+TLS: blocksnap's NBD over TLS-PSK (what `blocksnap serve` speaks by default)
+vs the same server in plaintext, with qemu-nbd over TLS-PSK (gnutls) vs
+plaintext as the peer; same qemu-img bench client, TLS 1.3 with a PSK
+identity from a keys.psk file on both sides. Goal: TLS >= 0.8x plaintext.
+
+Usage: bench/nbd/run.py [--size-mib 1024] [--quick] [--binary PATH] [--tls-only]
 """
 
 import argparse
@@ -63,16 +68,39 @@ def stop(proc):
             proc.wait()
 
 
+PSK_IDENTITY = "bench"
+
+
+def psk_dir(work):
+    """A qemu `keys.psk` directory (`identity:hexkey`) shared by the servers and the client."""
+    d = os.path.join(work, "psk")
+    if not os.path.isdir(d):
+        os.makedirs(d, mode=0o700)
+        with open(os.path.join(d, "keys.psk"), "w") as f:
+            f.write(f"{PSK_IDENTITY}:{os.urandom(32).hex()}\n")
+        os.chmod(os.path.join(d, "keys.psk"), 0o600)
+    return d
+
+
 def bench(url, write, count, depth, size, step=None):
+    """`url`: an nbd:// URL, or (port, export, psk dir or None) for --image-opts (TLS when a dir)."""
     # Write back earlier runs' dirty pages first: otherwise one server's
     # writeback lands in the next one's measurement.
     os.sync()
-    args = ["qemu-img", "bench", "-f", "raw", "-c", str(count), "-d", str(depth), "-s", str(size)]
+    args = ["qemu-img", "bench", "-c", str(count), "-d", str(depth), "-s", str(size)]
     if step:
         args += ["-S", str(step)]
     if write:
         args += ["-w", "--pattern=0x5a"]
-    args.append(url)
+    if isinstance(url, tuple):
+        port, export, tls = url
+        opts = f"driver=nbd,host=127.0.0.1,port={port},export={export}"
+        if tls:
+            args += ["--object", f"tls-creds-psk,id=tls0,endpoint=client,dir={tls},username={PSK_IDENTITY}"]
+            opts += ",tls-creds=tls0"
+        args += ["--image-opts", opts]
+    else:
+        args += ["-f", "raw", url]
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     secs = float(re.search(r"Run completed in ([0-9.]+) seconds", out).group(1))
     secs = max(secs, 1e-6)
@@ -98,17 +126,18 @@ def workloads(size_mib, quick):
     ]
 
 
-def run_qemu_nbd(work, size_mib, loads):
+def run_qemu_nbd(work, size_mib, loads, tls=None, opts=False):
     img = os.path.join(work, "qemu.raw")
     subprocess.run(["qemu-img", "create", "-q", "-f", "raw", img, f"{size_mib}M"], check=True)
     port = free_port()
+    tls_args = ["--object", f"tls-creds-psk,id=tls0,endpoint=server,dir={tls}", "--tls-creds", "tls0"] if tls else []
     proc = subprocess.Popen(
-        ["qemu-nbd", "-f", "raw", "-t", "-e", "8", "-x", "x", "-b", "127.0.0.1", "-p", str(port),
+        ["qemu-nbd", *tls_args, "-f", "raw", "-t", "-e", "8", "-x", "x", "-b", "127.0.0.1", "-p", str(port),
          "--cache=writeback", "--aio=threads", img],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, proc)
-        url = f"nbd://127.0.0.1:{port}/x"
+        url = (port, "x", tls) if (tls or opts) else f"nbd://127.0.0.1:{port}/x"
         return {name: bench(url, *rest) for name, *rest in loads}
     finally:
         stop(proc)
@@ -117,16 +146,18 @@ def run_qemu_nbd(work, size_mib, loads):
         os.remove(img)
 
 
-def run_blocksnap(binary, work, tag, size_mib, loads, tracking=True):
+def run_blocksnap(binary, work, tag, size_mib, loads, tracking=True, tls=None, opts=False):
     d = os.path.join(work, f"bs-{tag}")
     port = free_port()
     args = [binary, "--dir", d, "--listen", f"127.0.0.1:{port}", "--create", f"vol-x:{size_mib}M"]
     if not tracking:
         args.append("--no-tracking")
+    if tls:
+        args += ["--tls-psk", os.path.join(tls, "keys.psk")]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(port, proc)
-        url = f"nbd://127.0.0.1:{port}/vol-x"
+        url = (port, "vol-x", tls) if (tls or opts) else f"nbd://127.0.0.1:{port}/vol-x"
         return {name: bench(url, *rest) for name, *rest in loads}
     finally:
         stop(proc)
@@ -148,6 +179,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer requests (CI smoke)")
     ap.add_argument("--binary", help="serve_dir binary (default: build the example in release)")
     ap.add_argument("--reps", type=int, default=3, help="alternating repetitions; the median is shown")
+    ap.add_argument("--tls-only", action="store_true", help="only the TLS vs plaintext table")
     a = ap.parse_args()
     for tool in ("qemu-img", "qemu-nbd"):
         if not shutil.which(tool):
@@ -159,7 +191,41 @@ def main():
         target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
         binary = os.path.join(target, "release", "examples", "serve_dir")
     loads = workloads(a.size_mib, a.quick)
+    tls_loads = [w for w in loads if w[0] in (
+        "seq write 1M qd8", "seq read 1M qd1", "seq read 1M qd8", "rand read 4K qd1", "rand read 4K qd64",
+        "rand write 4K qd64")]
+    # The first pass allocates: run it untimed before the TLS table's workloads.
+    tls_loads = [loads[0]] + tls_loads
     with tempfile.TemporaryDirectory(prefix="nbd-bench-", dir=os.environ.get("BENCH_TMP")) as work:
+        keys = psk_dir(work)
+        tb, tbp, tq, tqp = [], [], [], []
+        for rep in range(a.reps):
+            # Alternate TLS and plaintext, blocksnap and qemu-nbd.
+            order = [
+                lambda: tbp.append(run_blocksnap(binary, work, "plain", a.size_mib, tls_loads, opts=True)),
+                lambda: tb.append(run_blocksnap(binary, work, "tls", a.size_mib, tls_loads, tls=keys)),
+                lambda: tqp.append(run_qemu_nbd(work, a.size_mib, tls_loads, opts=True)),
+                lambda: tq.append(run_qemu_nbd(work, a.size_mib, tls_loads, tls=keys)),
+            ]
+            for f in (order if rep % 2 == 0 else order[::-1]):
+                f()
+        tb, tbp, tq, tqp = (median(x) for x in (tb, tbp, tq, tqp))
+        print(f"\nNBD over TLS-PSK vs plaintext: {a.size_mib} MiB image, qemu-img bench client "
+              f"(--image-opts driver=nbd), {os.cpu_count()} CPUs, median of {a.reps} alternating runs\n")
+        print("| workload | blocksnap plain IOPS | blocksnap TLS IOPS | TLS/plain | qemu-nbd plain IOPS "
+              "| qemu-nbd TLS IOPS | TLS/plain | blocksnap TLS MiB/s | qemu-nbd TLS MiB/s |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        worst_tls = None
+        for name, *_ in tls_loads[1:]:
+            r_b = tb[name][1] / tbp[name][1]
+            r_q = tq[name][1] / tqp[name][1]
+            worst_tls = r_b if worst_tls is None else min(worst_tls, r_b)
+            print(f"| {name} | {tbp[name][1]:.0f} | {tb[name][1]:.0f} | {r_b:.2f} | {tqp[name][1]:.0f} "
+                  f"| {tq[name][1]:.0f} | {r_q:.2f} | {tb[name][0]:.1f} | {tq[name][0]:.1f} |")
+        print(f"\nworst blocksnap TLS/plaintext ratio: {worst_tls:.2f} (goal >= 0.80)")
+        sys.stdout.flush()
+        if a.tls_only:
+            return
         # Tracking overhead is a first-write cost: measure on fresh volumes.
         writes = [loads[0], *(w for w in loads if w[1] and w[4] == 4096)]
         qs, bs, ons, offs = [], [], [], []

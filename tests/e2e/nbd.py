@@ -10,22 +10,76 @@ is decided in one place:
 - `uri(server, export)` is the libnbd URI for `nbdinfo` / `nbdcopy` (`uri(server)` lists exports).
 
 `creds=` (a conftest `Creds`) selects another account; the default is the server's root account.
+NBD is TLS with a pre-shared key: `credentials(server, creds)` gets the account's key once per server
+with `blocksnap nbd-credentials` (the real CLI, over SigV4) and caches it. A server started with
+`--nbd-insecure-plaintext` is spoken to in plaintext.
 """
 from __future__ import annotations
 
+import os
 import subprocess
+from dataclasses import dataclass
+from pathlib import Path
 
 MiB = 1 << 20
 
 
+@dataclass
+class NbdCreds:
+    identity: str
+    dir: Path
+
+    @property
+    def psk_file(self) -> Path:
+        return self.dir / "keys.psk"
+
+
+def plaintext(server) -> bool:
+    return "--nbd-insecure-plaintext" in getattr(server, "extra_args", [])
+
+
+def fetch_credentials(server, creds=None, out: Path | None = None, rotate: bool = False,
+                      check: bool = True) -> subprocess.CompletedProcess:
+    """Run `blocksnap nbd-credentials` as `creds` (default: root) against `server`."""
+    from conftest import blocksnap_bin
+    c = creds or server.creds
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"AWS_ACCESS_KEY_ID": c.access_key, "AWS_SECRET_ACCESS_KEY": c.secret_key,
+                "AWS_DEFAULT_REGION": server.region, "AWS_ENDPOINT_URL": server.endpoint.rstrip("/"),
+                "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                "AWS_EC2_METADATA_DISABLED": "true"})
+    out = out or server.workdir / f"nbd-{c.access_key}"
+    cmd = [str(blocksnap_bin()), "nbd-credentials", "--out", str(out)] + (["--rotate"] if rotate else [])
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
+    if check and p.returncode != 0:
+        raise AssertionError(f"nbd-credentials failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+def credentials(server, creds=None) -> NbdCreds:
+    """The NBD credential of an account on this server (fetched once, then cached)."""
+    c = creds or server.creds
+    cache = server.__dict__.setdefault("_nbd_creds", {})
+    if c.access_key not in cache:
+        out = server.workdir / f"nbd-{c.access_key}"
+        fetch_credentials(server, c, out)
+        identity = (out / "keys.psk").read_text().split(":", 1)[0]
+        cache[c.access_key] = NbdCreds(identity, out)
+    return cache[c.access_key]
+
+
 def tls_objects(server, creds=None) -> list[str]:
     """The qemu `--object` arguments the NBD transport needs (none for plaintext)."""
-    return []
+    if plaintext(server):
+        return []
+    k = credentials(server, creds)
+    return ["--object", f"tls-creds-psk,id=tls0,endpoint=client,dir={k.dir},username={k.identity}"]
 
 
 def image_opts(server, export: str, creds=None) -> str:
     """A qemu `--image-opts` string naming one export."""
-    return f"driver=nbd,host=127.0.0.1,port={server.nbd_port},export={export}"
+    tls = "" if plaintext(server) else ",tls-creds=tls0"
+    return f"driver=nbd,host=127.0.0.1,port={server.nbd_port},export={export}{tls}"
 
 
 def file_opts(path) -> str:
@@ -35,7 +89,10 @@ def file_opts(path) -> str:
 
 def uri(server, export: str = "", creds=None) -> str:
     """The libnbd URI (nbdinfo, nbdcopy) of one export, or of the server with no export."""
-    return f"nbd://127.0.0.1:{server.nbd_port}/{export}"
+    if plaintext(server):
+        return f"nbd://127.0.0.1:{server.nbd_port}/{export}"
+    k = credentials(server, creds)
+    return f"nbds://{k.identity}@127.0.0.1:{server.nbd_port}/{export}?tls-psk-file={k.psk_file}"
 
 
 def qemu_img(server, sub: str, *args: str, creds=None, check: bool = False,

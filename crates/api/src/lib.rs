@@ -7,6 +7,7 @@ pub mod ec2;
 mod json;
 mod kms;
 mod lightsail;
+mod nbd;
 
 use std::sync::Arc;
 
@@ -142,6 +143,7 @@ fn json_service(target_prefix: &str) -> Option<&'static str> {
     match target_prefix {
         "TrentService" => Some("kms"),
         "Lightsail_20161128" => Some("lightsail"),
+        nbd::TARGET => Some(nbd::SERVICE),
         _ => None,
     }
 }
@@ -173,6 +175,13 @@ async fn handle_json(
         "TrentService" => {
             tokio::task::spawn_blocking(move || {
                 let r = kms::dispatch(&engine, &caller.ctx, &op, &parsed);
+                engine.sync_pending().and(r)
+            })
+            .await
+        }
+        nbd::TARGET => {
+            tokio::task::spawn_blocking(move || {
+                let r = nbd::dispatch(&engine, &caller.ctx, &op, &parsed);
                 engine.sync_pending().and(r)
             })
             .await

@@ -1,19 +1,73 @@
 //! The NBD exports the engine allows: `vol-…` while the volume is attached (read-write), `snap-…`
-//! for completed snapshots (read-only). The engine decides; this only adapts it to the NBD server.
+//! for completed snapshots (read-only), each only to a client whose TLS-PSK identity is an NBD
+//! credential of an account that may open it. The engine decides; this only adapts it to the NBD
+//! server.
 
+use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use blocksnap_engine::SnapshotReader;
 use blocksnap_engine::{Engine, ExportHooks};
-use blocksnap_nbd::{BlockDevice, Export, ExportResolver, Extent, NbdServer};
+use blocksnap_nbd::tls::TlsConfig;
+use blocksnap_nbd::{BlockDevice, Client, Export, ExportResolver, Extent, NbdServer, ServerConfig};
+
+/// Refuses what must not start: plaintext NBD beyond loopback.
+pub fn check_listen(addr: SocketAddr, insecure_plaintext: bool) -> anyhow::Result<()> {
+    if insecure_plaintext && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve plaintext NBD on {addr}: anyone who can reach it could read and write volumes. \
+             Drop --nbd-insecure-plaintext to serve NBD over TLS with pre-shared keys (clients get theirs with \
+             `blocksnap nbd-credentials`), or listen on a loopback address (127.0.0.1) for local development"
+        );
+    }
+    Ok(())
+}
+
+/// The NBD server over the engine's exports: TLS-PSK with the engine's NBD credentials, or
+/// (development only) plaintext serving every export to any local client.
+pub fn server(engine: &Arc<Engine>, insecure_plaintext: bool) -> anyhow::Result<Arc<NbdServer>> {
+    let resolver = Arc::new(Exports { engine: engine.clone(), authenticated: !insecure_plaintext });
+    let mut config = ServerConfig::default();
+    if insecure_plaintext {
+        tracing::warn!(
+            "NBD is plaintext and unauthenticated (--nbd-insecure-plaintext): every local user can read and write every attached volume and completed snapshot; for development only"
+        );
+    } else {
+        let e = engine.clone();
+        let tls = TlsConfig::psk(Arc::new(move |identity: &str| e.nbd_psk(identity)))
+            .map_err(|e| anyhow::anyhow!("setting up NBD TLS: {e}"))?;
+        config.tls = Some(Arc::new(tls));
+    }
+    Ok(Arc::new(NbdServer::with_config(resolver, config)))
+}
 
 pub struct Exports {
     pub engine: Arc<Engine>,
+    /// False only in plaintext development mode, where clients have no identity.
+    pub authenticated: bool,
+}
+
+impl Exports {
+    /// The account a client authenticated as.
+    fn account(&self, client: &Client) -> Option<String> {
+        self.engine.nbd_account(client.identity.as_deref()?)
+    }
 }
 
 impl ExportResolver for Exports {
-    fn lookup(&self, name: &str) -> Option<Export> {
+    fn allowed(&self, client: &Client, name: &str) -> bool {
+        if !self.authenticated {
+            return true;
+        }
+        self.account(client).is_some_and(|a| self.engine.nbd_may_open(&a, name))
+    }
+
+    fn lookup(&self, client: &Client, name: &str) -> Option<Export> {
+        if !self.allowed(client, name) {
+            return None;
+        }
         if name.starts_with("vol-") {
             let v = self.engine.attached_volume(name)?;
             let device: Arc<dyn BlockDevice> = v;
@@ -27,30 +81,48 @@ impl ExportResolver for Exports {
         None
     }
 
-    fn list(&self) -> Vec<String> {
-        self.engine.attached_volume_ids()
+    fn list(&self, client: &Client) -> Vec<String> {
+        if !self.authenticated {
+            return self.engine.attached_volume_ids();
+        }
+        self.account(client).map(|a| self.engine.nbd_exports(&a)).unwrap_or_default()
     }
 }
 
-/// Closes an export's live connections when the engine says so, waiting (bounded) for in-flight
-/// requests to finish so DetachVolume returns only once the volume is quiet.
-pub struct CloseOnDetach {
+/// Ends live NBD connections when the engine revokes access, waiting (bounded) for in-flight
+/// requests to finish so e.g. DetachVolume returns only once the volume is quiet.
+pub struct NbdHooks {
     pub server: Arc<NbdServer>,
     pub runtime: tokio::runtime::Handle,
 }
 
-impl ExportHooks for CloseOnDetach {
-    fn close_export(&self, name: &str) {
+impl NbdHooks {
+    fn wait<F: Future<Output = ()> + Send + 'static>(&self, what: &str, f: F) {
         let (tx, rx) = std::sync::mpsc::channel();
-        let server = self.server.clone();
-        let name = name.to_string();
         self.runtime.spawn(async move {
-            server.close_export(&name).await;
+            f.await;
             let _ = tx.send(());
         });
         if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            tracing::warn!("closing an NBD export took more than 30 s; continuing");
+            tracing::warn!("{what} took more than 30 s; continuing");
         }
+    }
+}
+
+impl ExportHooks for NbdHooks {
+    fn close_export(&self, name: &str) {
+        let (server, name) = (self.server.clone(), name.to_string());
+        self.wait("closing an NBD export", async move { server.close_export(&name).await });
+    }
+
+    fn access_changed(&self, name: &str) {
+        let (server, name) = (self.server.clone(), name.to_string());
+        self.wait("re-checking an NBD export's connections", async move { server.revalidate(&name).await });
+    }
+
+    fn credentials_revoked(&self, identities: &[String]) {
+        let (server, ids) = (self.server.clone(), identities.to_vec());
+        self.wait("closing revoked NBD credentials' connections", async move { server.close_identities(&ids).await });
     }
 }
 

@@ -3,6 +3,7 @@
 mod config;
 mod datadir;
 mod exports;
+mod nbd_credentials;
 mod telemetry;
 
 use std::net::SocketAddr;
@@ -12,7 +13,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use blocksnap_catalog::{OpenMode, SqliteCatalog};
 use blocksnap_engine::{Engine, EngineConfig, Storage};
-use blocksnap_nbd::NbdServer;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -41,6 +41,10 @@ enum Command {
         /// NBD address for volume and snapshot exports.
         #[arg(long, env = "BLOCKSNAP_NBD_LISTEN", default_value = "127.0.0.1:10809")]
         nbd_listen: SocketAddr,
+        /// Development only: serve NBD without TLS and without authentication (every local
+        /// client may open every export). Refused unless --nbd-listen is a loopback address.
+        #[arg(long, env = "BLOCKSNAP_NBD_INSECURE_PLAINTEXT")]
+        nbd_insecure_plaintext: bool,
         /// Optional TOML configuration (regions, stores, catalog, limits).
         #[arg(long, env = "BLOCKSNAP_CONFIG")]
         config: Option<PathBuf>,
@@ -49,6 +53,9 @@ enum Command {
         #[arg(long, env = "BLOCKSNAP_METRICS_LISTEN")]
         metrics_listen: Option<telemetry::MetricsListen>,
     },
+    /// Get NBD credentials (a TLS pre-shared key) for the calling account through the HTTP API,
+    /// signed with the standard AWS credential chain, and write the files NBD clients need.
+    NbdCredentials(nbd_credentials::Args),
     /// Administration.
     Admin {
         #[command(subcommand)]
@@ -127,10 +134,11 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { data, listen, nbd_listen, config, metrics_listen } => serve(
+        Command::NbdCredentials(args) => nbd_credentials::run(args),
+        Command::Serve { data, listen, nbd_listen, nbd_insecure_plaintext, config, metrics_listen } => serve(
             &data.data_dir,
             listen,
-            nbd_listen,
+            (nbd_listen, nbd_insecure_plaintext),
             metrics_listen.unwrap_or(telemetry::MetricsListen::Default),
             config.as_deref(),
         ),
@@ -285,10 +293,11 @@ fn save_credentials(data_dir: &Path, text: &str) -> anyhow::Result<()> {
 fn serve(
     data_dir: &Path,
     listen: SocketAddr,
-    nbd_listen: SocketAddr,
+    (nbd_listen, nbd_insecure_plaintext): (SocketAddr, bool),
     metrics_listen: telemetry::MetricsListen,
     config: Option<&Path>,
 ) -> anyhow::Result<()> {
+    exports::check_listen(nbd_listen, nbd_insecure_plaintext)?;
     let file_cfg = match config {
         Some(p) => config::Config::load(p)?,
         None => config::Config::default(),
@@ -384,8 +393,8 @@ fn serve(
     };
     let handle = runtime.handle().clone();
     runtime.block_on(async move {
-        let nbd = Arc::new(NbdServer::new(Arc::new(exports::Exports { engine: engine.clone() })));
-        engine.set_export_hooks(Arc::new(exports::CloseOnDetach { server: nbd.clone(), runtime: handle }));
+        let nbd = exports::server(&engine, nbd_insecure_plaintext)?;
+        engine.set_export_hooks(Arc::new(exports::NbdHooks { server: nbd.clone(), runtime: handle }));
         let nbd_listener = tokio::net::TcpListener::from_std(nbd_listener)?;
         let nbd_task = tokio::spawn(nbd.clone().serve(nbd_listener));
         let metrics_task = match metrics_listener.zip(prometheus) {

@@ -24,10 +24,19 @@ pub(crate) const KIND_KMS_KEY: &str = "kms_key";
 pub(crate) const KIND_SETTINGS: &str = "settings";
 pub(crate) const KIND_META: &str = "meta";
 
-/// What the engine tells the NBD front end: a volume stopped being attached (or is going away), so
-/// its export must close once in-flight requests finish. A hook, so the engine does not depend on NBD.
+/// What the engine tells the NBD front end about revocations, so live connections end with the
+/// access that allowed them. A hook, so the engine does not depend on NBD. Each call returns once
+/// the affected connections have answered their in-flight requests and closed (bounded); the
+/// engine calls them with no lock held, after the change is committed.
 pub trait ExportHooks: Send + Sync + 'static {
+    /// The export is gone for everyone (volume detached or deleted, snapshot deleted).
     fn close_export(&self, name: &str);
+    /// Who may open the export changed (a share removed): close the connections whose client may
+    /// no longer open it.
+    fn access_changed(&self, name: &str);
+    /// These NBD credentials were revoked (deleted, rotated): close the connections that
+    /// authenticated with them.
+    fn credentials_revoked(&self, identities: &[String]);
 }
 
 /// The storage the engine drives: the live volume store, the snapshot stores (one per region, under
@@ -97,8 +106,14 @@ pub(crate) enum Rec {
 }
 
 /// Catalog kinds owned by modules through `Rec::Doc`: loaded at start into `State::docs`.
-pub(crate) const DOC_KINDS: &[&str] =
-    &["ls_disk", "ls_instance", "ls_disk_snapshot", "ls_instance_snapshot", "ls_operation"];
+pub(crate) const DOC_KINDS: &[&str] = &[
+    "ls_disk",
+    "ls_instance",
+    "ls_disk_snapshot",
+    "ls_instance_snapshot",
+    "ls_operation",
+    crate::credentials::KIND_NBD_CREDENTIAL,
+];
 
 pub struct Engine {
     pub(crate) catalog: Arc<dyn Catalog>,
@@ -197,6 +212,12 @@ impl Engine {
     pub(crate) fn close_export(&self, name: &str) {
         if let Some(h) = self.exports.get() {
             h.close_export(name);
+        }
+    }
+
+    pub(crate) fn export_access_changed(&self, name: &str) {
+        if let Some(h) = self.exports.get() {
+            h.access_changed(name);
         }
     }
 

@@ -3,6 +3,7 @@
 //! XML, JSON or NBD bytes; its errors are [`EngineError`]s that map 1:1 to AWS error codes.
 
 mod copy;
+mod credentials;
 mod data;
 mod describe;
 mod engine;
@@ -21,6 +22,7 @@ mod tags;
 mod volumes;
 
 pub use copy::{COPY_VOLUME_ID, CopySnapshot, MAX_CONCURRENT_COPIES};
+pub use credentials::{MAX_NBD_CREDENTIALS, NbdCredential, NbdCredentialInfo};
 pub use data::{SnapshotReader, StoreStats};
 pub use describe::{IMAGES as DESCRIBE_IMAGES_LIMITS, ListQuery, Page, page_of};
 pub use engine::{Engine, EngineConfig, ExportHooks, Storage};

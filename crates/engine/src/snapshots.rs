@@ -381,6 +381,10 @@ impl Engine {
         recs.extend(extra);
         self.commit(&mut st, recs)?;
         drop(st);
+        // Readers of the exports end before their data goes.
+        for s in &gone {
+            self.close_export(&s.id);
+        }
         // The rows' deletion is durable before the manifests go.
         self.sync_pending()?;
         for s in &gone {
@@ -419,11 +423,18 @@ impl Engine {
                 s.create_volume_permissions.push(a);
             }
         }
+        let removed = s.create_volume_permissions.iter().any(|p| change.remove.contains(p));
         s.create_volume_permissions.retain(|p| !change.remove.contains(p));
         if dry_run {
             return Err(EngineError::DryRun);
         }
-        self.commit(&mut st, vec![Rec::Snapshot(s)])
+        self.commit(&mut st, vec![Rec::Snapshot(s)])?;
+        drop(st);
+        if removed {
+            // Accounts that lost the share lose their open NBD connections too.
+            self.export_access_changed(id);
+        }
+        Ok(())
     }
 }
 

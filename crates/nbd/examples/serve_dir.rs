@@ -2,27 +2,33 @@
 //!
 //! cargo run --release -p blocksnap-nbd --example serve_dir -- \
 //!     --dir D --listen 127.0.0.1:10809 [--create NAME:SIZE[K|M|G]]... [--no-tracking] [--no-inline]
+//!     [--tls-psk FILE]
+//!
+//! `--tls-psk FILE` (qemu's `keys.psk` format, `identity:hexkey` lines): TLS-PSK required, any
+//! identity in the file opens every export.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use blocksnap_nbd::{Export, ExportResolver, NbdServer, ServerConfig};
+use blocksnap_nbd::{Client, Export, ExportResolver, NbdServer, ServerConfig};
 use blocksnap_volume::{StoreOptions, VolumeStore};
 
 struct StoreResolver(VolumeStore);
 
 impl ExportResolver for StoreResolver {
-    fn lookup(&self, name: &str) -> Option<Export> {
+    fn lookup(&self, _client: &Client, name: &str) -> Option<Export> {
         let v = self.0.open_volume(name).ok()?;
         Some(Export::new(v, false))
     }
-    fn list(&self) -> Vec<String> {
+    fn list(&self, _client: &Client) -> Vec<String> {
         self.0.list().unwrap_or_default()
     }
 }
 
 fn usage() -> ! {
-    eprintln!("usage: serve_dir --dir D [--listen ADDR] [--create NAME:SIZE]... [--no-tracking] [--no-inline]");
+    eprintln!(
+        "usage: serve_dir --dir D [--listen ADDR] [--create NAME:SIZE]... [--no-tracking] [--no-inline] [--tls-psk FILE]"
+    );
     std::process::exit(2)
 }
 
@@ -47,6 +53,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut creates = Vec::new();
     let mut tracking = true;
     let mut inline = true;
+    let mut psk_file = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -55,6 +62,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "--create" => creates.push(args.next().unwrap_or_else(|| usage())),
             "--no-tracking" => tracking = false,
             "--no-inline" => inline = false,
+            "--tls-psk" => psk_file = Some(PathBuf::from(args.next().unwrap_or_else(|| usage()))),
             _ => usage(),
         }
     }
@@ -69,7 +77,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let listener = tokio::net::TcpListener::bind(&listen).await?;
     eprintln!("serving on {}", listener.local_addr()?);
-    let config = ServerConfig { inline_io: inline, ..ServerConfig::default() };
+    let mut config = ServerConfig { inline_io: inline, ..ServerConfig::default() };
+    if let Some(f) = psk_file {
+        let mut keys = std::collections::HashMap::new();
+        for line in std::fs::read_to_string(f)?.lines() {
+            let (id, hex) = line.trim().split_once(':').ok_or("keys file: identity:hexkey lines")?;
+            let key = (0..hex.len())
+                .step_by(2)
+                .map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+                .collect::<Option<Vec<u8>>>()
+                .ok_or("keys file: bad hex key")?;
+            keys.insert(id.to_string(), key);
+        }
+        let tls = blocksnap_nbd::tls::TlsConfig::psk(Arc::new(move |id: &str| keys.get(id).cloned()))?;
+        config.tls = Some(Arc::new(tls));
+    }
     let server = Arc::new(NbdServer::with_config(Arc::new(StoreResolver(store)), config));
     let s2 = server.clone();
     tokio::spawn(async move {

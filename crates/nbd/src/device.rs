@@ -111,12 +111,27 @@ impl Export {
     }
 }
 
-/// Maps export names to devices. Called from async tasks: keep it quick.
+/// Who is on the other end of a connection, as far as the transport proved it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Client {
+    /// The TLS-PSK identity whose key the client proved it holds; `None` on a
+    /// plaintext connection (which has proved nothing).
+    pub identity: Option<String>,
+}
+
+/// Maps export names to devices for one client. Called from async tasks:
+/// keep it quick. An export the client may not open must look exactly like
+/// one that does not exist (`None`, and absent from `list`).
 pub trait ExportResolver: Send + Sync + 'static {
     /// `None` => the client gets `NBD_REP_ERR_UNKNOWN`.
-    fn lookup(&self, name: &str) -> Option<Export>;
-    /// Names for `NBD_OPT_LIST`.
-    fn list(&self) -> Vec<String>;
+    fn lookup(&self, client: &Client, name: &str) -> Option<Export>;
+    /// Names for `NBD_OPT_LIST`: only what `client` may open.
+    fn list(&self, client: &Client) -> Vec<String>;
+    /// Whether `client` may still use `name`: asked for live connections by
+    /// [`crate::NbdServer::revalidate`] when who may open it changed.
+    fn allowed(&self, client: &Client, name: &str) -> bool {
+        self.lookup(client, name).is_some()
+    }
 }
 
 /// NBD error number for a device error.
@@ -165,12 +180,13 @@ impl StaticResolver {
     }
 }
 
+/// Serves every export to every client (tests, tools).
 impl ExportResolver for StaticResolver {
-    fn lookup(&self, name: &str) -> Option<Export> {
+    fn lookup(&self, _client: &Client, name: &str) -> Option<Export> {
         self.exports.read().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
     }
 
-    fn list(&self) -> Vec<String> {
+    fn list(&self, _client: &Client) -> Vec<String> {
         self.exports.read().unwrap_or_else(std::sync::PoisonError::into_inner).keys().cloned().collect()
     }
 }

@@ -10,9 +10,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, B
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-use crate::device::{BlockDevice, Export, ExportResolver, errno_of};
+use crate::device::{BlockDevice, Client, Export, ExportResolver, errno_of};
 use crate::metrics::{ConnMetrics, Op};
 use crate::proto::*;
+use crate::tls::TlsConfig;
 
 /// Tunables of an [`NbdServer`].
 #[derive(Debug, Clone)]
@@ -25,13 +26,26 @@ pub struct ServerConfig {
     /// connection's task (through the device's `try_*` fast paths) instead of
     /// a blocking thread: saves two thread hand-offs per request.
     pub inline_io: bool,
+    /// With TLS set, every TCP client must `NBD_OPT_STARTTLS` and
+    /// authenticate before anything else (other options are answered
+    /// `NBD_REP_ERR_TLS_REQD`); without, connections are plaintext and carry
+    /// no identity.
+    pub tls: Option<Arc<TlsConfig>>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { handshake_timeout: Duration::from_secs(30), max_inflight_bytes: 256 << 20, inline_io: true }
+        ServerConfig {
+            handshake_timeout: Duration::from_secs(30),
+            max_inflight_bytes: 256 << 20,
+            inline_io: true,
+            tls: None,
+        }
     }
 }
+
+/// Options a client may send before `NBD_OPT_STARTTLS` on a TLS-only server.
+const MAX_OPTIONS_BEFORE_TLS: usize = 16;
 
 /// Options longer than this are answered `NBD_REP_ERR_TOO_BIG`; longer than
 /// [`MAX_OPTION_DISCARD`] the client is dropped.
@@ -48,17 +62,28 @@ const INLINE_BACKOFF: Duration = Duration::from_secs(1);
 /// Time the last replies get to reach a closing client.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
+/// A connection's stop signal: keep serving; stop reading requests and answer
+/// those in flight (shutdown); or cut it: access was revoked, so in-flight
+/// requests finish on the device but nothing more reaches the client.
+const RUN: u8 = 0;
+const DRAIN: u8 = 1;
+const CUT: u8 = 2;
+
 #[derive(Debug, thiserror::Error)]
 enum HandshakeError {
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
     #[error("protocol: {0}")]
     Protocol(&'static str),
+    #[error("tls: {0}")]
+    Tls(String),
 }
 
 struct ConnEntry {
+    id: u64,
     export: String,
-    stop: watch::Sender<bool>,
+    client: Client,
+    stop: watch::Sender<u8>,
     done: watch::Receiver<bool>,
 }
 
@@ -69,6 +94,9 @@ struct Registry {
     /// Bumped by `close_export`: a connection whose lookup raced with a close
     /// is refused rather than left open.
     generations: HashMap<String, u64>,
+    /// Bumped by every revocation that is not by export name (credentials,
+    /// access changes): a lookup that raced with one is redone.
+    revocations: u64,
     shutting_down: bool,
 }
 
@@ -85,7 +113,7 @@ pub struct NbdServer {
 struct Registration {
     server: Arc<NbdServer>,
     id: u64,
-    stop: watch::Receiver<bool>,
+    stop: watch::Receiver<u8>,
     done: watch::Sender<bool>,
 }
 
@@ -159,11 +187,64 @@ impl NbdServer {
 
     async fn serve_tcp(self: Arc<Self>, stream: TcpStream, peer: String) {
         let _ = stream.set_nodelay(true);
-        let (rd, wr) = stream.into_split();
-        self.serve_connection(rd, wr, peer).await;
+        let Some(tls) = self.config.tls.clone() else {
+            let (rd, wr) = stream.into_split();
+            self.serve_connection(rd, wr, peer).await;
+            return;
+        };
+        let hs = tokio::time::timeout(self.config.handshake_timeout, self.handshake_tls(&tls, stream)).await;
+        match hs {
+            Ok(Ok(Some((rd, wr, neg)))) => {
+                tracing::debug!(%peer, export = %neg.name, "nbd tls client connected");
+                self.transmission(rd, wr, neg).await;
+                tracing::debug!(%peer, "nbd client disconnected");
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::debug!(%peer, error = %e, "nbd tls handshake ended"),
+            Err(_) => tracing::debug!(%peer, "nbd handshake timed out"),
+        }
     }
 
-    /// Serves one client over any byte stream (used for TCP, and by tests).
+    /// The handshake of a TLS-only server: hello, options until
+    /// `NBD_OPT_STARTTLS`, the TLS handshake (PSK: it authenticates the client),
+    /// then the usual option haggling inside TLS.
+    #[allow(clippy::type_complexity)]
+    async fn handshake_tls(
+        self: &Arc<Self>,
+        tls: &TlsConfig,
+        mut stream: TcpStream,
+    ) -> Result<
+        Option<(
+            tokio::io::ReadHalf<tokio_openssl::SslStream<TcpStream>>,
+            tokio::io::WriteHalf<tokio_openssl::SslStream<TcpStream>>,
+            Negotiated,
+        )>,
+        HandshakeError,
+    > {
+        let no_zeroes = hello(&mut stream).await?;
+        if !await_starttls(&mut stream).await? {
+            let _ = stream.shutdown().await;
+            return Ok(None);
+        }
+        let ssl = tls.new_session().map_err(|e| HandshakeError::Tls(e.to_string()))?;
+        let mut s = tokio_openssl::SslStream::new(ssl, stream).map_err(|e| HandshakeError::Tls(e.to_string()))?;
+        std::pin::Pin::new(&mut s).accept().await.map_err(|e| HandshakeError::Tls(e.to_string()))?;
+        let Some(identity) = crate::tls::authenticated_identity(s.ssl()) else {
+            return Err(HandshakeError::Tls("no authenticated identity".into()));
+        };
+        let client = Client { identity: Some(identity) };
+        let (mut rd, mut wr) = tokio::io::split(s);
+        match self.options(&mut rd, &mut wr, no_zeroes, &client, true).await? {
+            Some(neg) => Ok(Some((rd, wr, neg))),
+            None => {
+                let _ = wr.shutdown().await;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Serves one plaintext client over any byte stream (used for TCP without
+    /// TLS, and by tests). The client has no identity.
     pub async fn serve_connection<R, W>(self: Arc<Self>, mut rd: R, mut wr: W, peer: String)
     where
         R: AsyncRead + Unpin + Send + 'static,
@@ -191,22 +272,52 @@ impl NbdServer {
         tracing::debug!(%peer, "nbd client disconnected");
     }
 
-    /// Closes every live connection of `name` after its in-flight requests
-    /// have been answered, and returns once they are gone. A connection still
-    /// in its handshake that resolved `name` before this call is refused.
+    /// Cuts every live connection of `name` once its in-flight requests have
+    /// finished on the device (unanswered), and returns once they are gone. A
+    /// connection still in its handshake that resolved `name` before this call
+    /// is refused.
     pub async fn close_export(&self, name: &str) {
-        self.stop_connections(|r| {
+        self.stop_connections(CUT, |r| {
             *r.generations.entry(name.to_string()).or_insert(0) += 1;
             |c: &ConnEntry| c.export == name
         })
         .await;
     }
 
+    /// Closes every live connection authenticated with one of `identities`
+    /// (revoked credentials) and returns once they are gone. A handshake that
+    /// authenticated before this call and opens an export after it is refused.
+    pub async fn close_identities(&self, identities: &[String]) {
+        self.stop_connections(CUT, |r| {
+            r.revocations += 1;
+            |c: &ConnEntry| c.client.identity.as_ref().is_some_and(|i| identities.contains(i))
+        })
+        .await;
+    }
+
+    /// Who may open `name` changed (e.g. a snapshot's share was removed):
+    /// asks the resolver again for every live connection of `name` and closes
+    /// those no longer allowed; returns once they are gone.
+    pub async fn revalidate(&self, name: &str) {
+        let clients: Vec<(u64, Client)> = {
+            let mut r = self.registry();
+            r.revocations += 1;
+            r.conns.iter().filter(|(_, c)| c.export == name).map(|(id, c)| (*id, c.client.clone())).collect()
+        };
+        // Asked outside the registry lock: the resolver takes its own locks.
+        let denied: Vec<u64> =
+            clients.into_iter().filter(|(_, c)| !self.resolver.allowed(c, name)).map(|(id, _)| id).collect();
+        if denied.is_empty() {
+            return;
+        }
+        self.stop_connections(CUT, |_| |c: &ConnEntry| c.export == name && denied.contains(&c.id)).await;
+    }
+
     /// Stops accepting, closes every connection cleanly, and returns once
     /// they are gone.
     pub async fn shutdown(&self) {
         let _ = self.shutdown.send(true);
-        self.stop_connections(|r| {
+        self.stop_connections(DRAIN, |r| {
             r.shutting_down = true;
             |_: &ConnEntry| true
         })
@@ -214,8 +325,9 @@ impl NbdServer {
     }
 
     /// Under the registry lock, run `prepare` (which says which connections to stop) and signal
-    /// them; then wait until each has finished its in-flight requests and closed.
-    async fn stop_connections<F: Fn(&ConnEntry) -> bool>(&self, prepare: impl FnOnce(&mut Registry) -> F) {
+    /// them (`how`: [`DRAIN`] or [`CUT`]); then wait until each has finished its in-flight
+    /// requests and closed.
+    async fn stop_connections<F: Fn(&ConnEntry) -> bool>(&self, how: u8, prepare: impl FnOnce(&mut Registry) -> F) {
         let waits: Vec<watch::Receiver<bool>> = {
             let mut r = self.registry();
             let selected = prepare(&mut r);
@@ -223,7 +335,7 @@ impl NbdServer {
                 .values()
                 .filter(|c| selected(c))
                 .map(|c| {
-                    let _ = c.stop.send(true);
+                    c.stop.send_modify(|s| *s = (*s).max(how));
                     c.done.clone()
                 })
                 .collect()
@@ -238,48 +350,62 @@ impl NbdServer {
         self.registry().conns.values().filter(|c| export.is_none_or(|e| e == c.export)).count()
     }
 
-    /// Looks an export up and registers the connection, unless a
-    /// `close_export` of that name raced with the lookup.
-    fn register(self: &Arc<Self>, name: &str) -> Option<(Export, Registration)> {
-        let gen0 = {
-            let r = self.registry();
-            if r.shutting_down {
+    /// Looks an export up for `client` and registers the connection, unless
+    /// a `close_export` of that name raced with the lookup; a lookup that raced
+    /// with another revocation is redone (the revocation may have been ours).
+    fn register(self: &Arc<Self>, client: &Client, name: &str) -> Option<(Export, Registration)> {
+        for _ in 0..8 {
+            let (gen0, rev0) = {
+                let r = self.registry();
+                if r.shutting_down {
+                    return None;
+                }
+                (r.generations.get(name).copied().unwrap_or(0), r.revocations)
+            };
+            let export = self.resolver.lookup(client, name)?;
+            let mut r = self.registry();
+            if r.shutting_down || r.generations.get(name).copied().unwrap_or(0) != gen0 {
                 return None;
             }
-            r.generations.get(name).copied().unwrap_or(0)
-        };
-        let export = self.resolver.lookup(name)?;
-        let mut r = self.registry();
-        if r.shutting_down || r.generations.get(name).copied().unwrap_or(0) != gen0 {
-            return None;
+            if r.revocations != rev0 {
+                continue;
+            }
+            let id = r.next_id;
+            r.next_id += 1;
+            let (stop_tx, stop_rx) = watch::channel(RUN);
+            let (done_tx, done_rx) = watch::channel(false);
+            r.conns.insert(
+                id,
+                ConnEntry { id, export: name.to_string(), client: client.clone(), stop: stop_tx, done: done_rx },
+            );
+            return Some((export, Registration { server: self.clone(), id, stop: stop_rx, done: done_tx }));
         }
-        let id = r.next_id;
-        r.next_id += 1;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let (done_tx, done_rx) = watch::channel(false);
-        r.conns.insert(id, ConnEntry { export: name.to_string(), stop: stop_tx, done: done_rx });
-        Some((export, Registration { server: self.clone(), id, stop: stop_rx, done: done_tx }))
+        None
     }
 
+    /// The plaintext handshake: hello, then option haggling with no identity.
     async fn handshake<R, W>(self: &Arc<Self>, rd: &mut R, wr: &mut W) -> Result<Option<Negotiated>, HandshakeError>
     where
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut hello = Vec::with_capacity(18);
-        hello.extend_from_slice(&NBDMAGIC.to_be_bytes());
-        hello.extend_from_slice(&IHAVEOPT.to_be_bytes());
-        hello.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
-        wr.write_all(&hello).await?;
-        wr.flush().await?;
-        let client_flags = rd.read_u32().await?;
-        if client_flags & !(CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES) != 0 {
-            return Err(HandshakeError::Protocol("unknown client flags"));
-        }
-        if client_flags & CLIENT_FIXED_NEWSTYLE == 0 {
-            return Err(HandshakeError::Protocol("client is not fixed-newstyle"));
-        }
-        let no_zeroes = client_flags & CLIENT_NO_ZEROES != 0;
+        let no_zeroes = hello_split(rd, wr).await?;
+        self.options(rd, wr, no_zeroes, &Client::default(), false).await
+    }
+
+    /// Option haggling until an export is chosen (`Some`) or the client aborts.
+    async fn options<R, W>(
+        self: &Arc<Self>,
+        rd: &mut R,
+        wr: &mut W,
+        no_zeroes: bool,
+        client: &Client,
+        tls_active: bool,
+    ) -> Result<Option<Negotiated>, HandshakeError>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
         let mut structured = false;
         // Export the base:allocation context was selected for.
         let mut meta_for: Option<String> = None;
@@ -302,7 +428,7 @@ impl NbdServer {
                     let name =
                         String::from_utf8(data).map_err(|_| HandshakeError::Protocol("export name is not UTF-8"))?;
                     // This option has no way to report an error: just close.
-                    let Some((export, reg)) = self.register(&name) else {
+                    let Some((export, reg)) = self.register(client, &name) else {
                         return Err(HandshakeError::Protocol("unknown export (EXPORT_NAME)"));
                     };
                     let n = self.negotiated(name, export, reg, structured, &meta_for);
@@ -326,7 +452,7 @@ impl NbdServer {
                         reply(wr, opt, REP_ERR_INVALID, b"LIST takes no data").await?;
                         continue;
                     }
-                    for name in self.resolver.list() {
+                    for name in self.resolver.list(client) {
                         let mut d = (name.len() as u32).to_be_bytes().to_vec();
                         d.extend_from_slice(name.as_bytes());
                         wr.write_all(&option_reply(opt, REP_SERVER, &d)).await?;
@@ -339,9 +465,9 @@ impl NbdServer {
                         continue;
                     };
                     let found = if opt == OPT_GO {
-                        self.register(&req.name).map(|(e, r)| (e, Some(r)))
+                        self.register(client, &req.name).map(|(e, r)| (e, Some(r)))
                     } else {
-                        self.resolver.lookup(&req.name).map(|e| (e, None))
+                        self.resolver.lookup(client, &req.name).map(|e| (e, None))
                     };
                     let Some((export, reg)) = found else {
                         reply(wr, opt, REP_ERR_UNKNOWN, b"unknown export").await?;
@@ -390,7 +516,7 @@ impl NbdServer {
                         reply(wr, opt, REP_ERR_INVALID, b"malformed request").await?;
                         continue;
                     };
-                    if self.resolver.lookup(&req.name).is_none() {
+                    if self.resolver.lookup(client, &req.name).is_none() {
                         reply(wr, opt, REP_ERR_UNKNOWN, b"unknown export").await?;
                         continue;
                     }
@@ -409,6 +535,9 @@ impl NbdServer {
                         wr.write_all(&option_reply(opt, REP_META_CONTEXT, &d)).await?;
                     }
                     reply(wr, opt, REP_ACK, &[]).await?;
+                }
+                OPT_STARTTLS if tls_active => {
+                    reply(wr, opt, REP_ERR_INVALID, b"TLS is already active").await?;
                 }
                 OPT_STARTTLS => {
                     reply(wr, opt, REP_ERR_POLICY, b"TLS is not offered").await?;
@@ -466,7 +595,7 @@ impl NbdServer {
             let mut hdr = [0u8; REQUEST_HEADER_LEN];
             let r = tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => break,
+                _ = stop.wait_for(|s| *s != RUN) => break,
                 r = rd.read_exact(&mut hdr) => r,
             };
             if r.is_err() {
@@ -508,7 +637,12 @@ impl NbdServer {
                 Command::Disc => break,
                 Command::Write { len, .. } => {
                     payload = vec![0u8; len as usize];
-                    if rd.read_exact(&mut payload).await.is_err() {
+                    let r = tokio::select! {
+                        biased;
+                        _ = stop.wait_for(|s| *s != RUN) => break,
+                        r = rd.read_exact(&mut payload) => r,
+                    };
+                    if r.is_err() {
                         // Vanished mid-payload: the partial write is never applied.
                         break;
                     }
@@ -539,17 +673,93 @@ impl NbdServer {
                 drop(permit);
             });
         }
-        // Drain: every in-flight request answers before the socket closes.
+        let abort = writer.abort_handle();
+        let cut = *stop.borrow() == CUT;
+        if cut {
+            // Access was revoked: nothing more reaches the client.
+            abort.abort();
+        }
+        // Drain: every in-flight request finishes on the device (and, unless
+        // cut, is answered) before the connection counts as gone.
         let _ = sem.acquire_many(budget_units).await;
         drop(tx);
         // A client that stopped reading must not hold a close forever.
-        let abort = writer.abort_handle();
-        if tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
+        if !cut && tokio::time::timeout(CLOSE_GRACE, writer).await.is_err() {
             tracing::debug!(export = %n.name, "client not reading replies; dropping it");
             abort.abort();
         }
         drop(n.reg);
     }
+}
+
+/// Sends the server hello and reads the client's flags; returns whether the
+/// client asked for no zeroes after `NBD_OPT_EXPORT_NAME`.
+async fn hello<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<bool, HandshakeError> {
+    let mut h = Vec::with_capacity(18);
+    h.extend_from_slice(&NBDMAGIC.to_be_bytes());
+    h.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    h.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    s.write_all(&h).await?;
+    s.flush().await?;
+    client_flags(s.read_u32().await?)
+}
+
+async fn hello_split<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+    rd: &mut R,
+    wr: &mut W,
+) -> Result<bool, HandshakeError> {
+    let mut h = Vec::with_capacity(18);
+    h.extend_from_slice(&NBDMAGIC.to_be_bytes());
+    h.extend_from_slice(&IHAVEOPT.to_be_bytes());
+    h.extend_from_slice(&(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES).to_be_bytes());
+    wr.write_all(&h).await?;
+    wr.flush().await?;
+    client_flags(rd.read_u32().await?)
+}
+
+fn client_flags(flags: u32) -> Result<bool, HandshakeError> {
+    if flags & !(CLIENT_FIXED_NEWSTYLE | CLIENT_NO_ZEROES) != 0 {
+        return Err(HandshakeError::Protocol("unknown client flags"));
+    }
+    if flags & CLIENT_FIXED_NEWSTYLE == 0 {
+        return Err(HandshakeError::Protocol("client is not fixed-newstyle"));
+    }
+    Ok(flags & CLIENT_NO_ZEROES != 0)
+}
+
+/// Option haggling before TLS on a TLS-only server: only `STARTTLS` (true)
+/// and `ABORT` (false) are served; anything else is `NBD_REP_ERR_TLS_REQD`,
+/// and `EXPORT_NAME` (which cannot be refused) ends the connection.
+async fn await_starttls<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S) -> Result<bool, HandshakeError> {
+    for _ in 0..MAX_OPTIONS_BEFORE_TLS {
+        let mut h = [0u8; 16];
+        s.read_exact(&mut h).await?;
+        let (opt, len) = parse_option_header(&h).ok_or(HandshakeError::Protocol("bad option magic"))?;
+        if len > MAX_OPTION_DISCARD {
+            return Err(HandshakeError::Protocol("option too long"));
+        }
+        let skipped = tokio::io::copy(&mut (&mut *s).take(u64::from(len)), &mut tokio::io::sink()).await?;
+        if skipped != u64::from(len) {
+            return Err(HandshakeError::Protocol("short option"));
+        }
+        match opt {
+            OPT_STARTTLS if len == 0 => {
+                reply(s, opt, REP_ACK, &[]).await?;
+                return Ok(true);
+            }
+            OPT_STARTTLS => reply(s, opt, REP_ERR_INVALID, b"STARTTLS takes no data").await?,
+            OPT_ABORT => {
+                let _ = reply(s, opt, REP_ACK, &[]).await;
+                return Ok(false);
+            }
+            OPT_EXPORT_NAME => return Err(HandshakeError::Protocol("EXPORT_NAME before STARTTLS")),
+            _ => {
+                reply(s, opt, REP_ERR_TLS_REQD, b"this server requires TLS (NBD_OPT_STARTTLS) with a PSK credential")
+                    .await?
+            }
+        }
+    }
+    Err(HandshakeError::Protocol("too many options before STARTTLS"))
 }
 
 async fn reply<W: AsyncWrite + Unpin>(wr: &mut W, opt: u32, typ: u32, data: &[u8]) -> io::Result<()> {
