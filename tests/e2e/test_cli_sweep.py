@@ -34,7 +34,7 @@ import pytest
 from botocore import xform_name
 
 import cli_inproc
-from conftest import REPO_ROOT, poll, wait_cfg
+from conftest import REPO_ROOT, poll
 
 pytestmark = pytest.mark.blocksnap_only
 
@@ -154,37 +154,46 @@ class World:
     # EC2
     def new_volume(self, size=1) -> str:
         vid = self.ec2.create_volume(AvailabilityZone=self.az, Size=size)["VolumeId"]
-        self.ec2.get_waiter("volume_available").wait(VolumeIds=[vid], WaiterConfig=wait_cfg())
+        self.until(self.ec2.describe_volumes, "VolumeIds", vid, "Volumes", lambda v: v["State"] == "available")
         return vid
 
     def new_instance(self, state="running") -> str:
         iid = self.ec2.run_instances(ImageId=self.image, MinCount=1, MaxCount=1,
                                      Placement={"AvailabilityZone": self.az})["Instances"][0]["InstanceId"]
-        self.ec2.get_waiter("instance_running").wait(InstanceIds=[iid], WaiterConfig=wait_cfg())
+        self.until_instance(iid, "running")
         if state == "stopped":
             self.ec2.stop_instances(InstanceIds=[iid])
-            self.ec2.get_waiter("instance_stopped").wait(InstanceIds=[iid], WaiterConfig=wait_cfg())
+            self.until_instance(iid, "stopped")
         elif state == "terminated":
             self.ec2.terminate_instances(InstanceIds=[iid])
-            self.ec2.get_waiter("instance_terminated").wait(InstanceIds=[iid], WaiterConfig=wait_cfg())
+            self.until_instance(iid, "terminated")
         return iid
+
+    def until(self, describe, ids_key, ident, result_key, done):
+        """Poll every 0.1 s (botocore's waiters sleep at least 1 s)."""
+        poll(lambda: describe(**{ids_key: [ident]})[result_key][0], done, timeout=120, interval=0.1)
+
+    def until_instance(self, iid, state):
+        poll(lambda: self.ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0],
+             lambda i: i["State"]["Name"] == state, timeout=120, interval=0.1)
 
     def attached(self) -> tuple[str, str]:
         vid, iid = self.new_volume(), self.new_instance()
         self.ec2.attach_volume(VolumeId=vid, InstanceId=iid, Device="/dev/sdf")
-        self.ec2.get_waiter("volume_in_use").wait(VolumeIds=[vid], WaiterConfig=wait_cfg())
+        self.until(self.ec2.describe_volumes, "VolumeIds", vid, "Volumes",
+                   lambda v: v["State"] == "in-use" and v["Attachments"][0]["State"] == "attached")
         return vid, iid
 
     def new_snapshot(self, vid=None) -> str:
         sid = self.ec2.create_snapshot(VolumeId=vid or self.volume)["SnapshotId"]
-        self.ec2.get_waiter("snapshot_completed").wait(SnapshotIds=[sid], WaiterConfig=wait_cfg())
+        self.until(self.ec2.describe_snapshots, "SnapshotIds", sid, "Snapshots", lambda s: s["State"] == "completed")
         return sid
 
     # Lightsail
     def ls_wait_ops(self, ops):
         for op in ops:
             poll(lambda: self.ls.get_operation(operationId=op["id"])["operation"],
-                 lambda o: o["status"] in ("Succeeded", "Failed"), timeout=120)
+                 lambda o: o["status"] in ("Succeeded", "Failed"), timeout=120, interval=0.1)
 
     def ls_disk(self) -> str:
         name = "sweep-" + uuid.uuid4().hex[:8]
@@ -203,14 +212,14 @@ class World:
         disk = self.ls_disk()
         self.ls_wait_ops(self.ls.attach_disk(diskName=disk, instanceName=self.ls_instance,
                                              diskPath=f"/dev/xvd{'fghijklmnop'[len(disk) % 11]}")["operations"])
-        poll(lambda: self.ls.get_disk(diskName=disk)["disk"], lambda d: d.get("isAttached"), timeout=60)
+        poll(lambda: self.ls.get_disk(diskName=disk)["disk"], lambda d: d.get("isAttached"), timeout=60, interval=0.1)
         return disk
 
     def ls_disk_snapshot(self, disk) -> str:
         name = "sweep-" + uuid.uuid4().hex[:8]
         self.ls_wait_ops(self.ls.create_disk_snapshot(diskSnapshotName=name, diskName=disk)["operations"])
         poll(lambda: self.ls.get_disk_snapshot(diskSnapshotName=name)["diskSnapshot"],
-             lambda s: s["state"] == "completed", timeout=120)
+             lambda s: s["state"] == "completed", timeout=120, interval=0.1)
         return name
 
     def ls_instance_snapshot(self, inst) -> str:
@@ -218,7 +227,7 @@ class World:
         self.ls_wait_ops(self.ls.create_instance_snapshot(instanceSnapshotName=name,
                                                           instanceName=inst)["operations"])
         poll(lambda: self.ls.get_instance_snapshot(instanceSnapshotName=name)["instanceSnapshot"],
-             lambda s: s["state"] == "available", timeout=120)
+             lambda s: s["state"] == "available", timeout=120, interval=0.1)
         return name
 
 
@@ -474,7 +483,9 @@ def world(server):
 
 @pytest.fixture(scope="module")
 def cli(server, world):
-    return Cli(server, world.creds)
+    c = Cli(server, world.creds)
+    yield c
+    print(f"\nCLI sweep: {c.calls} aws commands run in-process")  # shown with -s
 
 
 # ------------------------------------------------------------------------------------ the sweep
@@ -538,10 +549,11 @@ def test_command(cli, world, svc, op):
     # 4. --dry-run: refused with DryRunOperation, nothing done.
     if "DryRun" in members:
         p = params_of(world)
-        before = _snapshot_of_state(world)
+        before = None if is_read(op) else _snapshot_of_state(world)
         rc, out, err = cli.run(svc, cmd, *cli_args(p), "--dry-run", region=region)
         assert rc != 0 and "DryRunOperation" in err and "Request would have succeeded" in err, (rc, err)
-        assert _snapshot_of_state(world) == before, f"{cmd} --dry-run changed something"
+        if before is not None:
+            assert _snapshot_of_state(world) == before, f"{cmd} --dry-run changed something"
 
     # 5. --cli-input-json from --generate-cli-skeleton's keys.
     skeleton = cli.ok(svc, cmd, "--generate-cli-skeleton", region=region)
