@@ -4,6 +4,8 @@
 
 mod auth;
 pub mod ec2;
+#[doc(hidden)]
+pub mod fuzz;
 mod json;
 mod kms;
 mod lightsail;

@@ -134,6 +134,14 @@ fn aad(header: &[u8], id: &BlockId) -> [u8; AAD_HEADER + 32] {
     a
 }
 
+/// Writes the CRC of `obj` into its CRC field (no-op on objects shorter than the header).
+pub(crate) fn set_crc(obj: &mut [u8]) {
+    if obj.len() >= HEADER_LEN {
+        let crc = crc_of(obj);
+        obj[16..20].copy_from_slice(&crc.to_le_bytes());
+    }
+}
+
 /// CRC32C over everything except the CRC field itself.
 fn crc_of(obj: &[u8]) -> u32 {
     let c = crc32c::crc32c(&obj[..16]);

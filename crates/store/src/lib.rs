@@ -91,6 +91,7 @@
 
 mod chunk;
 mod crypto;
+pub mod decode;
 mod direct;
 mod error;
 mod gc;

@@ -1,0 +1,51 @@
+//! Entry points for the fuzzers (`fuzz/`, replayed by `crates/fuzzing`): the front end's request
+//! parsers driven with arbitrary bytes against a real engine, past authentication. Not an API.
+
+use std::borrow::Cow;
+
+use blocksnap_engine::model::Ctx;
+use blocksnap_engine::{Engine, Result};
+use http::{Method, Uri};
+
+use crate::ec2::params::Params;
+
+/// An EC2 Query form body as a POST carries it: parameter parsing (one place, each name once),
+/// routing, then the action's typed parse and validation. Mutating actions run with `DryRun=true`,
+/// so a fuzzing run does not grow the engine's state.
+pub fn ec2_query(engine: &Engine, ctx: &Ctx, body: &[u8]) -> Result<String> {
+    let mut params = crate::query_params(&Method::POST, &Uri::from_static("/"), body)?;
+    let call = crate::ec2::route(&params)?;
+    if call.mutating {
+        params.extend(Params::from_pairs([(Cow::Borrowed("DryRun"), Cow::Borrowed("true"))].into_iter()));
+    }
+    crate::ec2::run(&call, engine, ctx, &params, "fuzz")
+}
+
+/// Operations [`json`] runs: those that read state or only compute (no state grows).
+fn read_only(op: &str) -> bool {
+    ["Get", "List", "Describe"].iter().any(|p| op.starts_with(p))
+        || matches!(
+            op,
+            "Encrypt"
+                | "Decrypt"
+                | "ReEncrypt"
+                | "GenerateDataKey"
+                | "GenerateDataKeyWithoutPlaintext"
+                | "GenerateRandom"
+        )
+}
+
+/// A JSON 1.1 body for `target` (`TrentService.<Op>` or `Lightsail_20161128.<Op>`): the JSON
+/// reader, then the operation's typed parse and run (read-only operations only).
+pub fn json(engine: &Engine, ctx: &Ctx, target: &str, body: &[u8]) -> Result<serde_json::Value> {
+    let parsed = crate::json::Body::parse(body)?;
+    let (service, op) = target.split_once('.').unwrap_or((target, ""));
+    if !read_only(op) {
+        return Ok(serde_json::Value::Null);
+    }
+    match service {
+        "TrentService" => crate::kms::dispatch(engine, ctx, op, &parsed),
+        "Lightsail_20161128" => crate::lightsail::dispatch(engine, ctx, op, &parsed),
+        _ => Ok(serde_json::Value::Null),
+    }
+}

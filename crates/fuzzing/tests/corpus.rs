@@ -1,0 +1,42 @@
+//! Replays every fuzz target's checked-in corpus (`fuzz/corpus/<target>/`) and the reproducers of
+//! past findings (`fuzz/regressions/<target>/`): each input must be handled without a panic.
+
+use std::path::{Path, PathBuf};
+
+fn inputs(dir: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut files: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_file()).collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn corpus_replays_without_panics() {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    for (name, harness) in blocksnap_fuzzing::TARGETS {
+        let corpus = inputs(&fuzz.join("corpus").join(name));
+        assert!(!corpus.is_empty(), "fuzz/corpus/{name} has no inputs");
+        let regressions = inputs(&fuzz.join("regressions").join(name));
+        for path in corpus.iter().chain(&regressions) {
+            let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            eprintln!("{name}: {}", path.display());
+            harness(&data);
+        }
+        eprintln!("{name}: {} corpus inputs, {} regressions replayed", corpus.len(), regressions.len());
+    }
+}
+
+/// Each target has a cargo-fuzz wrapper, and each wrapper a harness.
+#[test]
+fn every_target_has_a_fuzz_binary() {
+    let fuzz = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz");
+    for (name, _) in blocksnap_fuzzing::TARGETS {
+        let target = fuzz.join("fuzz_targets").join(format!("{name}.rs"));
+        let text = std::fs::read_to_string(&target).unwrap_or_else(|e| panic!("{}: {e}", target.display()));
+        assert!(
+            text.contains(&format!("blocksnap_fuzzing::{name}(")),
+            "{} must call the {name} harness",
+            target.display()
+        );
+    }
+}
