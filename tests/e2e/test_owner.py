@@ -32,7 +32,7 @@ def tree(root: Path) -> dict:
 
 def serve_cmd(data_dir: Path, port: int, nbd_port: int) -> list[str]:
     return [str(blocksnap_bin()), "serve", "--data-dir", str(data_dir), "--listen", f"127.0.0.1:{port}",
-            "--nbd-listen", f"127.0.0.1:{nbd_port}"]
+            "--nbd-listen", f"127.0.0.1:{nbd_port}", "--metrics-listen", "off"]
 
 
 def run_second(data_dir: Path, port: int | None = None, nbd_port: int | None = None,
