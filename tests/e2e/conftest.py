@@ -150,6 +150,14 @@ class Server:
                                      cwd=self.workdir, start_new_session=True)
         log.close()
         wait_port("127.0.0.1", self.port, self.proc, self.log_path)
+        if self.kind != "moto":
+            # blocksnap binds its ports before start-up work (so a port clash touches nothing): wait
+            # until it serves, so a test never races its recovery.
+            deadline = time.monotonic() + 60
+            while "blocksnap serving" not in _tail(self.log_path, 1 << 20):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("server did not start; log:\n" + _tail(self.log_path))
+                time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc is None:
