@@ -51,6 +51,15 @@ def attached_volume(ec2, az: str) -> str:
     return vid
 
 
+def wait_staged(srv, vid: str) -> None:
+    """Wait for the cut the owner stages in the background after a snapshot completes."""
+    deadline = time.monotonic() + 60
+    while not (srv.data_dir / "volumes" / vid / "changes.next").exists():
+        assert time.monotonic() < deadline, "the next cut was never staged"
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
 def wait_completed(ec2, *ids: str) -> None:
     ec2.get_waiter("snapshot_completed").wait(SnapshotIds=list(ids), WaiterConfig={"Delay": 1, "MaxAttempts": 120})
 
@@ -64,7 +73,7 @@ def test_second_serve_is_refused_and_the_next_snapshot_is_exact(fresh_server):
     wait_completed(ec2, first)
     # Later writes: the change bitmap and a staged cut are live on disk.
     qemu_io(srv, vid, "write -P 0x22 1M 1M", "flush")
-    time.sleep(0.5)  # let the background staging of the next cut settle, so the listing is stable
+    wait_staged(srv, vid)  # the listing must not race the owner's own background work
     before = tree(srv.data_dir)
 
     r = run_second(srv.data_dir)

@@ -120,7 +120,11 @@ def _volume_with_history(srv):
     c.get_waiter("volume_available").wait(VolumeIds=[rid], WaiterConfig={"Delay": 1, "MaxAttempts": 120})
     c.attach_volume(VolumeId=rid, InstanceId=inst, Device="/dev/sdg")
     wait_attached(c, rid)
-    time.sleep(0.5)  # the next cut is staged in the background after the snapshot completes
+    # The next cut is staged in the background after the snapshot completes.
+    deadline = time.monotonic() + 60
+    while not (srv.data_dir / "volumes" / vid / "changes.next").exists():
+        assert time.monotonic() < deadline, "the next cut was never staged"
+        time.sleep(0.05)
     return vid, sid, rid
 
 
