@@ -233,4 +233,31 @@ mod tests {
         std::fs::write(data.join(FORMAT_NAME), "garbage").unwrap();
         assert!(check_format(&data).is_err());
     }
+
+    #[test]
+    fn many_at_once_exactly_one_wins() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let data = dir.path().join("data");
+            let barrier = std::sync::Barrier::new(8);
+            let won: Vec<DataDirLock> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            DataDirLock::acquire(&data)
+                        })
+                    })
+                    .collect();
+                hs.into_iter()
+                    .filter_map(|h| match h.join().unwrap() {
+                        Ok(l) => Some(l),
+                        Err(LockError::Held { .. }) => None,
+                        Err(e) => panic!("{e}"),
+                    })
+                    .collect()
+            });
+            assert_eq!(won.len(), 1);
+        }
+    }
 }
