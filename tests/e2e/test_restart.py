@@ -8,7 +8,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from conftest import client_error_code, make_instance, make_volume, tagspec, wait_attached, wait_volume_state
-from nbd import MiB, compare, pattern_ok, qemu_io
+from nbd import MiB, QemuIo, compare, from_file, pattern_ok, qemu_io
 
 pytestmark = pytest.mark.blocksnap_only
 
@@ -172,3 +172,36 @@ def test_kill_9_restart_logs_what_it_recovered(fresh_server):
     s2 = c.create_snapshot(VolumeId=vid)["SnapshotId"]
     c.get_waiter("snapshot_completed").wait(SnapshotIds=[s2], WaiterConfig={"Delay": 1, "MaxAttempts": 120})
     assert compare(srv, s2, vid).returncode == 0
+
+
+def test_sigterm_with_a_client_connected_and_an_upload_in_flight(fresh_server):
+    """Stop while an NBD client is connected and a snapshot uploads: exit 0, and the restart resumes the
+    upload to a snapshot equal to the volume, without warnings."""
+    srv = fresh_server
+    c = srv.client()
+    az = f"{srv.region}a"
+    inst = c.run_instances(ImageId="ami-0b5e4c3d2a1f00001", MinCount=1, MaxCount=1,
+                           Placement={"AvailabilityZone": az})["Instances"][0]["InstanceId"]
+    vid = c.create_volume(Size=1, AvailabilityZone=az)["VolumeId"]
+    c.attach_volume(VolumeId=vid, InstanceId=inst, Device="/dev/sdf")
+    wait_attached(c, vid)
+    blob = srv.workdir / "random.bin"
+    blob.write_bytes(os.urandom(128 * MiB))
+    from_file(srv, blob, vid)
+    session = QemuIo(srv, vid)
+    try:
+        session.write(200 * MiB, MiB, 0x77)
+        sid = c.create_snapshot(VolumeId=vid)["SnapshotId"]
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(timeout=60) == 0, srv.log()
+    finally:
+        session.p.kill()
+        session.p.wait()
+    assert _problems(srv.log()) == [], srv.log()
+    srv.proc = None
+    srv.start()
+    c = srv.client()
+    c.get_waiter("snapshot_completed").wait(SnapshotIds=[sid], WaiterConfig={"Delay": 1, "MaxAttempts": 300})
+    assert compare(srv, sid, vid).returncode == 0
+    assert pattern_ok(srv, vid, 200 * MiB, MiB, 0x77)
+    assert _problems(srv.log()) == [], srv.log()
