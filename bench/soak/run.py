@@ -65,7 +65,21 @@ def pct(xs: list[float], p: float) -> float:
     return xs[min(len(xs) - 1, int(p / 100 * len(xs)))]
 
 
+class Creds:
+    access_key, secret_key = AK, SK
+
+
 class Server:
+    """The attributes tests/e2e/nbd.py needs (creds, region, endpoint, workdir, extra_args) included."""
+
+    creds = Creds()
+    region = REGION
+    extra_args: list[str] = []
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
     def __init__(self, binary: Path, workdir: Path):
         self.binary, self.workdir = binary, workdir
         self.data_dir = workdir / "data"
@@ -339,6 +353,7 @@ def main() -> int:
         binary = REPO / "target/debug/blocksnap"
     if not binary.exists():
         sys.exit("no blocksnap binary: cargo build --release")
+    os.environ["BLOCKSNAP_BIN"] = str(binary)  # nbd.py fetches NBD credentials with this binary
     workdir = Path(tempfile.mkdtemp(prefix="blocksnap-soak-"))
     print(f"soak: {binary} for {a.duration:.0f} s, work dir {workdir}", flush=True)
     server = Server(binary, workdir)
