@@ -18,8 +18,12 @@ write to every 512 KiB block pays its bitmap fdatasync (the worst case).
 
 TLS: blocksnap's NBD over TLS-PSK (what `blocksnap serve` speaks by default)
 vs the same server in plaintext, with qemu-nbd over TLS-PSK (gnutls) vs
-plaintext as the peer; same qemu-img bench client, TLS 1.3 with a PSK
-identity from a keys.psk file on both sides. Goal: TLS >= 0.8x plaintext.
+plaintext as the peer. qemu-img bench cannot create the TLS credentials
+object, so this table's client is libnbd's nbdcopy (gnutls, TLS 1.3 PSK from
+a keys.psk file): each row copies the whole image (random data, no holes,
+--no-extents) with one connection at the given request size and requests in
+flight, into `null:` (reads) or from a page-cached file (writes). Goal: TLS
+>= 0.8x plaintext.
 
 Usage: bench/nbd/run.py [--size-mib 1024] [--quick] [--binary PATH] [--tls-only]
 """
@@ -82,25 +86,38 @@ def psk_dir(work):
     return d
 
 
+# The TLS table's source file (random bytes, the image's size) and size.
+COPY_SRC = {}
+
+
+def copy_bench(url, write, depth, size):
+    """nbdcopy of the whole image at `size`-byte requests, `depth` in flight: (MiB/s, IOPS)."""
+    port, export, tls = url
+    uri = (f"nbds://{PSK_IDENTITY}@127.0.0.1:{port}/{export}?tls-psk-file={tls}/keys.psk" if tls
+           else f"nbd://127.0.0.1:{port}/{export}")
+    src, dst = (COPY_SRC["path"], uri) if write else (uri, "null:")
+    os.sync()
+    t0 = time.monotonic()
+    subprocess.run(["nbdcopy", "--connections=1", f"--request-size={size}", f"--requests={depth}",
+                    "--no-extents", src, dst], check=True, capture_output=True)
+    secs = max(time.monotonic() - t0, 1e-6)
+    total = COPY_SRC["size"]
+    return total / secs / (1 << 20), total / size / secs
+
+
 def bench(url, write, count, depth, size, step=None):
-    """`url`: an nbd:// URL, or (port, export, psk dir or None) for --image-opts (TLS when a dir)."""
+    """`url`: an nbd:// URL (qemu-img bench), or (port, export, psk dir or None) for nbdcopy."""
+    if isinstance(url, tuple):
+        return copy_bench(url, write, depth, size)
     # Write back earlier runs' dirty pages first: otherwise one server's
     # writeback lands in the next one's measurement.
     os.sync()
-    args = ["qemu-img", "bench", "-c", str(count), "-d", str(depth), "-s", str(size)]
+    args = ["qemu-img", "bench", "-f", "raw", "-c", str(count), "-d", str(depth), "-s", str(size)]
     if step:
         args += ["-S", str(step)]
     if write:
         args += ["-w", "--pattern=0x5a"]
-    if isinstance(url, tuple):
-        port, export, tls = url
-        opts = f"driver=nbd,host=127.0.0.1,port={port},export={export}"
-        if tls:
-            args += ["--object", f"tls-creds-psk,id=tls0,endpoint=client,dir={tls},username={PSK_IDENTITY}"]
-            opts += ",tls-creds=tls0"
-        args += ["--image-opts", opts]
-    else:
-        args += ["-f", "raw", url]
+    args.append(url)
     out = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     secs = float(re.search(r"Run completed in ([0-9.]+) seconds", out).group(1))
     secs = max(secs, 1e-6)
@@ -191,27 +208,41 @@ def main():
         target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
         binary = os.path.join(target, "release", "examples", "serve_dir")
     loads = workloads(a.size_mib, a.quick)
-    tls_loads = [w for w in loads if w[0] in (
-        "seq write 1M qd8", "seq read 1M qd1", "seq read 1M qd8", "rand read 4K qd1", "rand read 4K qd64",
-        "rand write 4K qd64")]
-    # The first pass allocates: run it untimed before the TLS table's workloads.
-    tls_loads = [loads[0]] + tls_loads
+    # (name, write, count (unused), requests in flight, request size, step (unused)); the first
+    # pass allocates the image and is not shown.
+    tls_loads = [
+        ("seq write 1M qd8 (allocating)", True, 0, 8, 1 << 20, None),
+        ("seq write 1M qd8", True, 0, 8, 1 << 20, None),
+        ("seq read 1M qd1", False, 0, 1, 1 << 20, None),
+        ("seq read 1M qd8", False, 0, 8, 1 << 20, None),
+        ("4K read qd1", False, 0, 1, 4096, None),
+        ("4K read qd64", False, 0, 64, 4096, None),
+        ("4K write qd64", True, 0, 64, 4096, None),
+    ]
+    if not shutil.which("nbdcopy"):
+        sys.exit("nbdcopy not found (Debian: libnbd-bin)")
     with tempfile.TemporaryDirectory(prefix="nbd-bench-", dir=os.environ.get("BENCH_TMP")) as work:
         keys = psk_dir(work)
+        tls_mib = min(a.size_mib, 128 if a.quick else 256)
+        COPY_SRC["path"] = os.path.join(work, "copy-src.raw")
+        COPY_SRC["size"] = tls_mib << 20
+        with open(COPY_SRC["path"], "wb") as f:
+            for _ in range(tls_mib):
+                f.write(os.urandom(1 << 20))
         tb, tbp, tq, tqp = [], [], [], []
         for rep in range(a.reps):
             # Alternate TLS and plaintext, blocksnap and qemu-nbd.
             order = [
-                lambda: tbp.append(run_blocksnap(binary, work, "plain", a.size_mib, tls_loads, opts=True)),
-                lambda: tb.append(run_blocksnap(binary, work, "tls", a.size_mib, tls_loads, tls=keys)),
-                lambda: tqp.append(run_qemu_nbd(work, a.size_mib, tls_loads, opts=True)),
-                lambda: tq.append(run_qemu_nbd(work, a.size_mib, tls_loads, tls=keys)),
+                lambda: tbp.append(run_blocksnap(binary, work, "plain", tls_mib, tls_loads, opts=True)),
+                lambda: tb.append(run_blocksnap(binary, work, "tls", tls_mib, tls_loads, tls=keys)),
+                lambda: tqp.append(run_qemu_nbd(work, tls_mib, tls_loads, opts=True)),
+                lambda: tq.append(run_qemu_nbd(work, tls_mib, tls_loads, tls=keys)),
             ]
             for f in (order if rep % 2 == 0 else order[::-1]):
                 f()
         tb, tbp, tq, tqp = (median(x) for x in (tb, tbp, tq, tqp))
-        print(f"\nNBD over TLS-PSK vs plaintext: {a.size_mib} MiB image, qemu-img bench client "
-              f"(--image-opts driver=nbd), {os.cpu_count()} CPUs, median of {a.reps} alternating runs\n")
+        print(f"\nNBD over TLS-PSK vs plaintext: {tls_mib} MiB image copied whole by nbdcopy (1 connection), "
+              f"{os.cpu_count()} CPUs, median of {a.reps} alternating runs\n")
         print("| workload | blocksnap plain IOPS | blocksnap TLS IOPS | TLS/plain | qemu-nbd plain IOPS "
               "| qemu-nbd TLS IOPS | TLS/plain | blocksnap TLS MiB/s | qemu-nbd TLS MiB/s |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")

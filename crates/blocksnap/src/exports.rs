@@ -39,6 +39,9 @@ pub fn server(engine: &Arc<Engine>, insecure_plaintext: bool) -> anyhow::Result<
         let tls = TlsConfig::psk(Arc::new(move |identity: &str| e.nbd_psk(identity)))
             .map_err(|e| anyhow::anyhow!("setting up NBD TLS: {e}"))?;
         config.tls = Some(Arc::new(tls));
+        tracing::info!(
+            "NBD requires TLS with a pre-shared key per account: `blocksnap nbd-credentials --out DIR` (with the account's AWS credentials) writes DIR/keys.psk for qemu and libnbd"
+        );
     }
     Ok(Arc::new(NbdServer::with_config(resolver, config)))
 }

@@ -44,6 +44,11 @@ impl Default for ServerConfig {
     }
 }
 
+type TlsStream = tokio_openssl::SslStream<tokio::io::BufStream<TcpStream>>;
+
+/// Read and write buffers under TLS.
+const TLS_IO_BUFFER: usize = 256 << 10;
+
 /// Options a client may send before `NBD_OPT_STARTTLS` on a TLS-only server.
 const MAX_OPTIONS_BEFORE_TLS: usize = 16;
 
@@ -213,21 +218,18 @@ impl NbdServer {
         self: &Arc<Self>,
         tls: &TlsConfig,
         mut stream: TcpStream,
-    ) -> Result<
-        Option<(
-            tokio::io::ReadHalf<tokio_openssl::SslStream<TcpStream>>,
-            tokio::io::WriteHalf<tokio_openssl::SslStream<TcpStream>>,
-            Negotiated,
-        )>,
-        HandshakeError,
-    > {
+    ) -> Result<Option<(tokio::io::ReadHalf<TlsStream>, tokio::io::WriteHalf<TlsStream>, Negotiated)>, HandshakeError>
+    {
         let no_zeroes = hello(&mut stream).await?;
         if !await_starttls(&mut stream).await? {
             let _ = stream.shutdown().await;
             return Ok(None);
         }
         let ssl = tls.new_session().map_err(|e| HandshakeError::Tls(e.to_string()))?;
-        let mut s = tokio_openssl::SslStream::new(ssl, stream).map_err(|e| HandshakeError::Tls(e.to_string()))?;
+        // Buffered below TLS: OpenSSL writes each 16 KiB record and reads each record header and
+        // body separately; the buffers turn that into one syscall per batch (flushed when we flush).
+        let buffered = tokio::io::BufStream::with_capacity(TLS_IO_BUFFER, TLS_IO_BUFFER, stream);
+        let mut s = tokio_openssl::SslStream::new(ssl, buffered).map_err(|e| HandshakeError::Tls(e.to_string()))?;
         std::pin::Pin::new(&mut s).accept().await.map_err(|e| HandshakeError::Tls(e.to_string()))?;
         let Some(identity) = crate::tls::authenticated_identity(s.ssl()) else {
             return Err(HandshakeError::Tls("no authenticated identity".into()));
