@@ -234,6 +234,11 @@ impl NbdServer {
         let Some(identity) = crate::tls::authenticated_identity(s.ssl()) else {
             return Err(HandshakeError::Tls("no authenticated identity".into()));
         };
+        tracing::debug!(
+            version = s.ssl().version_str(),
+            cipher = s.ssl().current_cipher().map(|c| c.name()).unwrap_or("?"),
+            "nbd tls established"
+        );
         let client = Client { identity: Some(identity) };
         let (mut rd, mut wr) = tokio::io::split(s);
         match self.options(&mut rd, &mut wr, no_zeroes, &client, true).await? {
