@@ -208,3 +208,62 @@ def test_plaintext_only_on_loopback_and_only_when_asked(tmp_path):
                         "--metrics-listen", "off", "--nbd-insecure-plaintext"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "--nbd-insecure-plaintext" in r.stderr and "TLS" in r.stderr, r.stderr
+
+
+def nbd_api(server, op: str, body: dict, creds=None):
+    """A SigV4-signed call of the NBD credentials API (JSON 1.1, service `blocksnap`)."""
+    import json
+
+    import botocore.auth
+    import requests
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+    c = creds or server.creds
+    req = AWSRequest(method="POST", url=server.endpoint, data=json.dumps(body).encode(),
+                     headers={"X-Amz-Target": f"BlocksnapNbd_20261129.{op}",
+                              "Content-Type": "application/x-amz-json-1.1"})
+    botocore.auth.SigV4Auth(Credentials(c.access_key, c.secret_key), "blocksnap", server.region).add_auth(req)
+    p = req.prepare()
+    r = requests.post(p.url, headers=dict(p.headers), data=p.body, timeout=30)
+    return r.status_code, r.json()
+
+
+def test_list_and_delete_credentials(server, az, run_tag, tmp_path):
+    acct = server.create_account()
+    ec2 = server.client(acct)
+    vid = attached_volume(ec2, az, run_tag)
+    with_data(server, vid, tmp_path, creds=acct)
+    k = credentials(server, acct)
+    status, listed = nbd_api(server, "ListNbdCredentials", {}, acct)
+    assert status == 200 and [c["Identity"] for c in listed["Credentials"]] == [k.identity]
+    assert "Key" not in listed["Credentials"][0]
+    # Another account neither sees nor deletes it.
+    status, other = nbd_api(server, "ListNbdCredentials", {})
+    assert status == 200 and k.identity not in [c["Identity"] for c in other["Credentials"]]
+    status, err = nbd_api(server, "DeleteNbdCredential", {"Identity": k.identity})
+    assert status == 400 and err["__type"] == "ResourceNotFoundException"
+    # Deleting it cuts its reader and refuses it afterwards.
+    old_uri = uri(server, vid, creds=acct)
+    reader = MidRead(server, vid, nbd_uri=old_uri)
+    status, _ = nbd_api(server, "DeleteNbdCredential", {"Identity": k.identity}, acct)
+    assert status == 200
+    assert_cut(reader, 1 << 30)
+    assert subprocess.run(["nbdinfo", old_uri], capture_output=True, timeout=60).returncode != 0
+    status, listed = nbd_api(server, "ListNbdCredentials", {}, acct)
+    assert listed["Credentials"] == []
+
+
+def test_plaintext_dev_mode_on_loopback(tmp_path):
+    from conftest import Server
+    from nbd import plaintext
+    srv = Server(kind="blocksnap", workdir=tmp_path, extra_args=["--nbd-insecure-plaintext"])
+    srv.start()
+    try:
+        assert plaintext(srv)
+        ec2 = srv.client()
+        vid = attached_volume(ec2, f"{srv.region}a", "dev")
+        # Plain nbd:// with no credentials: development only, and the log says so.
+        qemu_io(srv, vid, "write -P 0x3e 0 64k", "read -P 0x3e 0 64k")
+        assert "unauthenticated" in srv.log() and "development only" in srv.log()
+    finally:
+        srv.stop()
