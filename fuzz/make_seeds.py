@@ -49,7 +49,7 @@ ec2 = {
 for name, body in ec2.items():
     write("ec2_query", name, body.encode())
 
-# JSON 1.1: first byte selects the operation (index into crates/fuzzing JSON_TARGETS).
+# JSON 1.1: first byte selects the operation (index into api::fuzz::json_targets(), read-only ops).
 json_seeds = {
     0: {"pageToken": "abc"},
     1: {"diskName": "d1"},

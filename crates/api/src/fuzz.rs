@@ -35,6 +35,14 @@ fn read_only(op: &str) -> bool {
         )
 }
 
+/// The JSON 1.1 targets [`json`] runs: every read-only operation the Lightsail and KMS front ends
+/// route.
+pub fn json_targets() -> Vec<String> {
+    let lightsail = crate::lightsail::OPERATIONS.iter().map(|o| ("Lightsail_20161128", *o));
+    let kms = crate::kms::OPERATIONS.iter().map(|o| ("TrentService", *o));
+    lightsail.chain(kms).filter(|(_, op)| read_only(op)).map(|(svc, op)| format!("{svc}.{op}")).collect()
+}
+
 /// A JSON 1.1 body for `target` (`TrentService.<Op>` or `Lightsail_20161128.<Op>`): the JSON
 /// reader, then the operation's typed parse and run (read-only operations only).
 pub fn json(engine: &Engine, ctx: &Ctx, target: &str, body: &[u8]) -> Result<serde_json::Value> {

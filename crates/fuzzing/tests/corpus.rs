@@ -40,3 +40,12 @@ fn every_target_has_a_fuzz_binary() {
         );
     }
 }
+
+/// The JSON fuzzer reaches both JSON front ends.
+#[test]
+fn json_targets_cover_lightsail_and_kms() {
+    let t = blocksnap_fuzzing::json_targets();
+    assert!(t.iter().any(|t| t == "Lightsail_20161128.GetDisks"), "{t:?}");
+    assert!(t.iter().any(|t| t == "TrentService.DescribeKey"), "{t:?}");
+    assert!(!t.iter().any(|t| t.contains(".Create") || t.contains(".Delete")), "{t:?}");
+}
