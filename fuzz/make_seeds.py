@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes the seed inputs of every fuzz target (fuzz/corpus/<target>/seed-*): well-formed requests and
+"""Writes the seed inputs of every fuzz target (fuzz/corpus/<target>/seed-*, beside the minimized corpus): well-formed requests and
 objects the fuzzers mutate from. Real SigV4 requests come from the botocore fixtures of crates/sigv4.
 Re-run after a format change; the files are checked in."""
 import base64
