@@ -39,7 +39,7 @@ def plaintext(server) -> bool:
 
 
 def fetch_credentials(server, creds=None, out: Path | None = None, rotate: bool = False,
-                      check: bool = True) -> subprocess.CompletedProcess:
+                      check: bool = True, extra: list[str] | None = None) -> subprocess.CompletedProcess:
     """Run `blocksnap nbd-credentials` as `creds` (default: root) against `server`."""
     from conftest import blocksnap_bin
     c = creds or server.creds
@@ -49,7 +49,8 @@ def fetch_credentials(server, creds=None, out: Path | None = None, rotate: bool 
                 "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
                 "AWS_EC2_METADATA_DISABLED": "true"})
     out = out or server.workdir / f"nbd-{c.access_key}"
-    cmd = [str(blocksnap_bin()), "nbd-credentials", "--out", str(out)] + (["--rotate"] if rotate else [])
+    cmd = [str(blocksnap_bin()), "nbd-credentials", "--out", str(out)] + (["--rotate"] if rotate else []) \
+        + (extra or [])
     p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60)
     if check and p.returncode != 0:
         raise AssertionError(f"nbd-credentials failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")

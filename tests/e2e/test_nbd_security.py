@@ -267,3 +267,20 @@ def test_plaintext_dev_mode_on_loopback(tmp_path):
         assert "unauthenticated" in srv.log() and "development only" in srv.log()
     finally:
         srv.stop()
+
+
+def test_cli_lists_and_deletes(server, tmp_path):
+    acct = server.create_account()
+    out = tmp_path / "k"
+    fetch_credentials(server, acct, out=out)
+    identity = (out / "keys.psk").read_text().split(":", 1)[0]
+    listed = fetch_credentials(server, acct, extra=["--list"]).stdout
+    assert identity in listed and (out / "keys.psk").read_text().split(":", 1)[1].strip() not in listed
+    assert "deleted" in fetch_credentials(server, acct, extra=["--delete", identity]).stdout
+    assert identity not in fetch_credentials(server, acct, extra=["--list"]).stdout
+    p = fetch_credentials(server, acct, extra=["--delete", identity], check=False)
+    assert p.returncode != 0 and "ResourceNotFoundException" in p.stderr
+    # Wrong AWS credentials: refused, nothing written.
+    bad = type(acct)(acct.access_key, "wrong-secret", acct.account_id)
+    p = fetch_credentials(server, bad, out=tmp_path / "never", check=False)
+    assert p.returncode != 0 and not (tmp_path / "never" / "keys.psk").exists()

@@ -24,8 +24,14 @@ pub struct Args {
     out: PathBuf,
     /// Replace every NBD credential of the account with a new one: connections that
     /// authenticated with the old ones are closed.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["list", "delete"])]
     rotate: bool,
+    /// List the account's NBD credentials (identities and creation times; no keys, no files).
+    #[arg(long, conflicts_with = "delete")]
+    list: bool,
+    /// Revoke one credential by identity: connections that authenticated with it are closed.
+    #[arg(long, value_name = "IDENTITY")]
+    delete: Option<String>,
     /// The blocksnap HTTP endpoint (default: AWS_ENDPOINT_URL, the profile's endpoint_url, or
     /// http://127.0.0.1:4566).
     #[arg(long)]
@@ -40,7 +46,23 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (identity, key, account) = runtime.block_on(fetch(&args))?;
+    if args.list {
+        let v = runtime.block_on(call(&args, "ListNbdCredentials", serde_json::json!({})))?;
+        for c in v["Credentials"].as_array().map(Vec::as_slice).unwrap_or_default() {
+            println!("{}\t{}", c["Identity"].as_str().unwrap_or("?"), c["CreatedAt"]);
+        }
+        return Ok(());
+    }
+    if let Some(id) = &args.delete {
+        runtime.block_on(call(&args, "DeleteNbdCredential", serde_json::json!({ "Identity": id })))?;
+        println!("# deleted {id}");
+        return Ok(());
+    }
+    let op = if args.rotate { "RotateNbdCredentials" } else { "CreateNbdCredential" };
+    let v = runtime.block_on(call(&args, op, serde_json::json!({})))?;
+    let c = &v["Credential"];
+    let field = |k: &str| c[k].as_str().map(str::to_string).with_context(|| format!("the answer has no {k}"));
+    let (identity, key, account) = (field("Identity")?, field("Key")?, field("AccountId")?);
     write_psk(&args.out, &identity, &key)?;
     let psk = args.out.join("keys.psk");
     println!("# NBD credential {identity} of account {account}, key saved in {}", psk.display());
@@ -52,7 +74,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn fetch(args: &Args) -> anyhow::Result<(String, String, String)> {
+/// One signed call of the NBD credentials API; its JSON answer.
+async fn call(args: &Args, op: &str, body: serde_json::Value) -> anyhow::Result<serde_json::Value> {
     let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
     if let Some(p) = &args.profile {
         loader = loader.profile_name(p);
@@ -71,8 +94,7 @@ async fn fetch(args: &Args) -> anyhow::Result<(String, String, String)> {
     let creds = provider.provide_credentials().await.context(
         "no AWS credentials found (set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE, as for the AWS CLI)",
     )?;
-    let op = if args.rotate { "RotateNbdCredentials" } else { "CreateNbdCredential" };
-    let body = b"{}".to_vec();
+    let body = body.to_string().into_bytes();
     let uri: http::Uri = endpoint.parse().with_context(|| format!("endpoint '{endpoint}' is not a URL"))?;
     let host = uri.authority().with_context(|| format!("endpoint '{endpoint}' has no host"))?.to_string();
     let mut req = http::Request::builder()
@@ -98,9 +120,7 @@ async fn fetch(args: &Args) -> anyhow::Result<(String, String, String)> {
         let msg = v["message"].as_str().unwrap_or("");
         anyhow::bail!("{endpoint} refused {op}: {code}: {msg}");
     }
-    let c = &v["Credential"];
-    let field = |k: &str| c[k].as_str().map(str::to_string).with_context(|| format!("the answer has no {k}"));
-    Ok((field("Identity")?, field("Key")?, field("AccountId")?))
+    Ok(v)
 }
 
 fn sign(
