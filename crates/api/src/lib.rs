@@ -91,16 +91,12 @@ async fn handle(
         let engine = st.engine.clone();
         let ctx = caller.ctx.clone();
         let rid = request_id.clone();
-        match tokio::task::spawn_blocking(move || {
+        run_blocking(move || {
             let r = ec2::run(&call, &engine, &ctx, &params, &rid);
             // Nothing is answered before its catalog commit is durable.
             engine.sync_pending().and(r)
         })
         .await
-        {
-            Ok(r) => r,
-            Err(e) => Err(EngineError::Internal(format!("request task failed: {e}"))),
-        }
     } else {
         ec2::run(&call, &st.engine, &caller.ctx, &params, &request_id)
     };
@@ -175,21 +171,21 @@ async fn handle_json(
     let op = op.to_string();
     let result = match service {
         "TrentService" => {
-            tokio::task::spawn_blocking(move || {
+            run_blocking(move || {
                 let r = kms::dispatch(&engine, &caller.ctx, &op, &parsed);
                 engine.sync_pending().and(r)
             })
             .await
         }
         nbd::TARGET => {
-            tokio::task::spawn_blocking(move || {
+            run_blocking(move || {
                 let r = nbd::dispatch(&engine, &caller.ctx, &op, &parsed);
                 engine.sync_pending().and(r)
             })
             .await
         }
         "Lightsail_20161128" => {
-            let r = tokio::task::spawn_blocking(move || {
+            let r = run_blocking(move || {
                 let r = lightsail::dispatch(&engine, &caller.ctx, &op, &parsed);
                 engine.sync_pending().and(r)
             })
@@ -205,8 +201,34 @@ async fn handle_json(
         }
     };
     match result {
-        Ok(Ok(v)) => json::ok(v, &request_id),
-        Ok(Err(e)) => json::error(&e, &request_id),
-        Err(e) => json::error(&EngineError::Internal(format!("request task failed: {e}")), &request_id),
+        Ok(v) => json::ok(v, &request_id),
+        Err(e) => json::error(&e, &request_id),
+    }
+}
+
+/// The longest an engine call may take before its caller is answered. Every wait inside the engine
+/// has a bound of its own (write drains, claims, NBD closes); this one also covers what has none (a
+/// hung disk under an fsync), so no API call can hang its client for ever.
+const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs an engine call on a blocking thread and answers within [`CALL_TIMEOUT`]. A call still
+/// running then goes on (and may yet take effect): the answer says so.
+async fn run_blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, EngineError> {
+    match tokio::time::timeout(CALL_TIMEOUT, tokio::task::spawn_blocking(f)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(EngineError::Internal(format!("request task failed: {e}"))),
+        Err(_) => {
+            tracing::warn!(timeout_s = CALL_TIMEOUT.as_secs(), "an API call did not finish in time");
+            Err(EngineError::client(
+                "ServiceUnavailable",
+                format!(
+                    "The request did not finish within {} s and may still take effect; check the outcome with \
+                     a Describe call before retrying.",
+                    CALL_TIMEOUT.as_secs()
+                ),
+            ))
+        }
     }
 }

@@ -258,8 +258,9 @@ impl Engine {
         let gates = match blocksnap_volume::Volume::gate_all(&refs, deadline) {
             Ok(g) => g,
             Err(e) => {
+                // Kept for the next cut: no file I/O here, the disk may be what hangs.
                 for (v, p) in vols.iter().zip(prepared) {
-                    let _ = v.abandon_cut(p);
+                    let _ = v.return_cut(p);
                 }
                 tracing::warn!(error = %e, "snapshot cut abandoned: writes did not drain in time");
                 return Err(EngineError::client(

@@ -57,6 +57,7 @@ impl EngineError {
                 | "MissingAuthenticationToken"
                 | "IncompleteSignature"
                 | "RequestExpired" => 401,
+                "ServiceUnavailable" | "RequestLimitExceeded" => 503,
                 _ => 400,
             },
         }

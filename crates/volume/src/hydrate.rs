@@ -12,12 +12,12 @@
 //! `magic "BSNPHYDR"` · `version u32 = 1` · `len u32` · `crc32c u32` over the payload · payload =
 //! a serialized Roaring bitmap of pending block numbers.
 
+use crate::sync::{Condvar, Mutex, MutexGuard};
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 use roaring::RoaringBitmap;
 
@@ -80,7 +80,7 @@ fn decode(bytes: &[u8]) -> io::Result<RoaringBitmap> {
 
 impl Hydration {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn start(dir: &Path, source: Box<dyn BlockSource>, pending: RoaringBitmap) -> io::Result<Hydration> {
@@ -151,7 +151,7 @@ impl Hydration {
             if !st.in_flight.contains(&block) {
                 break;
             }
-            st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         st.in_flight.insert(block);
         drop(st);
@@ -179,7 +179,7 @@ impl Hydration {
     pub(crate) fn claim(&self, block: u32) {
         let mut st = self.lock();
         while st.in_flight.contains(&block) {
-            st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+            st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         if st.pending.remove(block) {
             st.dirty = true;
@@ -189,7 +189,7 @@ impl Hydration {
     /// Write the map if it changed. `data` (when given) is synced first, so the map never says
     /// "local" for bytes that are not durable.
     pub(crate) fn persist(&self, data: Option<&File>) -> io::Result<()> {
-        let _p = self.persist_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let _p = self.persist_lock.lock().unwrap_or_else(|p| p.into_inner());
         let snapshot = {
             let mut st = self.lock();
             if !st.dirty {
@@ -224,7 +224,88 @@ impl Hydration {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, loom))]
+impl Hydration {
+    /// A hydration with no map on disk (the protocol alone, for the model checks).
+    fn in_memory(source: Box<dyn BlockSource>, pending: RoaringBitmap) -> Hydration {
+        Hydration {
+            source,
+            path: PathBuf::new(),
+            dir: PathBuf::new(),
+            state: Mutex::new(State { pending, in_flight: HashSet::new(), dirty: false }),
+            cv: Condvar::new(),
+            persist_lock: Mutex::new(()),
+            done: AtomicBool::new(false),
+        }
+    }
+}
+
+/// Model checks of the single-flight protocol (`RUSTFLAGS="--cfg loom"`, see `tests/run`): two
+/// readers and a background hydrator (or a whole-block writer) on one pending block; the block is
+/// fetched at most once, nobody waits for ever (loom reports a deadlock), and it ends local.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+
+    struct Counting(Arc<AtomicUsize>);
+
+    impl BlockSource for Counting {
+        fn fetch(&self, _block: u32) -> io::Result<Option<Vec<u8>>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(Some(vec![7]))
+        }
+    }
+
+    fn model(f: impl Fn() + Sync + Send + 'static) {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(f);
+    }
+
+    fn setup() -> (Arc<Hydration>, Arc<AtomicUsize>) {
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let mut pending = RoaringBitmap::new();
+        pending.insert(0);
+        (Arc::new(Hydration::in_memory(Box::new(Counting(fetches.clone())), pending)), fetches)
+    }
+
+    #[test]
+    fn loom_two_readers_and_a_hydrator_fetch_once() {
+        model(|| {
+            let (h, fetches) = setup();
+            let h1 = h.clone();
+            let r1 = loom::thread::spawn(move || h1.ensure(0, |_| Ok(())).unwrap());
+            let h2 = h.clone();
+            let bg = loom::thread::spawn(move || {
+                if let Some(b) = h2.take_next() {
+                    h2.fetch_taken(b, |_| Ok(())).unwrap();
+                }
+            });
+            h.ensure(0, |_| Ok(())).unwrap();
+            r1.join().unwrap();
+            bg.join().unwrap();
+            assert_eq!(fetches.load(Ordering::SeqCst), 1, "a block was fetched twice");
+            assert!(!h.is_pending(0));
+        });
+    }
+
+    #[test]
+    fn loom_a_claim_racing_a_reader() {
+        model(|| {
+            let (h, fetches) = setup();
+            let h1 = h.clone();
+            let r = loom::thread::spawn(move || h1.ensure(0, |_| Ok(())).unwrap());
+            h.claim(0);
+            r.join().unwrap();
+            assert!(fetches.load(Ordering::SeqCst) <= 1);
+            assert!(!h.is_pending(0));
+        });
+    }
+}
+
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
 

@@ -632,6 +632,22 @@ impl Volume {
         Ok(self.cbt.sync()?)
     }
 
+    /// A prepared cut that was not committed because its gates did not drain: kept as the staged
+    /// cut when it is still current (the next cut takes it, and nothing touches the disk now, which
+    /// may be the very thing that hangs); otherwise abandoned.
+    pub fn return_cut(&self, mut prepared: PreparedCut) -> Result<()> {
+        let mut staged = self.staged.lock().unwrap_or_else(PoisonError::into_inner);
+        if staged.is_none() && prepared.epoch == self.cbt.epoch() && !self.deleted.load(Ordering::Acquire) {
+            if let Some(n) = prepared.in_flight.take() {
+                n.fetch_sub(1, Ordering::AcqRel);
+            }
+            *staged = Some((prepared, self.cbt.nblocks()));
+            return Ok(());
+        }
+        drop(staged);
+        self.abandon_cut(prepared)
+    }
+
     /// A prepared cut that will not be committed.
     pub fn abandon_cut(&self, prepared: PreparedCut) -> Result<()> {
         let _ = std::fs::remove_file(capture::log_path(&self.dir, prepared.epoch));

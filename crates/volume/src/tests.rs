@@ -380,3 +380,39 @@ fn a_bitmap_of_a_newer_format_is_refused_untouched() {
     assert_eq!(std::fs::read(&path).unwrap(), bytes, "the newer file was rewritten");
     assert!(!s.root().join("vol-a").join("changes.bitmap.tmp").exists());
 }
+
+/// A write that never finishes (a hung disk, a stuck client) must not hang a cut: the drain gives up
+/// at its deadline with `Busy`, every gate opens again, the prepared cut is abandoned without
+/// touching the changed set, and once the writer is gone the next cut works and freezes its block.
+#[test]
+fn a_cut_that_cannot_drain_is_abandoned_cleanly() {
+    let (_dir, s) = store();
+    s.create("vol-a", 8 * MIB).unwrap();
+    s.create("vol-b", 8 * MIB).unwrap();
+    let (a, b) = (s.open_volume("vol-a").unwrap(), s.open_volume("vol-b").unwrap());
+    a.write_at(0, &[1u8; 4096], false).unwrap();
+    let before = a.changed_blocks();
+    let stuck = gate::WriterGuard::new(&b.gate);
+    let (pa, pb) = (a.prepare_cut().unwrap(), b.prepare_cut().unwrap());
+    let deadline = Instant::now() + std::time::Duration::from_millis(50);
+    let r = Volume::gate_all(&[&a, &b], deadline);
+    assert!(matches!(r, Err(Error::Busy(ref id)) if id == "vol-b"), "the drain must give up on vol-b");
+    drop(r);
+    a.abandon_cut(pa).unwrap();
+    b.return_cut(pb).unwrap();
+    // Both gates are open: writers pass on both volumes while the stuck one is still inside.
+    a.write_at(MIB, &[2u8; 4096], false).unwrap();
+    assert!(WriterGuard::try_new(&b.gate).is_some());
+    assert!(a.changed_blocks().is_superset(&before));
+    drop(stuck);
+    let p = a.prepare_cut().unwrap();
+    let g = Volume::gate_all(&[&a], Instant::now() + DRAIN_TIMEOUT).unwrap();
+    let (_, frozen) = a.commit_cut(&g[0], p).unwrap();
+    assert_eq!(frozen, blocks(&[0, 2]));
+    // The returned cut of vol-b was kept staged and is taken by its next cut.
+    b.write_at(3 * MIB, &[3u8; 4096], false).unwrap();
+    let p = b.prepare_cut().unwrap();
+    let g = Volume::gate_all(&[&b], Instant::now() + DRAIN_TIMEOUT).unwrap();
+    let (_, frozen) = b.commit_cut(&g[0], p).unwrap();
+    assert_eq!(frozen, blocks(&[6]));
+}

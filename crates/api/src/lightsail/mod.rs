@@ -333,10 +333,9 @@ pub fn error(e: &EngineError, request_id: &str) -> Response {
 }
 
 /// The HTTP response of a dispatched call (run on the blocking pool).
-pub fn respond(result: std::result::Result<Result<Value>, tokio::task::JoinError>, request_id: &str) -> Response {
+pub fn respond(result: Result<Value>, request_id: &str) -> Response {
     match result {
-        Ok(Ok(v)) => crate::json::ok(v, request_id),
-        Ok(Err(e)) => error(&e, request_id),
-        Err(e) => error(&EngineError::Internal(format!("request task failed: {e}")), request_id),
+        Ok(v) => crate::json::ok(v, request_id),
+        Err(e) => error(&e, request_id),
     }
 }

@@ -1,0 +1,119 @@
+"""No global stall (issue 11): a write that never finishes on one volume (its disk hangs) must not stop
+the service. The data dir is a loop-mounted ext4 that the test freezes (`fsfreeze`): a FUA write to
+the attached volume then hangs inside the volume's write gate, as on a hung disk.
+
+- Another account's DescribeVolumes keeps answering while it hangs.
+- CreateSnapshot of the hung volume does not hang: its cut gives up when the writes do not drain
+  (ServiceUnavailable, no snapshot left behind).
+- Once the disk answers again the write completes and the next snapshot holds it.
+"""
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import pytest
+from botocore.exceptions import ClientError
+
+import nbd
+from conftest import Server, make_instance, make_volume, wait_attached
+from test_stress import wait_completed
+
+pytestmark = pytest.mark.blocksnap_only
+
+MiB = 1 << 20
+
+
+def run(*cmd: str) -> None:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, f"{' '.join(cmd)} failed: {p.stderr} (the test needs root and loop devices)"
+
+
+@pytest.fixture
+def frozen_disk_server(tmp_path):
+    img = tmp_path / "disk.img"
+    data = tmp_path / "data"
+    data.mkdir()
+    run("truncate", "-s", "512M", str(img))
+    run("mkfs.ext4", "-q", "-F", str(img))
+    run("mount", "-o", "loop", str(img), str(data))
+    srv = Server(kind="blocksnap", workdir=tmp_path)
+    try:
+        srv.start()
+        yield srv
+    finally:
+        subprocess.run(["fsfreeze", "-u", str(data)], capture_output=True)
+        srv.stop()
+        subprocess.run(["umount", "-l", str(data)], capture_output=True)
+
+
+def test_a_hung_disk_stalls_only_its_own_volume(frozen_disk_server):
+    server = frozen_disk_server
+    ec2 = server.client(read_timeout=30, connect_timeout=5)
+    az = f"{server.region}a"
+    inst = make_instance(ec2, "ami-0b5e4c3d2a1f00003", az, "live")["InstanceId"]
+    vid = make_volume(ec2, az, "live")["VolumeId"]
+    ec2.attach_volume(VolumeId=vid, InstanceId=inst, Device="/dev/sdf")
+    wait_attached(ec2, vid)
+    nbd.qemu_io(server, vid, "write -P 0x11 0 1M", "flush")
+    first = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
+    wait_completed(ec2, [first])
+    # The next cut is staged in the background after a snapshot completes; wait for its files so that
+    # the cut below needs no file I/O before its gate.
+    vdir = server.data_dir / "volumes" / vid
+    deadline = time.monotonic() + 30
+    while not (vdir / "changes.next").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (vdir / "changes.next").exists(), "the next cut was never staged"
+
+    other = server.create_account()
+    other_ec2 = server.client(creds=other, read_timeout=30, connect_timeout=5)
+    other_vol = other_ec2.create_volume(AvailabilityZone=az, Size=1)["VolumeId"]
+    before = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+
+    run("fsfreeze", "-f", str(server.data_dir))
+    writer = subprocess.Popen(nbd.qemu_io_args(server, vid) + ["-c", "write -f -P 0x22 0 1M"],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(1.0)
+        assert writer.poll() is None, "the write finished although the disk is frozen: nothing was tested"
+        outcome: dict = {}
+
+        def snapshot():
+            t0 = time.monotonic()
+            try:
+                ec2.create_snapshot(VolumeId=vid)
+                outcome["code"] = "none"
+            except ClientError as e:
+                outcome["code"] = e.response["Error"]["Code"]
+                outcome["message"] = e.response["Error"]["Message"]
+            outcome["took"] = time.monotonic() - t0
+
+        t = threading.Thread(target=snapshot, daemon=True)
+        t.start()
+        # While the cut waits for the hung write, another account is answered.
+        answered = 0
+        while t.is_alive():
+            vols = other_ec2.describe_volumes(VolumeIds=[other_vol])["Volumes"]
+            assert vols[0]["VolumeId"] == other_vol
+            answered += 1
+            time.sleep(0.1)
+            if answered > 600:
+                break
+        t.join(timeout=1)
+        assert not t.is_alive(), "CreateSnapshot of the hung volume did not answer within 60 s"
+        assert answered >= 5, "the other account was not served while the cut waited"
+        assert outcome["code"] == "ServiceUnavailable", outcome
+        assert "not created" in outcome["message"], outcome
+        assert writer.poll() is None, "the hung write completed before the disk came back"
+    finally:
+        run("fsfreeze", "-u", str(server.data_dir))
+    out, _ = writer.communicate(timeout=60)
+    assert writer.returncode == 0 and "wrote" in out, out
+    after = {s["SnapshotId"] for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]}
+    assert after == before, f"an abandoned cut left a snapshot behind: {after - before}"
+    # The volume works as before: the next snapshot holds the write that hung.
+    snap = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
+    assert wait_completed(ec2, [snap])[snap]["State"] == "completed"
+    assert nbd.pattern_ok(server, snap, 0, MiB, 0x22)
