@@ -271,6 +271,9 @@ impl Engine {
         }
         let total = manifest.blocks.iter().filter(|b| !b.is_reserved()).count().max(1) as u64;
         let mut blocks = manifest.blocks.clone();
+        // Blocks written or found in the destination store are not referenced until the manifest:
+        // no GC sweep meanwhile (see `Jobs::gc_gate`).
+        let _blocks_in_flight = self.jobs.gc_gate.read().await;
         let mut running = tokio::task::JoinSet::new();
         let mut queue = manifest.blocks.iter().copied().enumerate().filter(|(_, b)| !b.is_reserved());
         let (mut done, mut stored) = (0u64, 0u64);

@@ -38,6 +38,12 @@ pub(crate) struct Jobs {
     /// Volumes whose write gates a cut or a resize is about to take (one such operation per
     /// volume), and accounts whose Lightsail names are being checked and taken.
     pub(crate) claims: blocksnap_volume::Claims,
+    /// Jobs that write blocks a manifest does not reference yet (uploads, copies) hold it shared
+    /// from their first block to their manifest; a GC sweep holds it exclusively. So the sweep
+    /// never removes a block that a job has just written or found already stored (dedup) and is
+    /// about to reference, whatever the grace window. Taken only after a job's waits (its parent,
+    /// its source), so it never waits on a job queued behind the sweep.
+    pub(crate) gc_gate: tokio::sync::RwLock<()>,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> EngineError {
@@ -399,6 +405,7 @@ impl Engine {
             .map(|(_, s)| s)
             .ok_or_else(|| internal("upload", format!("epoch {epoch} is not frozen")))?;
         let parent = self.parent_manifest(&snap, &store).await?;
+        let _blocks_in_flight = self.jobs.gc_gate.read().await;
         let size = snap.volume_size_gib as u64 * GIB;
         let nblocks = size.div_ceil(BLOCK_SIZE) as usize;
         let mut blocks: Vec<BlockId> = vec![BlockId::UNWRITTEN; nblocks];
@@ -885,8 +892,11 @@ impl Engine {
     /// One mark-and-sweep of a region's store, then its statistics.
     pub async fn gc_region(&self, region: &str, grace: Duration) -> Result<StoreStats> {
         let store = self.store(region).await?;
-        self.drop_orphan_manifests(region, &store).await?;
-        let report = store.gc(grace).await.map_err(|e| internal("garbage collection", e))?;
+        let report = {
+            let _sweep = self.jobs.gc_gate.write().await;
+            self.drop_orphan_manifests(region, &store).await?;
+            store.gc(grace).await.map_err(|e| internal("garbage collection", e))?
+        };
         if report.chunks_removed + report.segments_removed > 0 {
             tracing::info!(
                 region,
