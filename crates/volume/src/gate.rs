@@ -312,54 +312,54 @@ mod loom_tests {
         b.check(f);
     }
 
+    /// A cutter that gives up: opens without waiting for the drain (a timed-out cut).
+    fn abandon(gate: &Gate, _p: &Probe) {
+        assert!(gate.begin_close_until(None));
+        gate.open();
+    }
+
+    type Step = fn(&Gate, &Probe);
+
+    /// Runs `a` and `b` on two threads and `main` on this one, over one gate; once all are done the
+    /// gate counts nothing (a lost or doubled exit shows here).
+    fn three(a: Step, b: Step, main: Step) -> (Arc<Gate>, Arc<Probe>) {
+        let gate = Arc::new(Gate::default());
+        let p = Arc::new(Probe::default());
+        let threads: Vec<_> = [a, b]
+            .into_iter()
+            .map(|f| {
+                let (g, p) = (gate.clone(), p.clone());
+                loom::thread::spawn(move || f(&g, &p))
+            })
+            .collect();
+        main(&gate, &p);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(gate.raw_state(), 0);
+        (gate, p)
+    }
+
     #[test]
     fn loom_two_writers_and_a_cutter() {
         model(|| {
-            let gate = Arc::new(Gate::default());
-            let p = Arc::new(Probe::default());
-            let (g1, p1) = (gate.clone(), p.clone());
-            let w1 = loom::thread::spawn(move || write(&g1, &p1));
-            let (g2, p2) = (gate.clone(), p.clone());
-            let w2 = loom::thread::spawn(move || try_write(&g2, &p2));
-            cut(&gate, &p);
-            w1.join().unwrap();
-            w2.join().unwrap();
-            assert_eq!(gate.raw_state(), 0);
+            three(write, try_write, cut);
         });
     }
 
     #[test]
     fn loom_two_cutters_and_a_writer() {
         model(|| {
-            let gate = Arc::new(Gate::default());
-            let p = Arc::new(Probe::default());
-            let (g1, p1) = (gate.clone(), p.clone());
-            let c1 = loom::thread::spawn(move || cut(&g1, &p1));
-            let (g2, p2) = (gate.clone(), p.clone());
-            let w = loom::thread::spawn(move || try_write(&g2, &p2));
-            cut(&gate, &p);
-            c1.join().unwrap();
-            w.join().unwrap();
-            assert_eq!(gate.raw_state(), 0);
+            three(cut, try_write, cut);
         });
     }
 
-    /// The abandon path: a cutter that gives up (opens without draining) while writers enter,
-    /// back out and wait; afterwards a full cut still drains and nothing is left counted.
+    /// The abandon path: a cutter that gives up while writers enter, back out and wait; afterwards
+    /// a full cut still drains.
     #[test]
     fn loom_abandoned_cut_and_two_writers() {
         model(|| {
-            let gate = Arc::new(Gate::default());
-            let p = Arc::new(Probe::default());
-            let (g1, p1) = (gate.clone(), p.clone());
-            let w1 = loom::thread::spawn(move || write(&g1, &p1));
-            let (g2, p2) = (gate.clone(), p.clone());
-            let w2 = loom::thread::spawn(move || try_write(&g2, &p2));
-            assert!(gate.begin_close_until(None));
-            gate.open();
-            w1.join().unwrap();
-            w2.join().unwrap();
-            assert_eq!(gate.raw_state(), 0);
+            let (gate, p) = three(write, try_write, abandon);
             cut(&gate, &p);
         });
     }
