@@ -63,7 +63,10 @@ class Blocksnap:
         env = dict(os.environ, BLOCKSNAP_ROOT_ACCESS_KEY_ID=AK, BLOCKSNAP_ROOT_SECRET_ACCESS_KEY=SK,
                    RUST_LOG=os.environ.get("RUST_LOG", "info,blocksnap_api=debug"))
         self.proc = subprocess.Popen([str(binary), "serve", "--data-dir", str(workdir / "data"),
-                                      "--listen", f"127.0.0.1:{self.port}", "--nbd-listen", f"127.0.0.1:{self.nbd}"],
+                                      "--listen", f"127.0.0.1:{self.port}", "--nbd-listen", f"127.0.0.1:{self.nbd}",
+                                      # Loopback plaintext NBD: this bench measures snapshots, not TLS
+                                      # (bench/nbd has the TLS rows).
+                                      "--nbd-insecure-plaintext", "--metrics-listen", "off"],
                                      env=env, stdout=open(self.log_path, "wb"), stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.time() + 30
