@@ -9,6 +9,7 @@
 //! group-committed fsync of the WAL, versioned migrations applied only by the data dir's owner). The trait
 //! is the seam where a PostgreSQL catalog plugs in without touching the engine.
 
+mod group_commit;
 mod sqlite;
 
 pub use sqlite::{OpenMode, SqliteCatalog};

@@ -1,8 +1,9 @@
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex};
+use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use crate::group_commit::GroupCommit;
 use crate::{Catalog, CatalogError, Change, Result, Row};
 
 /// Ordered schema migrations; the index + 1 is the schema version recorded in `PRAGMA user_version`.
@@ -30,15 +31,7 @@ pub struct SqliteCatalog {
     wal_path: PathBuf,
     /// The WAL file, opened on the first sync (it exists once anything was committed).
     wal: Mutex<Option<std::fs::File>>,
-    seq: Mutex<SyncState>,
-    synced: Condvar,
-}
-
-#[derive(Default)]
-struct SyncState {
-    committed: u64,
-    durable: u64,
-    syncing: bool,
+    group: GroupCommit,
 }
 
 /// How a process opens the catalog.
@@ -90,8 +83,7 @@ impl SqliteCatalog {
             conn: Mutex::new(conn),
             wal_path: PathBuf::from(wal),
             wal: Mutex::new(None),
-            seq: Mutex::new(SyncState::default()),
-            synced: Condvar::new(),
+            group: GroupCommit::new(),
         };
         match mode {
             OpenMode::Owner => cat.migrate()?,
@@ -191,7 +183,7 @@ impl Catalog for SqliteCatalog {
 
     fn commit(&self, changes: &[Change]) -> Result<u64> {
         if changes.is_empty() {
-            return Ok(self.seq.lock().unwrap_or_else(|p| p.into_inner()).committed);
+            return Ok(self.group.last());
         }
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -214,35 +206,12 @@ impl Catalog for SqliteCatalog {
         }
         tx.commit()?;
         // Numbered while the connection lock is held: sequence order is commit order.
-        let mut seq = self.seq.lock().unwrap_or_else(|p| p.into_inner());
-        seq.committed += 1;
-        Ok(seq.committed)
+        Ok(self.group.committed())
     }
 
     fn sync(&self, upto: u64) -> Result<()> {
-        let mut st = self.seq.lock().unwrap_or_else(|p| p.into_inner());
-        loop {
-            if st.durable >= upto {
-                return Ok(());
-            }
-            if !st.syncing {
-                break;
-            }
-            st = self.synced.wait(st).unwrap_or_else(|p| p.into_inner());
-        }
-        // Leader: one fdatasync covers every commit made so far.
-        st.syncing = true;
-        let target = st.committed;
-        drop(st);
-        let result = self.sync_wal();
-        let mut st = self.seq.lock().unwrap_or_else(|p| p.into_inner());
-        st.syncing = false;
-        if result.is_ok() {
-            st.durable = st.durable.max(target);
-        }
-        drop(st);
-        self.synced.notify_all();
-        result.map_err(CatalogError::Io)
+        // One fdatasync of the WAL covers every commit made so far.
+        self.group.sync(upto, || self.sync_wal()).map_err(CatalogError::Io)
     }
 }
 
