@@ -429,6 +429,16 @@ def make_instance(ec2, image_id: str, az: str, run_tag: str, wait: bool = True, 
     return inst
 
 
+def attached_volume(ec2, az: str, run_tag: str, image_id: str = "ami-0b5e4c3d2a1f00001",
+                    device: str = "/dev/sdf") -> tuple[str, str]:
+    """A running instance with a new 1 GiB volume attached: (instance id, volume id)."""
+    inst = make_instance(ec2, image_id, az, run_tag)["InstanceId"]
+    vid = make_volume(ec2, az, run_tag)["VolumeId"]
+    ec2.attach_volume(VolumeId=vid, InstanceId=inst, Device=device)
+    wait_attached(ec2, vid)
+    return inst, vid
+
+
 def pytest_collection_modifyitems(config, items):
     if not IS_MOTO:
         return

@@ -12,7 +12,7 @@ import time
 import boto3
 import pytest
 
-from conftest import Server, free_port
+from conftest import Server, attached_volume, free_port
 from nbd import MiB, from_file, pattern_ok, qemu_io, to_file
 
 pytestmark = pytest.mark.blocksnap_only
@@ -77,10 +77,7 @@ def test_store_hangs_then_disappears(tmp_path, moto):
     srv = s3_server(tmp_path, port)
     try:
         ec2 = srv.client()
-        inst = ec2.run_instances(ImageId="ami-0b5e4c3d2a1f00001", MinCount=1, MaxCount=1,
-                                 Placement={"AvailabilityZone": REGION + "a"})["Instances"][0]["InstanceId"]
-        vid = ec2.create_volume(Size=1, AvailabilityZone=REGION + "a")["VolumeId"]
-        ec2.attach_volume(VolumeId=vid, InstanceId=inst, Device="/dev/sdf")
+        _, vid = attached_volume(ec2, REGION + "a", "faults")
         qemu_io(srv, vid, "write -P 0x21 0 1M", "flush")
         first = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
         assert wait_done(ec2, first)["State"] == "completed"

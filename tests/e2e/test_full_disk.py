@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import Server, blocksnap_bin
+from conftest import Server, attached_volume, blocksnap_bin
 from nbd import MiB, pattern_ok, qemu_io
 
 pytestmark = pytest.mark.blocksnap_only
@@ -34,10 +34,7 @@ def test_full_data_dir(tmp_path, small_disk):
     srv.start()
     try:
         ec2 = srv.client()
-        inst = ec2.run_instances(ImageId="ami-0b5e4c3d2a1f00001", MinCount=1, MaxCount=1,
-                                 Placement={"AvailabilityZone": REGION + "a"})["Instances"][0]["InstanceId"]
-        vid = ec2.create_volume(Size=1, AvailabilityZone=REGION + "a")["VolumeId"]
-        ec2.attach_volume(VolumeId=vid, InstanceId=inst, Device="/dev/sdf")
+        _, vid = attached_volume(ec2, REGION + "a", "fulldisk")
         qemu_io(srv, vid, "write -P 0x31 0 8M", "flush")
         # Fill the disk through the volume, 1 MiB at a time, until the server answers ENOSPC.
         acked, enospc = [], None

@@ -17,7 +17,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 import nbd
-from conftest import Server, make_instance, make_volume, wait_attached
+from conftest import Server, attached_volume
 from test_stress import wait_completed
 
 pytestmark = pytest.mark.blocksnap_only
@@ -52,10 +52,7 @@ def test_a_hung_disk_stalls_only_its_own_volume(frozen_disk_server):
     server = frozen_disk_server
     ec2 = server.client(read_timeout=30, connect_timeout=5)
     az = f"{server.region}a"
-    inst = make_instance(ec2, "ami-0b5e4c3d2a1f00003", az, "live")["InstanceId"]
-    vid = make_volume(ec2, az, "live")["VolumeId"]
-    ec2.attach_volume(VolumeId=vid, InstanceId=inst, Device="/dev/sdf")
-    wait_attached(ec2, vid)
+    _, vid = attached_volume(ec2, az, "live", image_id="ami-0b5e4c3d2a1f00003")
     nbd.qemu_io(server, vid, "write -P 0x11 0 1M", "flush")
     first = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
     wait_completed(ec2, [first])
