@@ -24,6 +24,11 @@ pub enum Protocol {
     Query,
     /// JSON 1.1 (Lightsail, KMS): the operation in `X-Amz-Target`, parameters in the JSON body.
     Json,
+    /// REST-JSON (the EBS direct APIs): the operation in the method and path, parameters in the
+    /// path, query and headers. A body carrying block data (`PutSnapshotBlock`) may be unsigned
+    /// (clients send `UNSIGNED-PAYLOAD`): then the signed `x-amz-checksum` header, which the
+    /// engine checks against the body, is what authenticates it.
+    Rest { unsigned_block_body: bool },
 }
 
 fn auth_error(e: AuthError) -> EngineError {
@@ -33,6 +38,17 @@ fn auth_error(e: AuthError) -> EngineError {
 
 /// Refuses a signature that leaves what the request does unauthenticated (see the module docs).
 fn check_coverage(parsed: &ParsedAuth, body: &[u8], protocol: Protocol) -> Result<(), EngineError> {
+    if let Protocol::Rest { unsigned_block_body: true } = protocol
+        && parsed.payload == (PayloadHash::Unsigned { streaming_trailer: false })
+    {
+        if !parsed.signs_header("x-amz-checksum") {
+            return Err(EngineError::client(
+                "IncompleteSignature",
+                "With UNSIGNED-PAYLOAD, x-amz-checksum must be among the SignedHeaders: it authenticates the block.",
+            ));
+        }
+        return Ok(());
+    }
     if !parsed.covers_body(body) {
         let msg = match parsed.payload {
             PayloadHash::Presigned => {

@@ -3,6 +3,7 @@
 //! results rendered back in the protocol's own format.
 
 mod auth;
+pub mod ebs;
 pub mod ec2;
 #[doc(hidden)]
 pub mod fuzz;
@@ -62,12 +63,22 @@ async fn handle(
     let started = std::time::Instant::now();
     // JSON 1.1 protocols name their operation in X-Amz-Target; EC2 Query has none.
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
-    let protocol = if target.is_some() { auth::Protocol::Json } else { auth::Protocol::Query };
+    // The EBS direct APIs are REST: their paths name them (EC2 Query and JSON 1.1 post to `/`).
+    let rest = target.is_none() && ebs::is_ebs_path(&uri);
+    let protocol = match (&target, rest) {
+        (Some(_), _) => auth::Protocol::Json,
+        (None, true) => auth::Protocol::Rest { unsigned_block_body: ebs::Endpoint::unsigned_block_body(&method, &uri) },
+        (None, false) => auth::Protocol::Query,
+    };
     let caller = match auth::authenticate(&st.engine, &method, &uri, &headers, &body, protocol) {
         Ok(c) => c,
         Err(e) if target.is_some() => return json::error(&e, &request_id),
+        Err(e) if rest => return ebs::error(&e, &request_id),
         Err(e) => return ec2_error(&e, &request_id),
     };
+    if rest {
+        return handle_ebs(&st, caller, &method, &uri, &headers, body, &request_id, started).await;
+    }
     if let Some(target) = target {
         return handle_json(&st, caller, &target, body, request_id).await;
     }
@@ -110,6 +121,36 @@ async fn handle(
         Ok(body) => xml_response(StatusCode::OK, body, &request_id),
         Err(e) => ec2_error(&e, &request_id),
     }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn handle_ebs(
+    st: &Arc<AppState>,
+    caller: auth::Caller,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+    request_id: &str,
+    started: std::time::Instant,
+) -> Response {
+    if caller.service != ebs::SERVICE {
+        let e = EngineError::client(
+            "InvalidSignatureException",
+            format!("Credential should be scoped to correct service: '{}'.", ebs::SERVICE),
+        );
+        return ebs::error(&e, request_id);
+    }
+    let ep = match ebs::Endpoint::parse(method, uri) {
+        Ok(ep) => ep,
+        Err(e) => return ebs::error(&e, request_id),
+    };
+    let action = ep.name();
+    let region = caller.ctx.region.clone();
+    let r = ebs::handle(st.engine.clone(), caller.ctx, ep, uri, headers, body, request_id).await;
+    ::metrics::histogram!("blocksnap_api_request_duration_seconds", "action" => action, "region" => region)
+        .record(started.elapsed().as_secs_f64());
+    r
 }
 
 /// The parameters of an EC2 Query request: from the query string or from a POST's form body, never

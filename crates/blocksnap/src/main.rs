@@ -307,6 +307,14 @@ fn serve(
         cfg.regions = r.clone();
     }
     cfg.s3_stores = file_cfg.stores.iter().map(|(region, s)| (region.clone(), s.to_store_config())).collect();
+    // EBS direct APIs: block token lifetime, and (for tests) the length of a Timeout minute.
+    let env_u64 = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    if let Some(s) = env_u64("BLOCKSNAP_EBS_BLOCK_TOKEN_SECS") {
+        cfg.block_token_ttl = std::time::Duration::from_secs(s);
+    }
+    if let Some(ms) = env_u64("BLOCKSNAP_EBS_MINUTE_MS") {
+        cfg.direct_minute = std::time::Duration::from_millis(ms.max(1));
+    }
     // The listeners first: a port clash ends here, before the data dir is touched.
     let bind = |addr: SocketAddr, what: &str| -> anyhow::Result<std::net::TcpListener> {
         let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding {what} {addr}"))?;

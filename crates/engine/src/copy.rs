@@ -194,6 +194,7 @@ impl Engine {
             blocks_total: 0,
             instance_set: None,
             source_snapshot: Some(encode_source(&src.region, &src.id)),
+            direct: None,
         };
         recs.push(Rec::Snapshot(snap.clone()));
         self.commit(&mut st, recs)?;

@@ -44,6 +44,8 @@ pub(crate) struct Jobs {
     /// about to reference, whatever the grace window. Taken only after a job's waits (its parent,
     /// its source), so it never waits on a job queued behind the sweep.
     pub(crate) gc_gate: tokio::sync::RwLock<()>,
+    /// Snapshots being written block by block (EBS direct APIs), token key, listing caches.
+    pub(crate) direct: crate::ebs::Direct,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> EngineError {
@@ -79,7 +81,7 @@ impl Engine {
             (
                 st.snapshots
                     .values()
-                    .filter(|s| s.state == SnapshotState::Pending && s.source_snapshot.is_none())
+                    .filter(|s| s.state == SnapshotState::Pending && s.source_snapshot.is_none() && s.direct.is_none())
                     .cloned()
                     .collect(),
                 st.volumes
@@ -105,6 +107,7 @@ impl Engine {
                 Err(e) => self.fail_snapshot(&s.id, format!("the upload could not resume after a restart: {e}")),
             }
         }
+        self.ebs_resume();
         for v in restoring {
             if let Some(sid) = v.snapshot_id.clone() {
                 let snap = self.lock().snapshots.get(&sid).cloned();

@@ -116,11 +116,11 @@ fn cut_page<T>(mut out: Vec<T>, page_size: Option<usize>, id_of: impl Fn(&T) -> 
     Page { items: out, next_token }
 }
 
-fn encode_token(last_id: &str) -> String {
+pub(crate) fn encode_token(last_id: &str) -> String {
     format!("bsnt1{}", hex::encode(last_id))
 }
 
-fn decode_token(t: &str) -> Result<String> {
+pub(crate) fn decode_token(t: &str) -> Result<String> {
     t.strip_prefix("bsnt1")
         .and_then(|h| hex::decode(h).ok())
         .and_then(|b| String::from_utf8(b).ok())

@@ -53,6 +53,10 @@ pub struct EngineConfig {
     pub regions: Vec<String>,
     /// Regions whose snapshot store is an S3-compatible bucket (others live under the data dir).
     pub s3_stores: HashMap<String, blocksnap_store::S3Config>,
+    /// How long block tokens (EBS direct APIs) stay valid.
+    pub block_token_ttl: std::time::Duration,
+    /// The length of one of StartSnapshot's `Timeout` minutes (a minute; tests shorten it).
+    pub direct_minute: std::time::Duration,
 }
 
 impl Default for EngineConfig {
@@ -60,6 +64,8 @@ impl Default for EngineConfig {
         EngineConfig {
             regions: crate::regions::COMMERCIAL_REGIONS.iter().map(|s| s.to_string()).collect(),
             s3_stores: HashMap::new(),
+            block_token_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
+            direct_minute: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -113,6 +119,7 @@ pub(crate) const DOC_KINDS: &[&str] = &[
     "ls_instance_snapshot",
     "ls_operation",
     crate::credentials::KIND_NBD_CREDENTIAL,
+    crate::ebs::KIND_EBS_KEY,
 ];
 
 pub struct Engine {

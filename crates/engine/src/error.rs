@@ -7,6 +7,10 @@ pub enum EngineError {
     /// `IncorrectState`, `VolumeInUse`, ... Kept as one variant so the mapping stays a table, not a match.
     #[error("{code}: {message}")]
     Client { code: &'static str, message: String },
+    /// A client error whose protocol also names a machine-readable reason (the EBS direct APIs'
+    /// `ValidationException` with `Reason: INVALID_BLOCK_TOKEN`, ...).
+    #[error("{code} ({reason}): {message}")]
+    Reasoned { code: &'static str, reason: &'static str, message: String },
     /// The request would have succeeded; nothing was changed (EC2 `DryRun=true`).
     #[error("Request would have succeeded, but DryRun flag is set.")]
     DryRun,
@@ -17,6 +21,16 @@ pub enum EngineError {
 impl EngineError {
     pub fn client(code: &'static str, message: impl Into<String>) -> Self {
         EngineError::Client { code, message: message.into() }
+    }
+    pub fn reasoned(code: &'static str, reason: &'static str, message: impl Into<String>) -> Self {
+        EngineError::Reasoned { code, reason, message: message.into() }
+    }
+    /// The machine-readable reason, for protocols that carry one.
+    pub fn reason(&self) -> Option<&'static str> {
+        match self {
+            EngineError::Reasoned { reason, .. } => Some(reason),
+            _ => None,
+        }
     }
     pub fn invalid_value(message: impl Into<String>) -> Self {
         Self::client("InvalidParameterValue", message)
@@ -31,7 +45,7 @@ impl EngineError {
     /// The AWS error code.
     pub fn code(&self) -> &'static str {
         match self {
-            EngineError::Client { code, .. } => code,
+            EngineError::Client { code, .. } | EngineError::Reasoned { code, .. } => code,
             EngineError::DryRun => "DryRunOperation",
             EngineError::Internal(_) => "InternalError",
         }
@@ -39,7 +53,7 @@ impl EngineError {
 
     pub fn message(&self) -> String {
         match self {
-            EngineError::Client { message, .. } => message.clone(),
+            EngineError::Client { message, .. } | EngineError::Reasoned { message, .. } => message.clone(),
             other => other.to_string(),
         }
     }
@@ -49,7 +63,7 @@ impl EngineError {
         match self {
             EngineError::DryRun => 412,
             EngineError::Internal(_) => 500,
-            EngineError::Client { code, .. } => match *code {
+            EngineError::Client { code, .. } | EngineError::Reasoned { code, .. } => match *code {
                 "AuthFailure"
                 | "UnauthorizedOperation"
                 | "SignatureDoesNotMatch"

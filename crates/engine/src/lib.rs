@@ -6,6 +6,7 @@ mod copy;
 mod credentials;
 mod data;
 mod describe;
+pub mod ebs;
 mod engine;
 mod error;
 mod filter;

@@ -339,4 +339,28 @@ pub struct Snapshot {
     /// For copies: the source snapshot (region/id) being copied.
     #[serde(default)]
     pub source_snapshot: Option<String>,
+    /// For snapshots written block by block (EBS direct APIs `StartSnapshot`).
+    #[serde(default)]
+    pub direct: Option<DirectWrite>,
+}
+
+/// A snapshot written through the EBS direct APIs: what its pending life needs.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DirectWrite {
+    /// When a still-pending snapshot moves to `error` (StartSnapshot's `Timeout`).
+    pub deadline: Millis,
+    pub timeout_minutes: u32,
+    #[serde(default)]
+    pub client_token: Option<String>,
+    /// Fingerprint of the StartSnapshot request, to detect ClientToken reuse with other parameters.
+    #[serde(default)]
+    pub fingerprint: String,
+    /// CompleteSnapshot accepted (count and checksum verified): the manifest is being written; a
+    /// restart finishes it.
+    #[serde(default)]
+    pub completing: bool,
+    /// The parent's blocks are in another encryption lineage (or none): they are re-encoded at
+    /// completion instead of referenced.
+    #[serde(default)]
+    pub reencode_parent: bool,
 }

@@ -207,6 +207,7 @@ impl Engine {
             blocks_total: 0,
             instance_set: None,
             source_snapshot: None,
+            direct: None,
         }
     }
 

@@ -89,6 +89,7 @@
 //! 0.45–0.95 GB/s (from disk: direct writes leave nothing in the page cache). Reproduce with
 //! `cargo test --release -p blocksnap-store --test bench -- --ignored --nocapture`.
 
+pub mod blocklog;
 mod chunk;
 mod crypto;
 pub mod decode;
@@ -101,6 +102,7 @@ mod retry;
 mod segment;
 mod store;
 
+pub use blocklog::{BlockLog, LogRecord};
 pub use crypto::{Codec, DataKey, unwrap_key, wrap_key};
 pub use error::{Result, StoreError};
 pub use gc::GcReport;

@@ -601,7 +601,10 @@ impl BlockStore {
 
     // ---- segments and manifests ---------------------------------------------------------
 
-    async fn read_segment(&self, id: SegmentId, count: usize) -> Result<Vec<BlockId>> {
+    /// The `count` block ids of one segment of a manifest (reserved ids cost no I/O). The
+    /// segment is verified against its id; a manifest's segment `i` holds blocks
+    /// `i * SEGMENT_BLOCKS ..`, so two manifests can be compared segment by segment.
+    pub async fn read_segment(&self, id: SegmentId, count: usize) -> Result<Vec<BlockId>> {
         if let Some(ids) = segment::reserved_ids(&id, count) {
             return Ok(ids);
         }

@@ -286,10 +286,12 @@ fn exception(e: &EngineError) -> (&'static str, StatusCode) {
     let code = match e {
         EngineError::Internal(_) => ls::SERVICE,
         EngineError::DryRun => ls::INVALID_INPUT,
-        EngineError::Client { .. } => match ls::to_lightsail(EngineError::client(e.code(), "")) {
-            EngineError::Client { code, .. } => code,
-            _ => ls::INVALID_INPUT,
-        },
+        EngineError::Client { .. } | EngineError::Reasoned { .. } => {
+            match ls::to_lightsail(EngineError::client(e.code(), "")) {
+                EngineError::Client { code, .. } => code,
+                _ => ls::INVALID_INPUT,
+            }
+        }
     };
     let status = match code {
         "AccessDeniedException" | "UnauthenticatedException" => StatusCode::FORBIDDEN,
