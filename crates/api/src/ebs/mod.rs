@@ -371,7 +371,7 @@ fn json_response(status: StatusCode, v: Value, request_id: &str) -> Response {
 /// The HTTP status of each error the EBS direct APIs define (and of the authentication errors).
 fn status_of(e: &EngineError) -> StatusCode {
     match e.code() {
-        "AccessDeniedException" => StatusCode::FORBIDDEN,
+        "AccessDeniedException" | "InvalidSignatureException" => StatusCode::FORBIDDEN,
         "ResourceNotFoundException" => StatusCode::NOT_FOUND,
         "ConflictException" => StatusCode::CONFLICT,
         "ServiceQuotaExceededException" => StatusCode::PAYMENT_REQUIRED,
