@@ -95,6 +95,60 @@ write("nbd", "rw", hello + opt(8) + opt(10, meta) + go(b"fuzz")
 write("nbd", "ro-write", hello + go(b"ro") + req(1, 0, 16, 1, b"x" * 16) + req(2, 0, 0))
 write("nbd", "export-name", hello + opt(1, b"fuzz") + req(0, 0, 512) + req(2, 0, 0))
 
+# NBD_OPT_STARTTLS (5), for the TLS-only server the nbd harness also serves: first; after refused
+# options; with data (invalid); twice; after EXPORT_NAME (ends the connection); ABORT instead; and
+# followed by data the TLS handshake reads (garbage, a truncated record, a recorded ClientHello).
+starttls = opt(5)
+write("nbd", "starttls-first", hello + starttls + b"\x16\x03\x01\x00\x05hello")
+write("nbd", "starttls-after-options", hello + opt(3) + opt(8) + go(b"fuzz") + opt(6, b"\0\0\0\0\0\0")
+      + starttls + b"\x16\x03\x03\x40\x00")
+write("nbd", "starttls-with-data", hello + opt(5, b"x") + starttls)
+write("nbd", "starttls-twice", hello + opt(5, b"\0\0") + starttls + starttls)
+write("nbd", "starttls-export-name", hello + opt(1, b"fuzz") + starttls)
+write("nbd", "starttls-abort", hello + opt(3) + opt(2) + starttls)
+write("nbd", "starttls-no-zeroes", struct.pack(">I", 1) + starttls + b"\x15\x03\x03\x00\x02\x02\x28")
+
+
+def capture_client_hello() -> bytes:
+    """What libnbd (nbdinfo, gnutls) sends after the server acks STARTTLS, with the harness's PSK
+    (identity `fuzz`, key 0x42 x 32): a TLS 1.3 ClientHello whose PSK binder verifies."""
+    import os
+    import socket
+    import subprocess
+    import tempfile
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    port = srv.getsockname()[1]
+    with tempfile.TemporaryDirectory() as d:
+        keys = os.path.join(d, "keys.psk")
+        with open(keys, "w") as f:
+            f.write("fuzz:" + "42" * 32 + "\n")
+        client = subprocess.Popen(["nbdinfo", f"nbds://fuzz@127.0.0.1:{port}/fuzz?tls-psk-file={keys}"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        conn, _ = srv.accept()
+        conn.settimeout(5)
+        conn.sendall(struct.pack(">QQH", 0x4E42444D41474943, NBD_OPT_MAGIC, 3))
+        sent = conn.recv(4)
+        header = conn.recv(16)
+        assert struct.unpack(">QII", header)[1] == 5, "the client did not start with STARTTLS"
+        conn.sendall(struct.pack(">QIII", 0x3E889045565A9, 5, 1, 0))
+        record = b""
+        while len(record) < 5 or len(record) < 5 + struct.unpack(">H", record[3:5])[0]:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            record += chunk
+        conn.close()
+        client.wait()
+    return sent + header + record
+
+
+hello_file = HERE / "corpus" / "nbd" / "seed-starttls-clienthello"
+if not hello_file.exists():
+    # Recorded once (random per run): keep the checked-in one stable.
+    hello_file.write_bytes(capture_client_hello())
+
 # Store objects (formats in crates/store: chunk.rs, segment.rs, manifest.rs).
 plain = b"block " * 100
 chunk = b"BSNC" + struct.pack("<HBBIII", 1, 0, 0, len(plain), len(plain), 0) + plain

@@ -7,11 +7,13 @@
 //! answer bad input with an error.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use blocksnap_engine::model::Ctx;
 use blocksnap_engine::{Engine, EngineConfig};
-use blocksnap_nbd::{BlockDevice, Export, Extent, NbdServer, StaticResolver};
+use blocksnap_nbd::tls::TlsConfig;
+use blocksnap_nbd::{BlockDevice, Export, Extent, NbdServer, ServerConfig, StaticResolver};
 use blocksnap_store::{BlockId, Codec, DataKey, decode};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
@@ -157,30 +159,59 @@ impl BlockDevice for MemDisk {
 
 struct Nbd {
     rt: tokio::runtime::Runtime,
-    server: Arc<NbdServer>,
+    plain: Arc<NbdServer>,
+    tls: Arc<NbdServer>,
 }
 
-fn nbd_server() -> &'static Nbd {
+/// The TLS-only server's one credential (`fuzz:4242…42` in a `keys.psk`): fixed, so a recorded
+/// client's ClientHello (`fuzz/corpus/nbd/seed-starttls-clienthello*`) carries a binder that
+/// verifies and the handshake goes past it.
+pub const NBD_PSK_IDENTITY: &str = "fuzz";
+pub const NBD_PSK_KEY: [u8; 32] = [0x42; 32];
+
+static PSK_LOOKUPS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many PSK identities the TLS-only server looked up so far: the inputs that got through the
+/// pre-TLS options and into the TLS handshake as far as the ClientHello's PSK extension.
+pub fn nbd_psk_lookups() -> usize {
+    PSK_LOOKUPS.load(Ordering::Relaxed)
+}
+
+fn nbd_servers() -> &'static Nbd {
     static NBD: OnceLock<Nbd> = OnceLock::new();
     NBD.get_or_init(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap_or_else(|e| panic!("fuzz harness setup: runtime: {e}"));
-        let exports = StaticResolver::new();
+        let exports = Arc::new(StaticResolver::new());
         let disk: Arc<dyn BlockDevice> = Arc::new(MemDisk(Mutex::new(vec![0; DISK_SIZE as usize])));
         exports.insert("fuzz", Export::new(disk.clone(), false));
         exports.insert("ro", Export::new(disk, true));
-        Nbd { rt, server: Arc::new(NbdServer::new(Arc::new(exports))) }
+        let tls = TlsConfig::psk(Arc::new(|id: &str| {
+            PSK_LOOKUPS.fetch_add(1, Ordering::Relaxed);
+            (id == NBD_PSK_IDENTITY).then(|| NBD_PSK_KEY.to_vec())
+        }))
+        .unwrap_or_else(|e| panic!("fuzz harness setup: tls: {e}"));
+        let config = ServerConfig { tls: Some(Arc::new(tls)), ..ServerConfig::default() };
+        Nbd {
+            rt,
+            plain: Arc::new(NbdServer::new(exports.clone())),
+            tls: Arc::new(NbdServer::with_config(exports, config)),
+        }
     })
 }
 
 /// What a client sends, from its first byte (client flags, options, then requests) until EOF; the
-/// server's replies go nowhere.
+/// server's replies go nowhere. Each input goes to a plaintext server and to a TLS-only one: there
+/// the options before `NBD_OPT_STARTTLS` (refused, `STARTTLS` with data, `EXPORT_NAME`, `ABORT`,
+/// too many) and whatever follows `STARTTLS`, which the TLS handshake reads as a ClientHello.
 pub fn nbd(data: &[u8]) {
-    let n = nbd_server();
+    let n = nbd_servers();
     let rd = io::Cursor::new(data.to_vec());
-    n.rt.block_on(n.server.clone().serve_connection(rd, tokio::io::sink(), "fuzz".into()));
+    n.rt.block_on(n.plain.clone().serve_connection(rd, tokio::io::sink(), "fuzz".into()));
+    let stream = tokio::io::join(io::Cursor::new(data.to_vec()), tokio::io::sink());
+    n.rt.block_on(n.tls.clone().serve_stream(stream, "fuzz-tls".into()));
 }
 
 // ---- the store's decoders: what a damaged or hostile bucket holds -------------------------------

@@ -49,3 +49,20 @@ fn json_targets_cover_lightsail_and_kms() {
     assert!(t.iter().any(|t| t == "TrentService.DescribeKey"), "{t:?}");
     assert!(!t.iter().any(|t| t.contains(".Create") || t.contains(".Delete")), "{t:?}");
 }
+
+/// The NBD corpus reaches the TLS-only server's STARTTLS handling and its TLS handshake: a
+/// recorded client's ClientHello gets as far as the PSK lookup.
+#[test]
+fn nbd_corpus_reaches_the_tls_handshake() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/corpus/nbd");
+    let starttls: Vec<PathBuf> = inputs(&corpus)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("seed-starttls")))
+        .collect();
+    assert!(starttls.len() >= 5, "STARTTLS seeds: {starttls:?}");
+    let hello = corpus.join("seed-starttls-clienthello");
+    let data = std::fs::read(&hello).unwrap_or_else(|e| panic!("{}: {e}", hello.display()));
+    let before = blocksnap_fuzzing::nbd_psk_lookups();
+    blocksnap_fuzzing::nbd(&data);
+    assert!(blocksnap_fuzzing::nbd_psk_lookups() > before, "the recorded ClientHello did not reach the PSK lookup");
+}

@@ -44,7 +44,7 @@ impl Default for ServerConfig {
     }
 }
 
-type TlsStream = tokio_openssl::SslStream<tokio::io::BufStream<TcpStream>>;
+type TlsStream<S> = tokio_openssl::SslStream<tokio::io::BufStream<S>>;
 
 /// Read and write buffers under TLS.
 const TLS_IO_BUFFER: usize = 256 << 10;
@@ -192,8 +192,23 @@ impl NbdServer {
 
     async fn serve_tcp(self: Arc<Self>, stream: TcpStream, peer: String) {
         let _ = stream.set_nodelay(true);
-        let Some(tls) = self.config.tls.clone() else {
+        if self.config.tls.is_none() {
             let (rd, wr) = stream.into_split();
+            self.serve_connection(rd, wr, peer).await;
+            return;
+        }
+        self.serve_stream(stream, peer).await;
+    }
+
+    /// Serves one client over any byte stream the way a TCP client is served: with TLS
+    /// configured, `NBD_OPT_STARTTLS` and the TLS handshake come first (used for TCP, and by
+    /// tests and fuzzers for the pre-TLS option haggling and the handshake).
+    pub async fn serve_stream<S>(self: Arc<Self>, stream: S, peer: String)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let Some(tls) = self.config.tls.clone() else {
+            let (rd, wr) = tokio::io::split(stream);
             self.serve_connection(rd, wr, peer).await;
             return;
         };
@@ -214,12 +229,14 @@ impl NbdServer {
     /// `NBD_OPT_STARTTLS`, the TLS handshake (PSK: it authenticates the client),
     /// then the usual option haggling inside TLS.
     #[allow(clippy::type_complexity)]
-    async fn handshake_tls(
+    async fn handshake_tls<S: AsyncRead + AsyncWrite + Unpin>(
         self: &Arc<Self>,
         tls: &TlsConfig,
-        mut stream: TcpStream,
-    ) -> Result<Option<(tokio::io::ReadHalf<TlsStream>, tokio::io::WriteHalf<TlsStream>, Negotiated)>, HandshakeError>
-    {
+        mut stream: S,
+    ) -> Result<
+        Option<(tokio::io::ReadHalf<TlsStream<S>>, tokio::io::WriteHalf<TlsStream<S>>, Negotiated)>,
+        HandshakeError,
+    > {
         let no_zeroes = hello(&mut stream).await?;
         if !await_starttls(&mut stream).await? {
             let _ = stream.shutdown().await;

@@ -7,7 +7,9 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use openssl::ex_data::Index;
-use openssl::ssl::{Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslRef, SslVersion};
+use openssl::ssl::{
+    Ssl, SslContext, SslContextBuilder, SslMethod, SslOptions, SslRef, SslSessionCacheMode, SslVersion,
+};
 
 pub use openssl::error::ErrorStack;
 
@@ -49,6 +51,11 @@ impl TlsConfig {
         let mut b = SslContextBuilder::new(SslMethod::tls_server())?;
         b.set_min_proto_version(Some(SslVersion::TLS1_2))?;
         b.set_options(SslOptions::NO_TICKET | SslOptions::NO_RENEGOTIATION | SslOptions::CIPHER_SERVER_PREFERENCE);
+        // No resumption: every connection authenticates with its credential's PSK (a resumed
+        // session would skip the lookup, i.e. the credential check and its revocation), and a
+        // client is never sent tickets it cannot use.
+        b.set_num_tickets(0)?;
+        b.set_session_cache_mode(SslSessionCacheMode::OFF);
         b.set_cipher_list(
             "ECDHE-PSK-CHACHA20-POLY1305:DHE-PSK-AES256-GCM-SHA384:DHE-PSK-AES128-GCM-SHA256:\
              DHE-PSK-CHACHA20-POLY1305:PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256",

@@ -129,3 +129,59 @@ fn revoked_identity_is_cut() {
     let out = p.wait_with_output().unwrap();
     assert!(!String::from_utf8_lossy(&out.stdout).contains("read 4096/4096"), "{out:?}");
 }
+
+/// An OpenSSL client with alice's key: TLS 1.3 with AES-128-GCM, and the server issues no session
+/// tickets (a resumed session would skip the PSK lookup: the credential check and its revocation).
+#[test]
+fn tls13_without_session_tickets() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use openssl::ssl::{SslConnector, SslMethod, SslSessionCacheMode, SslVersion};
+
+    let t = start();
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", t.port)).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    let mut hello = [0u8; 18];
+    tcp.read_exact(&mut hello).unwrap();
+    tcp.write_all(&3u32.to_be_bytes()).unwrap();
+    let option =
+        |code: u32| [&0x4948_4156_454F_5054u64.to_be_bytes()[..], &code.to_be_bytes(), &0u32.to_be_bytes()].concat();
+    tcp.write_all(&option(5)).unwrap();
+    let mut ack = [0u8; 20];
+    tcp.read_exact(&mut ack).unwrap();
+    assert_eq!(u32::from_be_bytes(ack[12..16].try_into().unwrap()), 1, "STARTTLS is acknowledged");
+
+    static TICKETS: AtomicUsize = AtomicUsize::new(0);
+    let mut b = SslConnector::builder(SslMethod::tls_client()).unwrap();
+    b.set_min_proto_version(Some(SslVersion::TLS1_3)).unwrap();
+    b.set_session_cache_mode(SslSessionCacheMode::CLIENT);
+    b.set_new_session_callback(|_, _| {
+        TICKETS.fetch_add(1, Ordering::SeqCst);
+    });
+    b.set_psk_client_callback(|_, _, identity, psk| {
+        identity[..6].copy_from_slice(b"alice\0");
+        psk[..KEY.len()].copy_from_slice(&KEY);
+        Ok(KEY.len())
+    });
+    let mut cfg = b.build().configure().unwrap();
+    cfg.set_verify_hostname(false);
+    cfg.set_verify(openssl::ssl::SslVerifyMode::NONE);
+    let mut s = cfg.connect("nbd", tcp).unwrap();
+    assert_eq!(s.ssl().version_str(), "TLSv1.3");
+    assert_eq!(s.ssl().current_cipher().map(|c| c.name()), Some("TLS_AES_128_GCM_SHA256"));
+    // NBD_OPT_LIST inside TLS: its replies come after any ticket the server would send.
+    s.write_all(&option(3)).unwrap();
+    let mut reply = [0u8; 20];
+    loop {
+        s.read_exact(&mut reply).unwrap();
+        let len = u32::from_be_bytes(reply[16..20].try_into().unwrap()) as usize;
+        let mut data = vec![0u8; len];
+        s.read_exact(&mut data).unwrap();
+        if u32::from_be_bytes(reply[12..16].try_into().unwrap()) == 1 {
+            break;
+        }
+        assert_eq!(&data[4..], b"vol-a");
+    }
+    assert_eq!(TICKETS.load(Ordering::SeqCst), 0, "the server sent session tickets");
+}
