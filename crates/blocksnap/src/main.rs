@@ -3,6 +3,7 @@
 mod config;
 mod datadir;
 mod exports;
+mod https;
 mod nbd_credentials;
 mod telemetry;
 
@@ -38,6 +39,12 @@ enum Command {
         /// HTTP address for the AWS APIs.
         #[arg(long, env = "BLOCKSNAP_LISTEN", default_value = "127.0.0.1:4566")]
         listen: SocketAddr,
+        /// Serve the HTTP API over TLS (HTTPS) with this PEM certificate chain (leaf first).
+        #[arg(long, env = "BLOCKSNAP_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The PEM private key of --tls-cert.
+        #[arg(long, env = "BLOCKSNAP_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
         /// NBD address for volume and snapshot exports.
         #[arg(long, env = "BLOCKSNAP_NBD_LISTEN", default_value = "127.0.0.1:10809")]
         nbd_listen: SocketAddr,
@@ -135,9 +142,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::NbdCredentials(args) => nbd_credentials::run(args),
-        Command::Serve { data, listen, nbd_listen, nbd_insecure_plaintext, config, metrics_listen } => serve(
-            &data.data_dir,
+        Command::Serve {
+            data,
             listen,
+            tls_cert,
+            tls_key,
+            nbd_listen,
+            nbd_insecure_plaintext,
+            config,
+            metrics_listen,
+        } => serve(
+            &data.data_dir,
+            (listen, tls_cert.zip(tls_key)),
             (nbd_listen, nbd_insecure_plaintext),
             metrics_listen.unwrap_or(telemetry::MetricsListen::Default),
             config.as_deref(),
@@ -292,12 +308,13 @@ fn save_credentials(data_dir: &Path, text: &str) -> anyhow::Result<()> {
 
 fn serve(
     data_dir: &Path,
-    listen: SocketAddr,
+    (listen, http_tls): (SocketAddr, Option<(PathBuf, PathBuf)>),
     (nbd_listen, nbd_insecure_plaintext): (SocketAddr, bool),
     metrics_listen: telemetry::MetricsListen,
     config: Option<&Path>,
 ) -> anyhow::Result<()> {
     exports::check_listen(nbd_listen, nbd_insecure_plaintext)?;
+    let http_tls = http_tls.map(|(cert, key)| https::load(&cert, &key)).transpose()?;
     let file_cfg = match config {
         Some(p) => config::Config::load(p)?,
         None => config::Config::default(),
@@ -324,8 +341,8 @@ fn serve(
     let http_listener = bind(listen, "HTTP")?;
     let nbd_listener = bind(nbd_listen, "NBD")?;
     let metrics_listener = telemetry::bind(metrics_listen)?;
-    if !listen.ip().is_loopback() {
-        tracing::warn!(%listen, "the HTTP API listens beyond loopback without TLS: SigV4 authenticates requests but does not hide them (bodies, volume ids, KMS plaintexts); put a TLS-terminating proxy in front of it");
+    if !listen.ip().is_loopback() && http_tls.is_none() {
+        tracing::warn!(%listen, "the HTTP API listens beyond loopback without TLS: SigV4 authenticates requests but does not hide them (bodies, volume ids, KMS plaintexts); use --tls-cert/--tls-key or a TLS-terminating proxy");
     }
     // One owner per data dir: nothing in it is read, created or repaired before the lock is held.
     let lock = datadir::DataDirLock::acquire(data_dir)?;
@@ -418,16 +435,18 @@ fn serve(
         let state = Arc::new(blocksnap_api::AppState { engine: engine.clone() });
         let app = blocksnap_api::router(state);
         let http = tokio::net::TcpListener::from_std(http_listener)?;
-        tracing::info!(%listen, %nbd_listen, data_dir = %data_dir.display(), lock = %lock_path.display(), "blocksnap serving");
+        tracing::info!(%listen, https = http_tls.is_some(), %nbd_listen, data_dir = %data_dir.display(), lock = %lock_path.display(), "blocksnap serving");
         let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
         let mut http_stopping = stopping.clone();
-        let mut http_task = tokio::spawn(
-            axum::serve(http, app)
-                .with_graceful_shutdown(async move {
-                    let _ = http_stopping.wait_for(|s| *s).await;
-                })
-                .into_future(),
-        );
+        let http_stopped = async move {
+            let _ = http_stopping.wait_for(|s| *s).await;
+        };
+        let mut http_task = match http_tls {
+            Some(tls) => tokio::spawn(
+                axum::serve(https::TlsListener::new(http, tls)?, app).with_graceful_shutdown(http_stopped).into_future(),
+            ),
+            None => tokio::spawn(axum::serve(http, app).with_graceful_shutdown(http_stopped).into_future()),
+        };
         tokio::select! {
             () = stop.wait() => {}
             r = &mut http_task => {

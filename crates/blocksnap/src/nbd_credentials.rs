@@ -36,6 +36,10 @@ pub struct Args {
     /// http://127.0.0.1:4566).
     #[arg(long)]
     endpoint_url: Option<String>,
+    /// PEM certificates to verify an `https://` endpoint with, instead of the system's roots (as
+    /// the AWS CLI's `--ca-bundle`; e.g. the certificate of a `serve --tls-cert` server).
+    #[arg(long, env = "AWS_CA_BUNDLE")]
+    ca_bundle: Option<PathBuf>,
     /// AWS profile (default: AWS_PROFILE, then `default`).
     #[arg(long)]
     profile: Option<String>,
@@ -105,7 +109,15 @@ async fn call(args: &Args, op: &str, body: serde_json::Value) -> anyhow::Result<
         .header("x-amz-target", format!("{TARGET}.{op}"))
         .body(body.clone())?;
     sign(&mut req, &creds, &region)?;
-    let client = reqwest::Client::builder().build()?;
+    let mut client = reqwest::Client::builder();
+    if let Some(path) = &args.ca_bundle {
+        let pem = std::fs::read(path).with_context(|| format!("reading the CA bundle {}", path.display()))?;
+        let certs = reqwest::Certificate::from_pem_bundle(&pem)
+            .with_context(|| format!("{}: not PEM certificates", path.display()))?;
+        anyhow::ensure!(!certs.is_empty(), "{}: no PEM certificate in it", path.display());
+        client = client.tls_certs_only(certs);
+    }
+    let client = client.build()?;
     let mut rb = client.post(uri.to_string()).body(body);
     for (k, v) in req.headers() {
         rb = rb.header(k.as_str(), v.as_bytes());
