@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 
 import boto3
@@ -93,6 +94,20 @@ def test_plain_http_is_not_served(https_server):
     # The listener keeps serving TLS clients after a plaintext one.
     out = aws(srv, "ec2", "describe-availability-zones", ca=srv.ca)
     assert out.returncode == 0, out.stderr
+
+
+def test_silent_clients_hold_up_nobody(https_server):
+    """Connections that never start their TLS handshake (or stop half-way) do not delay others."""
+    srv = https_server
+    silent = [socket.create_connection(("127.0.0.1", srv.port), timeout=10) for _ in range(8)]
+    half = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    half.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")  # the start of a ClientHello
+    try:
+        out = aws(srv, "ec2", "describe-availability-zones", ca=srv.ca)
+        assert out.returncode == 0, out.stderr
+    finally:
+        for s in silent + [half]:
+            s.close()
 
 
 def test_mismatched_key_refuses_to_start(tmp_path):

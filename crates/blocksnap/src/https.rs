@@ -17,7 +17,8 @@ use tokio_rustls::server::TlsStream;
 
 /// A client must finish its TLS handshake within this time.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// TLS handshakes in progress at once; further connections wait in the kernel's backlog.
+/// TLS handshakes in progress (or done and not yet taken by axum) at once; further connections
+/// wait in the kernel's backlog.
 const MAX_HANDSHAKES: usize = 256;
 
 /// Reads the certificate chain (leaf first) and the private key (PKCS#8, PKCS#1 or SEC1), both PEM.
@@ -83,8 +84,10 @@ async fn accept_loop(
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
-                    drop(permit);
+                    // The permit is held until axum takes the connection: completed handshakes
+                    // waiting for it count against the bound too.
                     let _ = ready.send((tls, peer)).await;
+                    drop(permit);
                 }
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "https handshake failed"),
                 Err(_) => tracing::debug!(%peer, "https handshake timed out"),
