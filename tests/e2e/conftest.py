@@ -8,6 +8,10 @@ Environment:
   BLOCKSNAP_E2E_REGION   region used by the tests (default us-east-1)
   BLOCKSNAP_E2E_RUN_DEVIATING=1  with the moto target, run the moto_deviates tests too (to list where
                          moto differs from AWS)
+  BLOCKSNAP_E2E_CATALOG  "sqlite" (default) or "postgres": every server the fixtures start gets its own
+                         new database on the PostgreSQL server BLOCKSNAP_TEST_PG names (tests/run starts a
+                         throwaway one); its data dir records it, so admin commands and restarts find it.
+                         Tests that start `blocksnap serve` by hand on a new dir use SQLite.
 """
 from __future__ import annotations
 
@@ -47,6 +51,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TARGET = os.environ.get("BLOCKSNAP_E2E_TARGET", "blocksnap").lower()
 REGION = os.environ.get("BLOCKSNAP_E2E_REGION", "us-east-1")
 IS_MOTO = TARGET == "moto"
+CATALOG = os.environ.get("BLOCKSNAP_E2E_CATALOG", "sqlite").lower()
+if CATALOG not in ("sqlite", "postgres"):
+    raise RuntimeError(f"BLOCKSNAP_E2E_CATALOG={CATALOG!r}: expected sqlite or postgres")
 EC2_VERSION = "2016-11-15"
 
 ROOT_ACCESS_KEY = "AKIAE2ETESTROOT00001"
@@ -78,6 +85,24 @@ def _tail(path: Path, n: int = 4000) -> str:
         return path.read_text(errors="replace")[-n:]
     except OSError:
         return "<no log>"
+
+
+def pg_database() -> str:
+    """The URL of a new, empty database on the server BLOCKSNAP_TEST_PG names (same user and host)."""
+    base = os.environ.get("BLOCKSNAP_TEST_PG")
+    if not base:
+        raise RuntimeError("BLOCKSNAP_E2E_CATALOG=postgres needs BLOCKSNAP_TEST_PG, a PostgreSQL URL whose user "
+                           "may create databases (tests/run starts a throwaway cluster: see tests/pg.sh)")
+    name = "e2e_" + secrets.token_hex(8)
+    psql(base, f"CREATE DATABASE {name}")
+    head, sep, query = base.partition("?")
+    return head[:head.rindex("/")] + "/" + name + sep + query
+
+
+def psql(url: str, sql: str) -> str:
+    out = subprocess.run(["psql", url, "-XAtqc", sql], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, f"psql {sql!r}: {out.stderr}"
+    return out.stdout
 
 
 def blocksnap_bin() -> Path:
@@ -118,6 +143,12 @@ class Server:
         return self.workdir / "data"
 
     @property
+    def catalog_url(self) -> str | None:
+        """The PostgreSQL catalog's URL (BLOCKSNAP_E2E_CATALOG=postgres), else None (SQLite)."""
+        url = self.extra_env.get("BLOCKSNAP_CATALOG")
+        return url if url and url != "sqlite" else None
+
+    @property
     def log_path(self) -> Path:
         return self.workdir / f"server-{self.starts}.log"
 
@@ -137,6 +168,8 @@ class Server:
                 raise RuntimeError(f"{binary} does not exist: build it first (cargo build) or set "
                                    "BLOCKSNAP_BIN, or run with BLOCKSNAP_E2E_TARGET=moto")
             self.data_dir.mkdir(parents=True, exist_ok=True)
+            if CATALOG == "postgres" and "BLOCKSNAP_CATALOG" not in self.extra_env:
+                self.extra_env["BLOCKSNAP_CATALOG"] = pg_database()
             cmd = [str(binary), "serve", "--data-dir", str(self.data_dir),
                    "--listen", f"127.0.0.1:{self.port}", "--nbd-listen", f"127.0.0.1:{self.nbd_port}",
                    "--metrics-listen", f"127.0.0.1:{self.metrics_port}",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import blocksnap_bin, free_port, wait_port
+from conftest import blocksnap_bin, free_port, psql, wait_port
 from nbd import MiB, compare, qemu_io
 
 pytestmark = pytest.mark.blocksnap_only
@@ -180,15 +180,18 @@ def test_a_data_dir_of_a_newer_format_is_refused_untouched(fresh_server):
     refused("has format 2, written by a newer blocksnap")
     fmt.write_text("format=1\n")
 
-    db = sqlite3.connect(srv.data_dir / "catalog.db")
-    db.execute("PRAGMA user_version = 7")
-    db.commit()
-    db.close()
+    def catalog_version(v: int) -> None:
+        if srv.catalog_url:
+            psql(srv.catalog_url, f"UPDATE blocksnap_schema SET version = {v}")
+            return
+        db = sqlite3.connect(srv.data_dir / "catalog.db")
+        db.execute(f"PRAGMA user_version = {v}")
+        db.commit()
+        db.close()
+
+    catalog_version(7)
     refused("catalog schema version 7 was written by a newer blocksnap")
-    db = sqlite3.connect(srv.data_dir / "catalog.db")
-    db.execute("PRAGMA user_version = 1")
-    db.commit()
-    db.close()
+    catalog_version(1)
 
     store_json.write_text(json.dumps({**json.loads(original_store), "format": 9}))
     refused("has format 9")

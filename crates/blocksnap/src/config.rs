@@ -13,6 +13,8 @@ pub struct Config {
     /// here keep theirs under the data dir.
     #[serde(default)]
     pub stores: std::collections::BTreeMap<String, S3Store>,
+    /// The catalog (`--catalog` wins): `sqlite` or a PostgreSQL URL.
+    pub catalog: Option<String>,
 }
 
 /// `[stores.<region>]`: where that region's snapshot store lives.

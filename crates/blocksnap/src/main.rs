@@ -1,5 +1,6 @@
 //! The `blocksnap` binary: `serve` runs the service; `admin` manages accounts.
 
+mod catalog;
 mod config;
 mod datadir;
 mod exports;
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
-use blocksnap_catalog::{OpenMode, SqliteCatalog};
+use blocksnap_catalog::OpenMode;
 use blocksnap_engine::{Engine, EngineConfig, Storage};
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,11 @@ struct DataDir {
     /// Where the catalog, volumes and snapshot stores live.
     #[arg(long, env = "BLOCKSNAP_DATA_DIR", default_value = "./blocksnap-data")]
     data_dir: PathBuf,
+    /// The catalog: `sqlite` (DATA/catalog.db, the default) or a PostgreSQL URL
+    /// (`postgres://user:password@host:port/db`, or `postgresql:///db?host=/socket/dir`). The data dir
+    /// records a PostgreSQL catalog on first use, so later commands on it need not repeat it.
+    #[arg(long, env = "BLOCKSNAP_CATALOG")]
+    catalog: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -152,18 +158,18 @@ fn main() -> anyhow::Result<()> {
             config,
             metrics_listen,
         } => serve(
-            &data.data_dir,
+            &data,
             (listen, tls_cert.zip(tls_key)),
             (nbd_listen, nbd_insecure_plaintext),
             metrics_listen.unwrap_or(telemetry::MetricsListen::Default),
             config.as_deref(),
         ),
         Command::Admin { command: AdminCommand::Verify { data, region, config } } => {
-            verify(&data.data_dir, region, config.as_deref())
+            verify(&data, region, config.as_deref())
         }
-        Command::Admin { command: AdminCommand::CreateAccount { data, name } } => create_account(&data.data_dir, &name),
+        Command::Admin { command: AdminCommand::CreateAccount { data, name } } => create_account(&data, &name),
         Command::Admin { command: AdminCommand::ListKeys { data, account } } => {
-            let (_lock, engine) = admin_engine(&data.data_dir)?;
+            let (_lock, engine) = admin_engine(&data)?;
             for k in engine.list_access_keys(account.as_deref()) {
                 let root = if k.root { " root" } else { "" };
                 println!("{} {} {}{root}", k.access_key_id, k.account, k.account_name);
@@ -171,18 +177,18 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Admin { command: AdminCommand::CreateKey { data, account } } => {
-            let (_lock, engine) = admin_engine(&data.data_dir)?;
+            let (_lock, engine) = admin_engine(&data)?;
             print_key(&engine.create_access_key(&account)?);
             Ok(())
         }
         Command::Admin { command: AdminCommand::RotateKey { data, access_key_id } } => {
-            let (_lock, engine) = admin_engine(&data.data_dir)?;
+            let (_lock, engine) = admin_engine(&data)?;
             print_key(&engine.rotate_access_key(&access_key_id)?);
             eprintln!("# {access_key_id} is deleted");
             Ok(())
         }
         Command::Admin { command: AdminCommand::DeleteKey { data, access_key_id } } => {
-            let (_lock, engine) = admin_engine(&data.data_dir)?;
+            let (_lock, engine) = admin_engine(&data)?;
             let key = engine.delete_access_key(&access_key_id)?;
             println!("# deleted {} of account {}", key.access_key_id, key.account);
             Ok(())
@@ -193,11 +199,13 @@ fn main() -> anyhow::Result<()> {
 /// The engine of an admin command that writes the catalog: the owner role when nobody holds the dir
 /// (it may be new: create it, migrate the catalog); beside the running owner otherwise (its schema is
 /// current, SQLite serialises the write, the server reads keys from the catalog on each request).
-fn admin_engine(data_dir: &Path) -> anyhow::Result<(Option<datadir::DataDirLock>, Engine)> {
+fn admin_engine(data: &DataDir) -> anyhow::Result<(Option<datadir::DataDirLock>, Engine)> {
+    let data_dir = data.data_dir.as_path();
     Ok(match datadir::DataDirLock::acquire(data_dir) {
         Ok(lock) => {
             let found = datadir::check_format(data_dir)?;
-            let engine = open_engine(data_dir, EngineConfig::default(), None)?;
+            let choice = catalog::choose(data_dir, data.catalog.as_deref())?;
+            let engine = open_engine(data_dir, &choice, EngineConfig::default(), None)?;
             if found != Some(datadir::DATA_DIR_FORMAT) {
                 datadir::record_format(&lock, data_dir)?;
             }
@@ -205,24 +213,30 @@ fn admin_engine(data_dir: &Path) -> anyhow::Result<(Option<datadir::DataDirLock>
         }
         Err(datadir::LockError::Held { .. }) => {
             datadir::check_format(data_dir)?;
-            // The owner may be starting: it creates or upgrades the catalog first. Wait for that
-            // (bounded) rather than migrate beside it.
+            // The owner may be starting: it creates or upgrades the catalog (and binds the dir to a
+            // PostgreSQL one) first. Wait for that (bounded) rather than migrate beside it.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
             let catalog = loop {
-                match SqliteCatalog::open_mode(&data_dir.join("catalog.db"), OpenMode::Shared) {
-                    Err(
-                        blocksnap_catalog::CatalogError::Missing(_)
-                        | blocksnap_catalog::CatalogError::NeedsUpgrade { .. },
-                    ) if std::time::Instant::now() < deadline => {
+                let r = catalog::choose(data_dir, data.catalog.as_deref())
+                    .and_then(|choice| catalog::open(data_dir, &choice, OpenMode::Shared));
+                match r {
+                    Err(e) if std::time::Instant::now() < deadline && owner_not_ready(&e) => {
                         std::thread::sleep(std::time::Duration::from_millis(50));
                     }
                     r => break r.context("opening the catalog")?,
                 }
             };
-            (None, Engine::open(Arc::new(catalog), EngineConfig::default(), None)?)
+            (None, Engine::open(catalog, EngineConfig::default(), None)?)
         }
         Err(e) => return Err(e.into()),
     })
+}
+
+/// A catalog the starting owner has not created, upgraded or bound yet.
+fn owner_not_ready(e: &anyhow::Error) -> bool {
+    use blocksnap_catalog::CatalogError;
+    matches!(e.downcast_ref::<CatalogError>(), Some(CatalogError::Missing(_) | CatalogError::NeedsUpgrade { .. }))
+        || e.to_string().contains("is not bound to the PostgreSQL catalog")
 }
 
 fn print_key(key: &blocksnap_engine::model::AccessKey) {
@@ -231,14 +245,15 @@ fn print_key(key: &blocksnap_engine::model::AccessKey) {
     println!("export AWS_SECRET_ACCESS_KEY={}", key.secret_access_key);
 }
 
-fn create_account(data_dir: &Path, name: &str) -> anyhow::Result<()> {
-    let (_lock, engine) = admin_engine(data_dir)?;
+fn create_account(data: &DataDir, name: &str) -> anyhow::Result<()> {
+    let (_lock, engine) = admin_engine(data)?;
     let (_account, key) = engine.create_account(name)?;
     print_key(&key);
     Ok(())
 }
 
-fn verify(data_dir: &Path, region: Option<String>, config: Option<&Path>) -> anyhow::Result<()> {
+fn verify(data: &DataDir, region: Option<String>, config: Option<&Path>) -> anyhow::Result<()> {
+    let data_dir = data.data_dir.as_path();
     let file_cfg = match config {
         Some(p) => config::Config::load(p)?,
         None => config::Config::default(),
@@ -257,9 +272,9 @@ fn verify(data_dir: &Path, region: Option<String>, config: Option<&Path>) -> any
     // Read-only: no lock, no recovery, no migration; the running owner (if any) is undisturbed.
     datadir::check_format(data_dir)?;
     datadir::check_local_stores(data_dir)?;
-    let catalog =
-        SqliteCatalog::open_mode(&data_dir.join("catalog.db"), OpenMode::ReadOnly).context("opening the catalog")?;
-    let engine = Engine::open(Arc::new(catalog), cfg, Some(storage))?;
+    let choice = catalog::choose(data_dir, data.catalog.as_deref().or(file_cfg.catalog.as_deref()))?;
+    let catalog = catalog::open(data_dir, &choice, OpenMode::ReadOnly).context("opening the catalog")?;
+    let engine = Engine::open(catalog, cfg, Some(storage))?;
     let regions = match region {
         Some(r) => vec![r],
         None => engine.snapshot_regions(),
@@ -288,9 +303,14 @@ fn verify(data_dir: &Path, region: Option<String>, config: Option<&Path>) -> any
 }
 
 /// Open the engine as the data dir's owner: call only while holding its [`datadir::DataDirLock`].
-fn open_engine(data_dir: &Path, cfg: EngineConfig, storage: Option<Storage>) -> anyhow::Result<Engine> {
-    let catalog = SqliteCatalog::open(&data_dir.join("catalog.db")).context("opening the catalog")?;
-    Ok(Engine::open(Arc::new(catalog), cfg, storage)?)
+fn open_engine(
+    data_dir: &Path,
+    choice: &catalog::Choice,
+    cfg: EngineConfig,
+    storage: Option<Storage>,
+) -> anyhow::Result<Engine> {
+    let catalog = catalog::open(data_dir, choice, OpenMode::Owner).context("opening the catalog")?;
+    Ok(Engine::open(catalog, cfg, storage)?)
 }
 
 /// Write the generated root credentials beside the data, readable by the owner only.
@@ -307,12 +327,13 @@ fn save_credentials(data_dir: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 fn serve(
-    data_dir: &Path,
+    data: &DataDir,
     (listen, http_tls): (SocketAddr, Option<(PathBuf, PathBuf)>),
     (nbd_listen, nbd_insecure_plaintext): (SocketAddr, bool),
     metrics_listen: telemetry::MetricsListen,
     config: Option<&Path>,
 ) -> anyhow::Result<()> {
+    let data_dir = data.data_dir.as_path();
     exports::check_listen(nbd_listen, nbd_insecure_plaintext)?;
     let http_tls = http_tls.map(|(cert, key)| https::load(&cert, &key)).transpose()?;
     let file_cfg = match config {
@@ -350,7 +371,8 @@ fn serve(
     // Formats next: a dir written by a newer blocksnap is refused before anything is read or repaired.
     let found_format = datadir::check_format(data_dir)?;
     datadir::check_local_stores(data_dir)?;
-    let existed = data_dir.join("catalog.db").exists();
+    let choice = catalog::choose(data_dir, data.catalog.as_deref().or(file_cfg.catalog.as_deref()))?;
+    let existed = data_dir.join("catalog.db").exists() || data_dir.join(catalog::RECORD_NAME).exists();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // Watch SIGTERM/SIGINT from here on: a stop during start-up ends it cleanly too.
     let stop = {
@@ -364,7 +386,7 @@ fn serve(
         snapshot_root: data_dir.join("snapshots"),
         runtime: runtime.handle().clone(),
     };
-    let engine = Arc::new(open_engine(data_dir, cfg, Some(storage))?);
+    let engine = Arc::new(open_engine(data_dir, &choice, cfg, Some(storage))?);
     // Every part is current now (the catalog migrated in its own transaction): record the format.
     if found_format != Some(datadir::DATA_DIR_FORMAT) {
         datadir::record_format(&lock, data_dir)?;

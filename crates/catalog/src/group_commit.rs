@@ -48,6 +48,12 @@ impl GroupCommit {
         self.lock().committed
     }
 
+    /// Every commit up to this one is durable.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub(crate) fn durable(&self) -> u64 {
+        self.lock().durable
+    }
+
     /// Makes every commit up to `upto` durable: at once if it already is, else by waiting for the
     /// running flush or by running `flush` as the leader.
     pub(crate) fn sync(&self, upto: u64, flush: impl FnOnce() -> io::Result<()>) -> io::Result<()> {

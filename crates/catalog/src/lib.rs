@@ -6,13 +6,33 @@
 //! the state before or the state after the batch.
 //!
 //! [`SqliteCatalog`] is the embedded default (WAL, `synchronous=NORMAL` plus a
-//! group-committed fsync of the WAL, versioned migrations applied only by the data dir's owner). The trait
-//! is the seam where a PostgreSQL catalog plugs in without touching the engine.
+//! group-committed fsync of the WAL, versioned migrations applied only by the data dir's owner).
+//! [`PgCatalog`] keeps the same rows in a PostgreSQL database (asynchronous commits made durable by a
+//! group-committed WAL flush, an advisory lock for its one owner); see `postgres.rs`.
 
 mod group_commit;
+#[cfg(not(loom))]
+mod postgres;
 mod sqlite;
 
-pub use sqlite::{OpenMode, SqliteCatalog};
+#[cfg(not(loom))]
+pub use postgres::{CALL_TIMEOUT, OWNER_LOCK_KEY, PgCatalog, redact};
+pub use sqlite::SqliteCatalog;
+
+/// How a process opens the catalog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// The data dir's owner (it holds the data dir lock): creates the database and applies
+    /// pending migrations, in one transaction. A PostgreSQL owner also holds the database's owner
+    /// lock for its life.
+    Owner,
+    /// Another process writing beside the owner (e.g. `blocksnap admin create-account` while the
+    /// server runs): the database serialises the writes; the schema must already be current,
+    /// since only the owner upgrades.
+    Shared,
+    /// Read-only tools (`blocksnap admin verify`): nothing is written; the schema must be current.
+    ReadOnly,
+}
 
 /// One stored record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,6 +69,21 @@ pub enum CatalogError {
     Missing(std::path::PathBuf),
     #[error("catalog io error: {0}")]
     Io(#[from] std::io::Error),
+    #[cfg(not(loom))]
+    #[error("PostgreSQL catalog: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("catalog configuration: {0}")]
+    Config(String),
+    #[error("the PostgreSQL catalog is in use by another blocksnap ({0}); stop it first or use another database")]
+    OwnerHeld(String),
+    #[error("the catalog stopped accepting calls: {0}; restart blocksnap to reload it")]
+    Poisoned(String),
+    #[error("the catalog did not answer within {} s", .0.as_secs())]
+    Timeout(std::time::Duration),
+    #[error("the catalog is open read-only")]
+    ReadOnly,
+    #[error("the catalog is closed")]
+    Closed,
 }
 
 pub type Result<T> = std::result::Result<T, CatalogError>;

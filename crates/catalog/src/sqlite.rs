@@ -4,7 +4,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::group_commit::GroupCommit;
-use crate::{Catalog, CatalogError, Change, Result, Row};
+use crate::{Catalog, CatalogError, Change, OpenMode, Result, Row};
 
 /// Ordered schema migrations; the index + 1 is the schema version recorded in `PRAGMA user_version`.
 /// Append only: never edit a migration that has shipped.
@@ -32,20 +32,6 @@ pub struct SqliteCatalog {
     /// The WAL file, opened on the first sync (it exists once anything was committed).
     wal: Mutex<Option<std::fs::File>>,
     group: GroupCommit,
-}
-
-/// How a process opens the catalog.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OpenMode {
-    /// The data dir's owner (it holds the data dir lock): creates the database and applies
-    /// pending migrations, in one transaction.
-    Owner,
-    /// Another process writing beside the owner (e.g. `blocksnap admin create-account` while the
-    /// server runs): SQLite's locking serialises the writes; the schema must already be current,
-    /// since only the owner upgrades.
-    Shared,
-    /// Read-only tools (`blocksnap admin verify`): nothing is written; the schema must be current.
-    ReadOnly,
 }
 
 impl SqliteCatalog {

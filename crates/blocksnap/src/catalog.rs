@@ -1,0 +1,157 @@
+//! Which catalog a data dir uses, and the record that binds the two.
+//!
+//! SQLite (`DATA/catalog.db`) is the default. A PostgreSQL catalog is chosen with `--catalog
+//! postgres://…` (or `catalog = "…"` in the config file); the data dir then records it in
+//! `DATA/catalog` (`url=`, `id=` the catalog's id; mode 0600, temp file + fsync + rename), so later
+//! commands on the dir (`serve` again, `admin …`) find it without the flag. A data dir and a catalog
+//! belong together: volume directories without rows are removed at start and a local store's
+//! manifests without rows by GC, so starting a dir on another catalog would destroy it. Refused, with
+//! nothing changed: a PostgreSQL catalog for a dir that has `catalog.db`, the default for a dir bound to
+//! PostgreSQL, a database whose catalog id differs from the recorded one, and binding a new dir to a
+//! catalog that already holds rows (another dir's).
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use blocksnap_catalog::{Catalog, OpenMode, PgCatalog, SqliteCatalog};
+
+pub const RECORD_NAME: &str = "catalog";
+
+/// Where the catalog is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    Sqlite,
+    Postgres { url: String },
+}
+
+/// `DATA/catalog`, when the dir is bound to a PostgreSQL catalog.
+struct Record {
+    url: String,
+    id: String,
+}
+
+fn read_record(dir: &Path) -> anyhow::Result<Option<Record>> {
+    let path = dir.join(RECORD_NAME);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("reading {}", path.display()))),
+    };
+    let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')).map(str::trim);
+    match (field("url"), field("id")) {
+        (Some(url), Some(id)) if !url.is_empty() && !id.is_empty() => {
+            Ok(Some(Record { url: url.to_string(), id: id.to_string() }))
+        }
+        _ => anyhow::bail!("{} is not a blocksnap catalog record (url=…, id=…)", path.display()),
+    }
+}
+
+fn write_record(dir: &Path, rec: &Record) -> anyhow::Result<()> {
+    let path = dir.join(RECORD_NAME);
+    let tmp = dir.join(format!("{RECORD_NAME}.tmp"));
+    (|| -> std::io::Result<()> {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(
+            format!(
+                "# this data dir's catalog (PostgreSQL); the URL may hold a password\nurl={}\nid={}\n",
+                rec.url, rec.id
+            )
+            .as_bytes(),
+        )?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()
+    })()
+    .with_context(|| format!("writing {}", path.display()))
+}
+
+/// The catalog for `dir`: the one asked for (`--catalog`, else the config file's `catalog`), else the
+/// one the dir records, else SQLite. Refuses a choice that contradicts the dir.
+pub fn choose(dir: &Path, asked: Option<&str>) -> anyhow::Result<Choice> {
+    let recorded = read_record(dir)?;
+    let asked = match asked.map(str::trim) {
+        None | Some("") => None,
+        Some("sqlite") => Some(Choice::Sqlite),
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Some(Choice::Postgres { url: url.to_string() })
+        }
+        Some(other) => anyhow::bail!(
+            "--catalog {}: expected `sqlite` or a postgres:// or postgresql:// URL",
+            blocksnap_catalog::redact(other)
+        ),
+    };
+    match (asked, recorded) {
+        (Some(Choice::Postgres { url }), _) => {
+            if dir.join("catalog.db").exists() {
+                anyhow::bail!(
+                    "the data dir {} has its catalog in catalog.db (SQLite); it cannot be started on PostgreSQL \
+                     (its volumes would be orphans there); nothing was changed",
+                    dir.display()
+                );
+            }
+            Ok(Choice::Postgres { url })
+        }
+        (Some(Choice::Sqlite), Some(r)) => anyhow::bail!(
+            "the data dir {} belongs to the PostgreSQL catalog {} (recorded in {}); nothing was changed",
+            dir.display(),
+            blocksnap_catalog::redact(&r.url),
+            dir.join(RECORD_NAME).display()
+        ),
+        (Some(Choice::Sqlite), None) | (None, None) => Ok(Choice::Sqlite),
+        (None, Some(r)) => Ok(Choice::Postgres { url: r.url }),
+    }
+}
+
+/// Open the chosen catalog. The owner (it holds the data dir's lock) creates or migrates it and binds
+/// the dir to it; other modes require the dir to be bound to it already.
+pub fn open(dir: &Path, choice: &Choice, mode: OpenMode) -> anyhow::Result<Arc<dyn Catalog>> {
+    match choice {
+        Choice::Sqlite => Ok(Arc::new(SqliteCatalog::open_mode(&dir.join("catalog.db"), mode)?)),
+        Choice::Postgres { url } => {
+            let cat = PgCatalog::open_mode(url, mode)?;
+            bind(dir, url, &cat, mode)?;
+            tracing::info!(catalog = cat.target(), id = cat.catalog_id(), "PostgreSQL catalog");
+            Ok(Arc::new(cat))
+        }
+    }
+}
+
+fn bind(dir: &Path, url: &str, cat: &PgCatalog, mode: OpenMode) -> anyhow::Result<()> {
+    let id = cat.catalog_id();
+    match read_record(dir)? {
+        Some(r) if r.id == id => {
+            if r.url != url && mode == OpenMode::Owner {
+                // Same catalog at a new address (moved server, new password).
+                write_record(dir, &Record { url: url.to_string(), id: id.to_string() })?;
+            }
+            Ok(())
+        }
+        Some(r) => anyhow::bail!(
+            "the data dir {} belongs to catalog {} but the database {} holds catalog {id}; nothing was changed",
+            dir.display(),
+            r.id,
+            cat.target()
+        ),
+        None if mode != OpenMode::Owner => anyhow::bail!(
+            "the data dir {} is not bound to the PostgreSQL catalog {} (no {} yet: start `blocksnap serve \
+             --catalog …` on it first)",
+            dir.display(),
+            cat.target(),
+            RECORD_NAME
+        ),
+        None => {
+            if !cat.is_empty()? {
+                anyhow::bail!(
+                    "the PostgreSQL catalog {} (id {id}) already holds another data dir's records; a data dir and a \
+                     catalog belong together: use a new database for this data dir; nothing was changed",
+                    cat.target()
+                );
+            }
+            write_record(dir, &Record { url: url.to_string(), id: id.to_string() })
+        }
+    }
+}

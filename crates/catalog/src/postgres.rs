@@ -1,0 +1,907 @@
+//! The PostgreSQL catalog: the same rows as the SQLite one, in a PostgreSQL database.
+//!
+//! **Threads.** The [`Catalog`] trait is synchronous and the engine calls it from blocking threads
+//! (and, for a few quick reads and job steps, from executor threads). The catalog owns a small tokio
+//! runtime that drives its connections; a call hands its work to that runtime and waits for the
+//! answer with a bound ([`CALL_TIMEOUT`]). On a worker of the caller's multi-thread runtime the wait
+//! is wrapped in `block_in_place`, so the caller's other tasks move to another worker meanwhile.
+//!
+//! **Durability (group commit).** Every commit runs on one *writer* connection, one transaction per
+//! batch, with `synchronous_commit = off`: the transaction is atomic and visible when `commit`
+//! returns, but its WAL may not be flushed yet, so the engine's lock is never held across an fsync.
+//! [`Catalog::sync`] then makes it durable: one leader at a time (the [`GroupCommit`] shared with
+//! SQLite) runs a small `synchronous_commit = on` transaction on another connection. Its commit
+//! record comes after every commit made before it in the server's WAL, so its flush covers all of
+//! them at once: concurrent calls share one WAL flush. The same transaction checks that the writer's
+//! server process is still alive (`pg_stat_activity`: pid and start time). A server crash between an
+//! asynchronous commit and the flush loses that commit and ends every server process, so a live writer
+//! proves the commits survived. If the writer is gone while some commit is not yet known durable, the
+//! catalog is *poisoned*: the engine applied state the server may have lost, so every later call
+//! fails until blocksnap restarts and reloads (as PostgreSQL itself stops on a failed fsync). The same
+//! holds for a commit whose outcome is unknown (the connection broke during it, or it timed out).
+//!
+//! **Ownership.** The owner (the `serve` process, or an `admin` command when nobody serves) holds a
+//! session advisory lock ([`OWNER_LOCK_KEY`]) on the writer connection for its life: a second owner of
+//! the same database is refused. Losing the writer connection releases the lock; the next commit
+//! reconnects and takes it again, or poisons the catalog if someone else took it.
+//!
+//! **Schema.** `blocksnap_schema` holds the version (one row) and the catalog's id (a random UUID made
+//! when the catalog is created; the data dir records it, so a data dir is never started on another
+//! catalog). Migrations are append-only SQL, applied by the owner, all pending ones and the new
+//! version in one transaction.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::{Client, NoTls, Statement};
+
+use crate::group_commit::GroupCommit;
+use crate::{Catalog, CatalogError, Change, OpenMode, Result, Row};
+
+/// Ordered schema migrations; the index + 1 is the schema version in `blocksnap_schema`.
+/// Append only: never edit a migration that has shipped.
+const MIGRATIONS: &[&str] = &[
+    // v1: one table of typed rows (the engine owns the document format inside `doc`); ids sort by
+    // bytes as in SQLite (collation "C"). `blocksnap_flush` is the row a group-commit leader updates to
+    // force a WAL flush.
+    r#"CREATE TABLE rows (
+        kind    text COLLATE "C" NOT NULL,
+        id      text COLLATE "C" NOT NULL,
+        account text NOT NULL,
+        region  text NOT NULL,
+        doc     text NOT NULL,
+        PRIMARY KEY (kind, id)
+    );
+    CREATE INDEX rows_by_owner ON rows (kind, account, region);
+    CREATE TABLE blocksnap_flush (one boolean PRIMARY KEY DEFAULT true CHECK (one), n bigint NOT NULL);
+    INSERT INTO blocksnap_flush (n) VALUES (0);"#,
+];
+
+/// The session advisory lock the owner holds on its writer connection ("blksnap" in ASCII).
+pub const OWNER_LOCK_KEY: i64 = 0x0062_6c6b_736e_6170;
+/// Serialises schema creation and migration (transaction-scoped).
+const MIGRATE_LOCK_KEY: i64 = OWNER_LOCK_KEY + 1;
+/// The bound on any one catalog call (connect, statement, commit, flush).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+const POOL_SIZE: usize = 8;
+/// How long a new owner waits for the owner lock before refusing.
+const OWNER_WAIT: Duration = Duration::from_secs(3);
+
+/// The writer connection and who it is on the server.
+struct Writer {
+    client: Option<WriterConn>,
+    /// Sequence number of the newest commit made on any writer connection.
+    last_commit: u64,
+}
+
+struct WriterConn {
+    client: Client,
+    /// Upsert and delete, prepared on first use (the table may not exist before migration).
+    stmts: Option<(Statement, Statement)>,
+    /// `pg_backend_pid()` and the backend's start time: unique for the server's life.
+    ident: (i32, String),
+}
+
+struct Inner {
+    config: tokio_postgres::Config,
+    mode: OpenMode,
+    /// Reads and flushes.
+    pool: Pool,
+    writer: tokio::sync::Mutex<Writer>,
+    group: GroupCommit,
+    /// Set once the server may have lost a commit this process already acted on.
+    poisoned: Mutex<Option<String>>,
+}
+
+/// A catalog in a PostgreSQL database (`postgres://user:password@host:port/dbname`, or `host=/dir`
+/// for a unix socket). See the module docs for the durability and ownership rules.
+pub struct PgCatalog {
+    inner: Arc<Inner>,
+    runtime: Option<tokio::runtime::Runtime>,
+    id: String,
+    target: String,
+}
+
+impl PgCatalog {
+    /// Open as the catalog's owner: creates or migrates the schema and holds the owner lock.
+    pub fn open(url: &str) -> Result<Self> {
+        Self::open_mode(url, OpenMode::Owner)
+    }
+
+    pub fn open_mode(url: &str, mode: OpenMode) -> Result<Self> {
+        let mut config: tokio_postgres::Config =
+            url.parse().map_err(|e| CatalogError::Config(format!("{}: {e}", redact(url))))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("blocksnap");
+        }
+        if mode == OpenMode::ReadOnly {
+            config.options("-c default_transaction_read_only=on");
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("catalog-pg")
+            .enable_all()
+            .build()?;
+        let pool = {
+            let _rt = runtime.enter();
+            let mgr =
+                Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            Pool::builder(mgr)
+                .max_size(POOL_SIZE)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .wait_timeout(Some(CALL_TIMEOUT))
+                .create_timeout(Some(CALL_TIMEOUT))
+                .recycle_timeout(Some(CALL_TIMEOUT))
+                .build()
+                .map_err(|e| CatalogError::Config(e.to_string()))?
+        };
+        let inner = Arc::new(Inner {
+            config,
+            mode,
+            pool,
+            writer: tokio::sync::Mutex::new(Writer { client: None, last_commit: 0 }),
+            group: GroupCommit::new(),
+            poisoned: Mutex::new(None),
+        });
+        let mut cat = PgCatalog { inner, runtime: Some(runtime), id: String::new(), target: redact(url) };
+        let inner = cat.inner.clone();
+        cat.id = cat.run(async move {
+            let id = match mode {
+                OpenMode::Owner => {
+                    // The owner lock first: a second owner is refused before anything is written.
+                    let mut w = inner.writer.lock().await;
+                    inner.connect_writer(&mut w).await?;
+                    let mut client = inner.connect().await?;
+                    migrate(&mut client, MIGRATIONS).await?
+                }
+                OpenMode::Shared | OpenMode::ReadOnly => {
+                    let client = inner.pool.get().await.map_err(pool_error)?;
+                    check_version(&**client).await?
+                }
+            };
+            Ok(id)
+        })?;
+        Ok(cat)
+    }
+
+    /// The schema version this binary writes.
+    pub fn schema_version() -> i64 {
+        MIGRATIONS.len() as i64
+    }
+
+    /// The catalog's id (made when it was created; the data dir records it).
+    pub fn catalog_id(&self) -> &str {
+        &self.id
+    }
+
+    /// True when the catalog holds no rows yet (a data dir may be bound to it).
+    pub fn is_empty(&self) -> Result<bool> {
+        let inner = self.inner.clone();
+        self.run(async move {
+            let client = inner.pool.get().await.map_err(pool_error)?;
+            Ok(client.query_one("SELECT NOT EXISTS (SELECT 1 FROM rows)", &[]).await?.get(0))
+        })
+    }
+
+    /// Where it is, without the password (for logs and messages).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// Run `fut` on the catalog's runtime and wait for it, bounded by [`CALL_TIMEOUT`].
+    fn run<T: Send + 'static>(&self, fut: impl Future<Output = Result<T>> + Send + 'static) -> Result<T> {
+        let Some(rt) = &self.runtime else {
+            return Err(CatalogError::Closed);
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        rt.spawn(async move {
+            let r = tokio::time::timeout(CALL_TIMEOUT, fut).await.unwrap_or(Err(CatalogError::Timeout(CALL_TIMEOUT)));
+            let _ = tx.send(r);
+        });
+        // The task answers within CALL_TIMEOUT; the margin covers scheduling.
+        blocking(|| rx.recv_timeout(CALL_TIMEOUT + Duration::from_secs(5)))
+            .unwrap_or(Err(CatalogError::Timeout(CALL_TIMEOUT)))
+    }
+
+    fn check_poison(&self) -> Result<()> {
+        self.inner.check_poison()
+    }
+}
+
+/// Wait on this thread; on a worker of a multi-thread tokio runtime, hand its other tasks to
+/// another worker first.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+impl Drop for PgCatalog {
+    fn drop(&mut self) {
+        // Dropping a runtime waits for its threads, which is not allowed inside an async context
+        // (the engine may be dropped there); the connections close with their tasks either way.
+        if let Some(rt) = self.runtime.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                rt.shutdown_background();
+            } else {
+                // Outside: wait (briefly) for the connections to close, so the owner lock is
+                // released when this returns.
+                rt.shutdown_timeout(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn check_poison(&self) -> Result<()> {
+        match &*self.poisoned.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some(why) => Err(CatalogError::Poisoned(why.clone())),
+            None => Ok(()),
+        }
+    }
+
+    fn poison(&self, why: String) -> CatalogError {
+        tracing::error!(reason = %why, "the PostgreSQL catalog may have lost acknowledged-to-memory commits: every later call fails; restart blocksnap to reload the catalog");
+        let mut p = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
+        if p.is_none() {
+            *p = Some(why.clone());
+        }
+        CatalogError::Poisoned(why)
+    }
+
+    /// A new connection driven by the catalog's runtime.
+    async fn connect(&self) -> Result<Client> {
+        let (client, conn) = self.config.connect(NoTls).await?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "catalog connection ended");
+            }
+        });
+        Ok(client)
+    }
+
+    /// (Re)connect the writer: asynchronous commits, the owner lock for the owner.
+    async fn connect_writer(&self, w: &mut Writer) -> Result<()> {
+        if w.client.as_ref().is_some_and(|c| !c.client.is_closed()) {
+            return Ok(());
+        }
+        if w.client.take().is_some() {
+            // The old writer is gone: a commit made on it and not yet flushed may be lost.
+            if w.last_commit > self.group.durable() {
+                return Err(
+                    self.poison("the connection to PostgreSQL broke before commits made on it were flushed".into())
+                );
+            }
+            tracing::warn!("the catalog's writer connection broke; reconnecting");
+        }
+        let client = self.connect().await?;
+        client.batch_execute("SET synchronous_commit = off").await?;
+        if self.mode == OpenMode::Owner {
+            // A previous owner that just exited holds the lock until its server process sees the
+            // closed socket: wait a moment (bounded) before calling the holder another owner.
+            let deadline = tokio::time::Instant::now() + OWNER_WAIT;
+            let got = loop {
+                let got: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&OWNER_LOCK_KEY]).await?.get(0);
+                if got || tokio::time::Instant::now() >= deadline {
+                    break got;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            if !got {
+                let holder = client
+                    .query_opt(
+                        "SELECT a.pid, coalesce(host(a.client_addr), 'local'), a.application_name, a.backend_start::text
+                         FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                         WHERE l.locktype = 'advisory' AND l.granted AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                           AND l.objid = ($1::bigint & 4294967295)::oid AND l.classid = ($1::bigint >> 32)::oid",
+                        &[&OWNER_LOCK_KEY],
+                    )
+                    .await
+                    .ok()
+                    .flatten()
+                    .map(|r| {
+                        format!(
+                            "server process {} for {} ({}), since {}",
+                            r.get::<_, i32>(0),
+                            r.get::<_, String>(1),
+                            r.get::<_, String>(2),
+                            r.get::<_, String>(3)
+                        )
+                    })
+                    .unwrap_or_else(|| "holder not visible".into());
+                if w.last_commit > 0 {
+                    return Err(self.poison(format!("another blocksnap took over the catalog ({holder})")));
+                }
+                return Err(CatalogError::OwnerHeld(holder));
+            }
+        }
+        let r = client
+            .query_one("SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()", &[])
+            .await?;
+        let ident = (r.get::<_, i32>(0), r.get::<_, String>(1));
+        w.client = Some(WriterConn { client, stmts: None, ident });
+        Ok(())
+    }
+
+    async fn commit(&self, changes: Vec<Change>) -> Result<u64> {
+        let mut w = self.writer.lock().await;
+        self.check_poison()?;
+        self.connect_writer(&mut w).await?;
+        let Some(conn) = w.client.as_mut() else {
+            return Err(CatalogError::Closed);
+        };
+        let (put, del) = match &conn.stmts {
+            Some(s) => s.clone(),
+            None => {
+                let put = conn
+                    .client
+                    .prepare(
+                        "INSERT INTO rows (kind, id, account, region, doc) VALUES ($1, $2, $3, $4, $5)
+                         ON CONFLICT (kind, id) DO UPDATE SET account = $3, region = $4, doc = $5",
+                    )
+                    .await?;
+                let del = conn.client.prepare("DELETE FROM rows WHERE kind = $1 AND id = $2").await?;
+                conn.stmts = Some((put.clone(), del.clone()));
+                (put, del)
+            }
+        };
+        let tx = conn.client.transaction().await?;
+        for c in &changes {
+            match c {
+                Change::Put(r) => tx.execute(&put, &[&r.kind, &r.id, &r.account, &r.region, &r.doc]).await?,
+                Change::Delete { kind, id } => tx.execute(&del, &[kind, id]).await?,
+            };
+        }
+        if let Err(e) = tx.commit().await {
+            // A refusal by the server (e.g. a serialization failure) rolled back; a broken
+            // connection leaves the outcome unknown while the engine treats it as not done.
+            if e.as_db_error().is_none() {
+                return Err(self.poison(format!("a commit's outcome is unknown: {e}")));
+            }
+            return Err(e.into());
+        }
+        // Numbered under the writer lock: sequence order is commit order.
+        let seq = self.group.committed();
+        w.last_commit = seq;
+        Ok(seq)
+    }
+
+    /// Force a WAL flush covering every commit made so far on the writer, and prove the writer's server
+    /// process (hence those commits) survived until then.
+    async fn flush(&self) -> Result<()> {
+        let ident = match self.writer.lock().await.client.as_ref() {
+            Some(c) => c.ident.clone(),
+            // Commits are only made on a writer; a broken one poisons at reconnect.
+            None => return Ok(()),
+        };
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        let tx = client.transaction().await?;
+        tx.batch_execute("SET LOCAL synchronous_commit = on").await?;
+        let alive: bool = tx
+            .query_one(
+                "UPDATE blocksnap_flush SET n = n + 1 RETURNING EXISTS (
+                     SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2)",
+                &[&ident.0, &ident.1],
+            )
+            .await?
+            .get(0);
+        if !alive {
+            return Err(self.poison(format!(
+                "the writer's server process {} ended before its commits were flushed (server restart or broken connection)",
+                ident.0
+            )));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn pool_error(e: deadpool_postgres::PoolError) -> CatalogError {
+    match e {
+        deadpool_postgres::PoolError::Backend(e) => CatalogError::Postgres(e),
+        e => CatalogError::Config(format!("connection pool: {e}")),
+    }
+}
+
+/// The URL without its password.
+pub fn redact(url: &str) -> String {
+    if let Some(scheme_end) = url.find("://") {
+        let rest = &url[scheme_end + 3..];
+        let auth_end = rest.find('/').unwrap_or(rest.len());
+        if let Some(at) = rest[..auth_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            return format!("{}{}:***{}", &url[..scheme_end + 3], &rest[..colon], &rest[at..]);
+        }
+        return url.to_string();
+    }
+    // key=value form
+    url.split_whitespace()
+        .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Version and id of an existing schema; `None` for an empty database.
+async fn read_schema(client: &impl tokio_postgres::GenericClient) -> Result<Option<(i64, String)>> {
+    let exists: bool = client.query_one("SELECT to_regclass('blocksnap_schema') IS NOT NULL", &[]).await?.get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let r = client.query_one("SELECT version::bigint, catalog_id FROM blocksnap_schema", &[]).await?;
+    Ok(Some((r.get(0), r.get(1))))
+}
+
+/// Refuse a schema this binary cannot read as is (non-owners never create or migrate).
+async fn check_version(client: &impl tokio_postgres::GenericClient) -> Result<String> {
+    let supported = MIGRATIONS.len() as i64;
+    match read_schema(client).await? {
+        None => Err(CatalogError::NeedsUpgrade { found: 0, supported }),
+        Some((v, _)) if v > supported => Err(CatalogError::TooNew { found: v, supported }),
+        Some((v, _)) if v < supported => Err(CatalogError::NeedsUpgrade { found: v, supported }),
+        Some((_, id)) => Ok(id),
+    }
+}
+
+/// Bring the schema up to `migrations.len()`: the pending migrations and the new version in one
+/// transaction (an interrupted upgrade leaves the old version intact). A newer schema is refused
+/// before anything is written. Returns the catalog id.
+async fn migrate(client: &mut Client, migrations: &[&str]) -> Result<String> {
+    let supported = migrations.len() as i64;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATE_LOCK_KEY]).await?;
+    let (version, id) = match read_schema(&tx).await? {
+        Some((v, _)) if v > supported => {
+            tx.rollback().await?;
+            return Err(CatalogError::TooNew { found: v, supported });
+        }
+        Some((v, id)) if v == supported => {
+            // Nothing written; ends the transaction (and its lock) now.
+            tx.commit().await?;
+            return Ok(id);
+        }
+        Some((v, id)) => {
+            tracing::info!(from = v, to = supported, "upgrading the catalog schema");
+            (v, id)
+        }
+        None => {
+            tracing::info!(version = supported, "creating the catalog");
+            tx.batch_execute(
+                "CREATE TABLE blocksnap_schema (
+                     one boolean PRIMARY KEY DEFAULT true CHECK (one),
+                     version integer NOT NULL,
+                     catalog_id text NOT NULL,
+                     created timestamptz NOT NULL DEFAULT now());
+                 INSERT INTO blocksnap_schema (version, catalog_id) VALUES (0, gen_random_uuid()::text);",
+            )
+            .await?;
+            let id: String = tx.query_one("SELECT catalog_id FROM blocksnap_schema", &[]).await?.get(0);
+            (0, id)
+        }
+    };
+    for sql in migrations.iter().skip(version as usize) {
+        tx.batch_execute(sql).await?;
+    }
+    tx.execute("UPDATE blocksnap_schema SET version = $1", &[&(supported as i32)]).await?;
+    tx.commit().await?;
+    Ok(id)
+}
+
+fn row_from(r: &tokio_postgres::Row) -> Row {
+    Row { kind: r.get(0), id: r.get(1), account: r.get(2), region: r.get(3), doc: r.get(4) }
+}
+
+impl Catalog for PgCatalog {
+    fn load_kind(&self, kind: &str) -> Result<Vec<Row>> {
+        let inner = self.inner.clone();
+        let kind = kind.to_string();
+        self.run(async move {
+            let client = inner.pool.get().await.map_err(pool_error)?;
+            let stmt = client
+                .prepare_cached("SELECT kind, id, account, region, doc FROM rows WHERE kind = $1 ORDER BY id")
+                .await?;
+            Ok(client.query(&stmt, &[&kind]).await?.iter().map(row_from).collect())
+        })
+    }
+
+    fn get(&self, kind: &str, id: &str) -> Result<Option<Row>> {
+        let inner = self.inner.clone();
+        let (kind, id) = (kind.to_string(), id.to_string());
+        self.run(async move {
+            let client = inner.pool.get().await.map_err(pool_error)?;
+            let stmt = client
+                .prepare_cached("SELECT kind, id, account, region, doc FROM rows WHERE kind = $1 AND id = $2")
+                .await?;
+            Ok(client.query_opt(&stmt, &[&kind, &id]).await?.as_ref().map(row_from))
+        })
+    }
+
+    fn commit(&self, changes: &[Change]) -> Result<u64> {
+        self.check_poison()?;
+        if changes.is_empty() {
+            return Ok(self.inner.group.last());
+        }
+        if self.inner.mode == OpenMode::ReadOnly {
+            return Err(CatalogError::ReadOnly);
+        }
+        let inner = self.inner.clone();
+        let changes = changes.to_vec();
+        let r = self.run(async move { inner.commit(changes).await });
+        if let Err(CatalogError::Timeout(_)) = &r {
+            // The transaction may still commit after the engine gave up on it.
+            return Err(self.inner.poison("a commit did not answer in time; its outcome is unknown".into()));
+        }
+        r
+    }
+
+    fn sync(&self, upto: u64) -> Result<()> {
+        self.check_poison()?;
+        blocking(|| {
+            let mut err = None;
+            let r = self.inner.group.sync(upto, || {
+                let inner = self.inner.clone();
+                self.run(async move { inner.flush().await }).map_err(|e| {
+                    let io = std::io::Error::other(e.to_string());
+                    err = Some(e);
+                    io
+                })
+            });
+            match (r, err) {
+                (Ok(()), _) => Ok(()),
+                (Err(_), Some(e)) => Err(e),
+                (Err(e), None) => Err(CatalogError::Io(e)),
+            }
+        })?;
+        // A flush led by another caller may have found the writer gone.
+        self.check_poison()
+    }
+}
+
+/// Against a real PostgreSQL server: `BLOCKSNAP_TEST_PG` names a database whose user may create
+/// databases and, for the crash test, run programs (`tests/run` starts a throwaway cluster as its
+/// superuser through `tests/pg.sh`). Without it these tests fail: they never skip.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn admin_url() -> String {
+        std::env::var("BLOCKSNAP_TEST_PG").unwrap_or_else(|_| {
+            panic!(
+                "BLOCKSNAP_TEST_PG is not set: run tests/run, or start a throwaway cluster with \
+                 `. tests/pg.sh && pg_start` and rerun with the BLOCKSNAP_TEST_PG it exports"
+            )
+        })
+    }
+
+    /// The URL of `admin_url` with another database name.
+    fn url_for(db: &str) -> String {
+        let base = admin_url();
+        let (head, query) = match base.split_once('?') {
+            Some((h, q)) => (h.to_string(), format!("?{q}")),
+            None => (base.clone(), String::new()),
+        };
+        let cut = head.rfind('/').expect("a URL with a database path");
+        format!("{}/{db}{query}", &head[..cut])
+    }
+
+    fn admin<T>(f: impl AsyncFnOnce(&Client) -> T) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let cfg: tokio_postgres::Config = admin_url().parse().unwrap();
+            let (client, conn) = cfg.connect(NoTls).await.expect("connecting to BLOCKSNAP_TEST_PG");
+            tokio::spawn(conn);
+            f(&client).await
+        })
+    }
+
+    /// The crash test restarts every session of the server: it runs alone.
+    static SERVER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+    /// A new empty database; returns its URL. Tests hold `_shared` while they use the server.
+    fn fresh_db_locked() -> (String, std::sync::RwLockReadGuard<'static, ()>) {
+        let guard = SERVER.read().unwrap_or_else(|p| p.into_inner());
+        (fresh_db(), guard)
+    }
+
+    fn fresh_db() -> String {
+        let name = format!(
+            "cat_{:016x}",
+            std::hash::BuildHasher::hash_one(
+                &std::collections::hash_map::RandomState::new(),
+                std::time::SystemTime::now()
+            )
+        );
+        admin(async |c| c.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap());
+        url_for(&name)
+    }
+
+    fn db_sql<T>(url: &str, f: impl AsyncFnOnce(&Client) -> T) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let cfg: tokio_postgres::Config = url.parse().unwrap();
+            let (client, conn) = cfg.connect(NoTls).await.unwrap();
+            tokio::spawn(conn);
+            f(&client).await
+        })
+    }
+
+    fn row(id: &str, doc: &str) -> Row {
+        Row { kind: "volume".into(), id: id.into(), account: "1".into(), region: "r".into(), doc: doc.into() }
+    }
+
+    fn flushes(url: &str) -> i64 {
+        db_sql(url, async |c| c.query_one("SELECT n FROM blocksnap_flush", &[]).await.unwrap().get(0))
+    }
+
+    #[test]
+    fn batch_is_atomic_and_persistent() {
+        let (url, _shared) = fresh_db_locked();
+        {
+            let c = PgCatalog::open(&url).unwrap();
+            c.commit(&[Change::Put(row("b", "2")), Change::Put(row("a", "1"))]).unwrap();
+            let s = c
+                .commit(&[Change::Put(row("a", "3")), Change::Delete { kind: "volume".into(), id: "b".into() }])
+                .unwrap();
+            c.sync(s).unwrap();
+            // A batch that fails halfway leaves nothing (a NUL byte is not valid text in PostgreSQL).
+            assert!(c.commit(&[Change::Put(row("c", "4")), Change::Put(row("d", "\0"))]).is_err());
+            assert_eq!(c.get("volume", "c").unwrap(), None);
+        }
+        let c = reopen_owner(&url);
+        assert_eq!(c.load_kind("volume").unwrap(), vec![row("a", "3")]);
+        assert_eq!(c.get("volume", "b").unwrap(), None);
+        assert_eq!(c.get("volume", "a").unwrap(), Some(row("a", "3")));
+    }
+
+    #[test]
+    fn ids_sort_by_bytes() {
+        let (url, _shared) = fresh_db_locked();
+        let c = PgCatalog::open(&url).unwrap();
+        let ids = ["b", "B", "a-1", "a_1", "a", "vol-0f", "vol-0F"];
+        let s = c.commit(&ids.iter().map(|i| Change::Put(row(i, "{}"))).collect::<Vec<_>>()).unwrap();
+        c.sync(s).unwrap();
+        let mut want: Vec<&str> = ids.to_vec();
+        want.sort();
+        let got: Vec<String> = c.load_kind("volume").unwrap().into_iter().map(|r| r.id).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn migrations_create_upgrade_and_refuse_newer() {
+        let (url, _shared) = fresh_db_locked();
+        // Non-owners never create.
+        assert!(matches!(
+            PgCatalog::open_mode(&url, OpenMode::Shared),
+            Err(CatalogError::NeedsUpgrade { found: 0, .. })
+        ));
+        assert!(matches!(
+            PgCatalog::open_mode(&url, OpenMode::ReadOnly),
+            Err(CatalogError::NeedsUpgrade { found: 0, .. })
+        ));
+        let id = {
+            let c = PgCatalog::open(&url).unwrap();
+            let s = c.commit(&[Change::Put(row("a", "1"))]).unwrap();
+            c.sync(s).unwrap();
+            c.catalog_id().to_string()
+        };
+        assert_eq!(id.len(), 36, "a UUID");
+        // A later migration that fails halfway: nothing of it stays, the version is unchanged.
+        let version = |url: &str| -> i32 {
+            db_sql(url, async |c| c.query_one("SELECT version FROM blocksnap_schema", &[]).await.unwrap().get(0))
+        };
+        assert_eq!(version(&url), 1);
+        let broken = [MIGRATIONS[0], "CREATE TABLE extra (x text); INSERT INTO nowhere VALUES (1);"];
+        let good = [MIGRATIONS[0], "ALTER TABLE rows ADD COLUMN note text NOT NULL DEFAULT '';"];
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let cfg: tokio_postgres::Config = url.parse().unwrap();
+            let (mut client, conn) = cfg.connect(NoTls).await.unwrap();
+            tokio::spawn(conn);
+            assert!(migrate(&mut client, &broken).await.is_err());
+            let extra: bool = client.query_one("SELECT to_regclass('extra') IS NOT NULL", &[]).await.unwrap().get(0);
+            assert!(!extra, "a failed upgrade left part of itself");
+            let v: i32 = client.query_one("SELECT version FROM blocksnap_schema", &[]).await.unwrap().get(0);
+            assert_eq!(v, 1);
+            // A good one: applied once, rows and id kept.
+            assert_eq!(migrate(&mut client, &good).await.unwrap(), id);
+            assert_eq!(migrate(&mut client, &good).await.unwrap(), id);
+        });
+        drop(rt);
+        assert_eq!(version(&url), 2);
+        // This binary (schema 1) now refuses it in every mode, and writes nothing.
+        for mode in [OpenMode::Owner, OpenMode::Shared, OpenMode::ReadOnly] {
+            let r = PgCatalog::open_mode(&url, mode);
+            assert!(matches!(r, Err(CatalogError::TooNew { found: 2, supported: 1 })), "{mode:?}: {:?}", r.err());
+        }
+        assert_eq!(version(&url), 2);
+        let doc: String =
+            db_sql(&url, async |c| c.query_one("SELECT doc FROM rows WHERE id = 'a'", &[]).await.unwrap().get(0));
+        assert_eq!(doc, "1");
+    }
+
+    #[test]
+    fn one_owner_per_database() {
+        let (url, _shared) = fresh_db_locked();
+        let owner = PgCatalog::open(&url).unwrap();
+        match PgCatalog::open(&url) {
+            Err(CatalogError::OwnerHeld(holder)) => assert!(holder.contains("blocksnap"), "{holder}"),
+            Err(e) => panic!("second owner: unexpected error {e}"),
+            Ok(_) => panic!("a second owner of one database was accepted"),
+        }
+        // Writers beside the owner (admin commands) and readers are fine.
+        let shared = PgCatalog::open_mode(&url, OpenMode::Shared).unwrap();
+        let s = shared.commit(&[Change::Put(row("x", "1"))]).unwrap();
+        shared.sync(s).unwrap();
+        assert_eq!(owner.get("volume", "x").unwrap(), Some(row("x", "1")));
+        let ro = PgCatalog::open_mode(&url, OpenMode::ReadOnly).unwrap();
+        assert!(matches!(ro.commit(&[Change::Put(row("y", "1"))]), Err(CatalogError::ReadOnly)));
+        assert_eq!(ro.load_kind("volume").unwrap().len(), 1);
+        // The owner gone (its session ends with it), the next one gets in.
+        drop(owner);
+        reopen_owner(&url);
+    }
+
+    /// Open as owner once the previous owner's session (closed in the background) is gone.
+    fn reopen_owner(url: &str) -> PgCatalog {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match PgCatalog::open(url) {
+                Ok(c) => return c,
+                Err(CatalogError::OwnerHeld(_)) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
+                Err(e) => panic!("owner after the previous one ended: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn one_flush_covers_every_commit_before_it() {
+        let (url, _shared) = fresh_db_locked();
+        let c = PgCatalog::open(&url).unwrap();
+        let before = flushes(&url);
+        let seqs: Vec<u64> = (0..3).map(|i| c.commit(&[Change::Put(row(&i.to_string(), "{}"))]).unwrap()).collect();
+        c.sync(seqs[2]).unwrap();
+        assert_eq!(flushes(&url), before + 1);
+        // Already durable: no more flushes.
+        c.sync(seqs[0]).unwrap();
+        c.sync(seqs[1]).unwrap();
+        assert_eq!(flushes(&url), before + 1);
+    }
+
+    #[test]
+    fn concurrent_committers_share_flushes() {
+        let (url, _shared) = fresh_db_locked();
+        let c = Arc::new(PgCatalog::open(&url).unwrap());
+        let before = flushes(&url);
+        let (threads, each) = (8, 25);
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for i in 0..each {
+                        let s = c.commit(&[Change::Put(row(&format!("{t}-{i}"), "{}"))]).unwrap();
+                        c.sync(s).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        let used = flushes(&url) - before;
+        assert!(used >= 1 && used <= (threads * each) as i64, "{used} flushes");
+        drop(c);
+        let c = reopen_owner(&url);
+        assert_eq!(c.load_kind("volume").unwrap().len(), threads * each);
+    }
+
+    /// Called from inside async tasks of a multi-thread runtime (the engine does so for key reads and
+    /// job steps): no panic, no deadlock; dropped inside one too.
+    #[test]
+    fn usable_and_droppable_inside_a_runtime() {
+        let (url, _shared) = fresh_db_locked();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async move {
+            let c = Arc::new(PgCatalog::open(&url).unwrap());
+            let tasks: Vec<_> = (0..4)
+                .map(|i| {
+                    let c = c.clone();
+                    tokio::spawn(async move {
+                        let s = c.commit(&[Change::Put(row(&i.to_string(), "{}"))]).unwrap();
+                        c.sync(s).unwrap();
+                        c.get("volume", &i.to_string()).unwrap().unwrap()
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+            assert_eq!(c.load_kind("volume").unwrap().len(), 4);
+            drop(c);
+        });
+    }
+
+    /// A server crash (a backend killed with SIGKILL: the server ends every session and replays its
+    /// WAL) after durable commits keeps them; commits not yet flushed poison the catalog (their fate
+    /// is unknown), and a catalog that saw no unflushed commit reconnects.
+    #[test]
+    fn durable_across_a_server_crash_and_poisoned_on_unflushed_loss() {
+        let _alone = SERVER.write().unwrap_or_else(|p| p.into_inner());
+        let url = fresh_db();
+        let crash = |url: &str, pid: i32| {
+            db_sql(url, async |c| {
+                // A checkpoint first keeps the replay short (the server may hold many test databases).
+                // Then SIGKILL from the server's OS user: the server restarts every session.
+                c.batch_execute("CHECKPOINT").await.unwrap();
+                let _ = c.batch_execute(&format!("COPY (SELECT 1) TO PROGRAM 'kill -9 {pid}'")).await;
+            });
+            // Wait for the crash recovery to finish.
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            loop {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let up = rt.block_on(async {
+                    let cfg: tokio_postgres::Config = url.parse().unwrap();
+                    match cfg.connect(NoTls).await {
+                        Ok((c, conn)) => {
+                            tokio::spawn(conn);
+                            c.simple_query("SELECT 1").await.is_ok()
+                        }
+                        Err(_) => false,
+                    }
+                });
+                if up {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the server did not come back");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        };
+        let writer_pid = |c: &PgCatalog| -> i32 {
+            let inner = c.inner.clone();
+            c.run(async move { Ok(inner.writer.lock().await.client.as_ref().map(|w| w.ident.0).unwrap_or(0)) }).unwrap()
+        };
+        // 1. Durable commits survive; the catalog had nothing unflushed, so it carries on.
+        let c = PgCatalog::open(&url).unwrap();
+        let s = c.commit(&[Change::Put(row("kept", "1"))]).unwrap();
+        c.sync(s).unwrap();
+        crash(&url, writer_pid(&c));
+        let mut ok = false;
+        for _ in 0..3 {
+            // The first call may meet a connection the crash broke.
+            if let Ok(s) = c.commit(&[Change::Put(row("after", "1"))]) {
+                c.sync(s).unwrap();
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "the catalog did not reconnect after a crash with nothing unflushed");
+        drop(c);
+        let c = reopen_owner(&url);
+        assert_eq!(c.get("volume", "kept").unwrap(), Some(row("kept", "1")));
+        assert_eq!(c.get("volume", "after").unwrap(), Some(row("after", "1")));
+        // 2. A commit not yet flushed when the server crashes: never reported durable.
+        let s = c.commit(&[Change::Put(row("maybe", "1"))]).unwrap();
+        crash(&url, writer_pid(&c));
+        let mut last = None;
+        for _ in 0..3 {
+            match c.sync(s) {
+                Ok(()) => panic!("a commit made before the crash was reported durable"),
+                Err(e) => last = Some(e),
+            }
+        }
+        assert!(matches!(last, Some(CatalogError::Poisoned(_))), "{last:?}");
+        assert!(matches!(c.commit(&[Change::Put(row("no", "1"))]), Err(CatalogError::Poisoned(_))));
+        drop(c);
+        // A restart reloads whatever the server kept.
+        let c = reopen_owner(&url);
+        assert_eq!(c.get("volume", "kept").unwrap(), Some(row("kept", "1")));
+        assert_eq!(c.get("volume", "no").unwrap(), None);
+    }
+}
