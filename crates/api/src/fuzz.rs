@@ -57,3 +57,10 @@ pub fn json(engine: &Engine, ctx: &Ctx, target: &str, body: &[u8]) -> Result<ser
         _ => Ok(serde_json::Value::Null),
     }
 }
+
+/// An EBS direct APIs request past authentication: routing by method and path, then the
+/// endpoint's parse of its headers, query string and body into the engine's typed request (the
+/// engine is not called: its direct-write path needs a block store).
+pub fn ebs_request(method: &Method, uri: &Uri, headers: &http::HeaderMap, body: bytes::Bytes) -> Result<()> {
+    crate::ebs::parse_only(method, uri, headers, body)
+}

@@ -29,6 +29,8 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("store_manifest", store_manifest),
     ("store_segment", store_segment),
     ("store_chunk", store_chunk),
+    ("ebs_rest", ebs_rest),
+    ("store_blocklog", store_blocklog),
 ];
 
 // ---- SigV4 ---------------------------------------------------------------------------------------
@@ -105,6 +107,31 @@ pub fn json(data: &[u8]) {
     let Some(target) = targets.get(usize::from(sel) % targets.len().max(1)) else { return };
     let a = api();
     let _ = blocksnap_api::fuzz::json(&a.engine, &a.ctx, target, body);
+}
+
+/// An EBS direct APIs request as `METHOD URI\nname: value\n…\n\nbody` (as [`sigv4`]), past
+/// authentication: routing and every header, query and body parse.
+pub fn ebs_rest(data: &[u8]) {
+    let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
+        Some(i) => (&data[..i], &data[i + 2..]),
+        None => (data, &[][..]),
+    };
+    let head = String::from_utf8_lossy(head);
+    let mut lines = head.split('\n');
+    let first = lines.next().unwrap_or_default();
+    let (m, u) = first.split_once(' ').unwrap_or(("GET", first));
+    let method = Method::from_bytes(m.as_bytes()).unwrap_or(Method::GET);
+    let Ok(uri) = u.parse::<Uri>() else { return };
+    let mut headers = HeaderMap::new();
+    for line in lines {
+        if let Some((k, v)) = line.split_once(':')
+            && let (Ok(name), Ok(value)) =
+                (HeaderName::from_bytes(k.trim().as_bytes()), HeaderValue::from_str(v.trim()))
+        {
+            headers.append(name, value);
+        }
+    }
+    let _ = blocksnap_api::fuzz::ebs_request(&method, &uri, &headers, bytes::Bytes::copy_from_slice(body));
 }
 
 // ---- NBD: handshake and transmission through the real server ------------------------------------
@@ -229,6 +256,11 @@ pub fn store_manifest(data: &[u8]) {
 pub fn store_segment(data: &[u8]) {
     let _ = decode::segment(&decode::segment_id(data), data);
     let _ = decode::segment(&blocksnap_store::SegmentId([0; 32]), data);
+}
+
+/// A block log as a crash or a hostile disk leaves it.
+pub fn store_blocklog(data: &[u8]) {
+    let _ = blocksnap_store::blocklog::decode(data);
 }
 
 /// A chunk object with its CRC made right (as a hostile writer would): the structural check, then

@@ -287,6 +287,28 @@ fn complete_request(snapshot_id: &str, h: &HeaderMap) -> Result<ebs::CompleteSna
     Ok(ebs::CompleteSnapshot { snapshot_id: snapshot_id.to_string(), changed_blocks_count: count, linear_checksum })
 }
 
+/// Every parse a request goes through before the engine, for the fuzzers.
+pub(crate) fn parse_only(method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<(), EngineError> {
+    match Endpoint::parse(method, uri)? {
+        Endpoint::StartSnapshot => start_request(&body).map(drop),
+        Endpoint::PutSnapshotBlock { snapshot_id, block_index } => {
+            put_request(&snapshot_id, &block_index, headers, body).map(drop)
+        }
+        Endpoint::CompleteSnapshot { snapshot_id } => complete_request(&snapshot_id, headers).map(drop),
+        Endpoint::ListSnapshotBlocks { .. } | Endpoint::ListChangedBlocks { .. } => {
+            let q = query(uri)?;
+            for k in ["startingBlockIndex", "maxResults"] {
+                opt_int(&q, k)?;
+            }
+            Ok(())
+        }
+        Endpoint::GetSnapshotBlock { block_index: i, .. } => {
+            query(uri)?;
+            block_index(&i).map(drop)
+        }
+    }
+}
+
 // ---- rendering ----------------------------------------------------------------------------------
 
 fn epoch_secs(ms: i64) -> Value {
