@@ -498,3 +498,38 @@ def test_aws_cli_ebs_round_trip(server, tmp_path):
             blocks[0]["BlockToken"], str(out))
     assert r["Checksum"] == b64sha(data) and out.read_bytes() == data
     assert aws("list-changed-blocks", "--second-snapshot-id", sid)["ChangedBlocks"][0]["BlockIndex"] == 7
+
+
+def test_limits_throttling_and_concurrent_snapshots(tmp_path):
+    import concurrent.futures
+    srv = _make_server(tmp_path, BLOCKSNAP_EBS_MAX_INFLIGHT="1")
+    try:
+        ebs, ec2 = ebs_client(srv), srv.client()
+        sid = write_snapshot(ebs, {i: block(i) for i in range(4)})
+        wait_completed(ec2, sid)
+        toks = all_blocks(ebs, sid)
+
+        def get(i):
+            try:
+                read_block(ebs_client(srv), sid, i % 4, toks[i % 4])
+                return "ok"
+            except ClientError as e:
+                r = e.response
+                return r["Error"]["Code"], r.get("Reason"), r["ResponseMetadata"]["HTTPStatusCode"]
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            results = list(pool.map(get, range(64)))
+        assert "ok" in results
+        throttled = [r for r in results if r != "ok"]
+        assert throttled and all(r == ("RequestThrottledException", "ACCOUNT_THROTTLED", 400) for r in throttled)
+        # At most 100 snapshots pending from StartSnapshot per account: the 101st is refused.
+        for _ in range(100):
+            ebs.start_snapshot(VolumeSize=1)
+        with pytest.raises(ClientError) as e:
+            ebs.start_snapshot(VolumeSize=1)
+        assert error_of(e)[0] == "ConcurrentLimitExceededException"
+        # Another account is not affected.
+        other = ebs_client(srv, srv.create_account())
+        assert other.start_snapshot(VolumeSize=1)["Status"] == "pending"
+    finally:
+        srv.stop()

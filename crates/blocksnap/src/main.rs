@@ -350,6 +350,9 @@ fn serve(
     if let Some(s) = env_u64("BLOCKSNAP_EBS_BLOCK_TOKEN_SECS") {
         cfg.block_token_ttl = std::time::Duration::from_secs(s);
     }
+    if let Some(n) = env_u64("BLOCKSNAP_EBS_MAX_INFLIGHT") {
+        cfg.ebs_max_inflight = n as usize;
+    }
     if let Some(ms) = env_u64("BLOCKSNAP_EBS_MINUTE_MS") {
         cfg.direct_minute = std::time::Duration::from_millis(ms.max(1));
     }

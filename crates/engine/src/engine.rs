@@ -57,6 +57,8 @@ pub struct EngineConfig {
     pub block_token_ttl: std::time::Duration,
     /// The length of one of StartSnapshot's `Timeout` minutes (a minute; tests shorten it).
     pub direct_minute: std::time::Duration,
+    /// Block reads and writes (EBS direct APIs) one account may have in flight.
+    pub ebs_max_inflight: usize,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +68,7 @@ impl Default for EngineConfig {
             s3_stores: HashMap::new(),
             block_token_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
             direct_minute: std::time::Duration::from_secs(60),
+            ebs_max_inflight: 512,
         }
     }
 }

@@ -396,6 +396,7 @@ fn status_of(e: &EngineError) -> StatusCode {
         "AccessDeniedException" | "InvalidSignatureException" => StatusCode::FORBIDDEN,
         "ResourceNotFoundException" => StatusCode::NOT_FOUND,
         "ConflictException" => StatusCode::CONFLICT,
+        "RequestThrottledException" | "ConcurrentLimitExceededException" => StatusCode::BAD_REQUEST,
         "ServiceQuotaExceededException" => StatusCode::PAYMENT_REQUIRED,
         "InternalServerException" | "InternalError" => StatusCode::INTERNAL_SERVER_ERROR,
         "ServiceUnavailable" => StatusCode::SERVICE_UNAVAILABLE,

@@ -122,6 +122,8 @@ pub(crate) struct Direct {
     open: Mutex<HashMap<String, Arc<Pending>>>,
     token_key: OnceLock<[u8; 32]>,
     pub(crate) cache: list::Cache,
+    /// Block reads and writes in flight per account (RequestThrottledException past the limit).
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Semaphore>>>,
 }
 
 /// A snapshot being written.
@@ -170,6 +172,28 @@ fn valid_snapshot_id(id: &str) -> bool {
 }
 
 impl Engine {
+    /// A slot for one block request of the account, or RequestThrottledException: one account
+    /// cannot take every worker of the service.
+    fn ebs_slot(&self, ctx: &Ctx) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        let limit = self.config.ebs_max_inflight.max(1);
+        let sem = self
+            .jobs
+            .direct
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(ctx.account.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(limit)))
+            .clone();
+        sem.try_acquire_owned().map_err(|_| {
+            EngineError::reasoned(
+                "RequestThrottledException",
+                "ACCOUNT_THROTTLED",
+                format!("The account has {limit} block requests in flight, the most it may: retry with backoff."),
+            )
+        })
+    }
+
     fn direct_log_path(&self, snapshot_id: &str) -> Result<PathBuf> {
         let storage = self.storage.as_ref().ok_or_else(|| internal("direct writes", "no storage"))?;
         let root = storage.snapshot_root.parent().map(|p| p.join("direct-writes"));
@@ -561,6 +585,7 @@ impl Engine {
     /// PutSnapshotBlock: verify the checksum, store the block, record it durably. Answers the
     /// checksum. Nothing is recorded when the checksum does not match.
     pub async fn ebs_put_block(&self, ctx: &Ctx, req: PutBlock) -> Result<[u8; 32]> {
+        let _slot = self.ebs_slot(ctx)?;
         let snap = {
             let st = self.lock();
             self.ebs_own_direct(&st, ctx, &req.snapshot_id)?
@@ -953,6 +978,7 @@ impl Engine {
 
     /// GetSnapshotBlock.
     pub async fn ebs_get_block(&self, ctx: &Ctx, req: GetBlock) -> Result<BlockData> {
+        let _slot = self.ebs_slot(ctx)?;
         let snap = {
             let st = self.lock();
             self.ebs_readable(&st, ctx, &req.snapshot_id)?
