@@ -72,6 +72,8 @@ pub enum CatalogError {
     #[cfg(not(loom))]
     #[error("PostgreSQL catalog: {0}")]
     Postgres(#[from] tokio_postgres::Error),
+    #[error("PostgreSQL refused the change: {0}")]
+    Refused(String),
     #[error("catalog configuration: {0}")]
     Config(String),
     #[error("the PostgreSQL catalog is in use by another blocksnap ({0}); stop it first or use another database")]

@@ -351,20 +351,31 @@ impl Inner {
                 (put, del)
             }
         };
-        let tx = conn.client.transaction().await?;
+        // One round trip: BEGIN, every change and COMMIT are pipelined (sent in this order before any
+        // answer is read). A statement the server refuses aborts the transaction (its COMMIT then
+        // rolls back): a definite failure. Without any refusal, a broken connection leaves the
+        // outcome unknown while the engine treats the batch as not done: poisoned.
+        let client = &conn.client;
+        let mut steps: Vec<Step<'_>> = Vec::with_capacity(changes.len() + 2);
+        steps.push(Box::pin(async move { client.batch_execute("BEGIN").await.map(|()| 0) }));
         for c in &changes {
-            match c {
-                Change::Put(r) => tx.execute(&put, &[&r.kind, &r.id, &r.account, &r.region, &r.doc]).await?,
-                Change::Delete { kind, id } => tx.execute(&del, &[kind, id]).await?,
-            };
+            let (put, del) = (&put, &del);
+            steps.push(match c {
+                Change::Put(r) => {
+                    Box::pin(async move { client.execute(put, &[&r.kind, &r.id, &r.account, &r.region, &r.doc]).await })
+                }
+                Change::Delete { kind, id } => Box::pin(async move { client.execute(del, &[kind, id]).await }),
+            });
         }
-        if let Err(e) = tx.commit().await {
-            // A refusal by the server (e.g. a serialization failure) rolled back; a broken
-            // connection leaves the outcome unknown while the engine treats it as not done.
-            if e.as_db_error().is_none() {
-                return Err(self.poison(format!("a commit's outcome is unknown: {e}")));
-            }
-            return Err(e.into());
+        steps.push(Box::pin(async move { client.batch_execute("COMMIT").await.map(|()| 0) }));
+        let results = in_order(steps).await;
+        if let Some(e) = results.iter().find_map(|r| r.as_ref().err().filter(|e| e.as_db_error().is_some())) {
+            let e = e.to_string();
+            // The transaction is over (rolled back by the COMMIT); nothing else to clean.
+            return Err(CatalogError::Refused(e));
+        }
+        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+            return Err(self.poison(format!("a commit's outcome is unknown: {e}")));
         }
         // Numbered under the writer lock: sequence order is commit order.
         let seq = self.group.committed();
@@ -380,26 +391,54 @@ impl Inner {
             // Commits are only made on a writer; a broken one poisons at reconnect.
             None => return Ok(()),
         };
-        let mut client = self.pool.get().await.map_err(pool_error)?;
-        let tx = client.transaction().await?;
-        tx.batch_execute("SET LOCAL synchronous_commit = on").await?;
-        let alive: bool = tx
-            .query_one(
-                "UPDATE blocksnap_flush SET n = n + 1 RETURNING EXISTS (
-                     SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2)",
-                &[&ident.0, &ident.1],
-            )
-            .await?
-            .get(0);
-        if !alive {
-            return Err(self.poison(format!(
+        let client = self.pool.get().await.map_err(pool_error)?;
+        // One round trip (simple protocol, several statements). The ident is this server's own
+        // output (an integer and a timestamp), quoted all the same.
+        let sql = format!(
+            "BEGIN; SET LOCAL synchronous_commit = on;
+             UPDATE blocksnap_flush SET n = n + 1 RETURNING EXISTS (
+                 SELECT 1 FROM pg_stat_activity WHERE pid = {} AND backend_start::text = '{}');
+             COMMIT;",
+            ident.0,
+            ident.1.replace('\'', "''")
+        );
+        let answers = client.simple_query(&sql).await?;
+        let alive = answers.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(|v| v == "t"),
+            _ => None,
+        });
+        match alive {
+            Some(true) => Ok(()),
+            Some(false) => Err(self.poison(format!(
                 "the writer's server process {} ended before its commits were flushed (server restart or broken connection)",
                 ident.0
-            )));
+            ))),
+            None => Err(CatalogError::Config("the flush transaction returned no row".into())),
         }
-        tx.commit().await?;
-        Ok(())
     }
+}
+
+/// One pipelined statement of a commit.
+type Step<'a> = std::pin::Pin<Box<dyn Future<Output = std::result::Result<u64, tokio_postgres::Error>> + Send + 'a>>;
+
+/// Drive `steps` together, each first polled in order (tokio-postgres sends a request when its future
+/// is first polled, so the server receives them in this order), and return every result.
+async fn in_order(mut steps: Vec<Step<'_>>) -> Vec<std::result::Result<u64, tokio_postgres::Error>> {
+    let mut out: Vec<Option<std::result::Result<u64, tokio_postgres::Error>>> = steps.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (step, slot) in steps.iter_mut().zip(out.iter_mut()) {
+            if slot.is_none() {
+                match step.as_mut().poll(cx) {
+                    std::task::Poll::Ready(r) => *slot = Some(r),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending { std::task::Poll::Pending } else { std::task::Poll::Ready(()) }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
 
 fn pool_error(e: deadpool_postgres::PoolError) -> CatalogError {
@@ -650,8 +689,13 @@ mod tests {
                 .unwrap();
             c.sync(s).unwrap();
             // A batch that fails halfway leaves nothing (a NUL byte is not valid text in PostgreSQL).
-            assert!(c.commit(&[Change::Put(row("c", "4")), Change::Put(row("d", "\0"))]).is_err());
+            let r = c.commit(&[Change::Put(row("c", "4")), Change::Put(row("d", "\0"))]);
+            assert!(matches!(r, Err(CatalogError::Refused(_))), "{r:?}");
             assert_eq!(c.get("volume", "c").unwrap(), None);
+            // A refusal is definite: the writer goes on.
+            let s = c.commit(&[Change::Put(row("e", "5"))]).unwrap();
+            c.sync(s).unwrap();
+            c.commit(&[Change::Delete { kind: "volume".into(), id: "e".into() }]).unwrap();
         }
         let c = reopen_owner(&url);
         assert_eq!(c.load_kind("volume").unwrap(), vec![row("a", "3")]);
