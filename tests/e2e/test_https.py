@@ -110,6 +110,26 @@ def test_silent_clients_hold_up_nobody(https_server):
             s.close()
 
 
+def test_https_from_the_config_file(tmp_path):
+    """`tls_cert`/`tls_key` in the --config file serve HTTPS too; only one of them is refused."""
+    ca, cert, key = make_cert(tmp_path)
+    cfg = tmp_path / "blocksnap.toml"
+    cfg.write_text(f'tls_cert = "{cert}"\ntls_key = "{key}"\n')
+    srv = Server(kind="blocksnap", workdir=tmp_path, extra_args=["--config", str(cfg)])
+    srv.start()
+    try:
+        srv.ca = ca
+        out = aws(srv, "ec2", "describe-availability-zones", ca=ca)
+        assert out.returncode == 0, out.stderr
+    finally:
+        srv.stop()
+    cfg.write_text(f'tls_cert = "{cert}"\n')
+    p = subprocess.run([str(blocksnap_bin()), "serve", "--data-dir", str(tmp_path / "data2"), "--config", str(cfg),
+                        "--listen", "127.0.0.1:0", "--nbd-listen", "127.0.0.1:0", "--metrics-listen", "off"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "set both" in p.stderr, p.stderr
+
+
 def test_mismatched_key_refuses_to_start(tmp_path):
     _, cert, _ = make_cert(tmp_path, "a")
     _, _, key = make_cert(tmp_path, "b")

@@ -15,6 +15,10 @@ pub struct Config {
     pub stores: std::collections::BTreeMap<String, S3Store>,
     /// The catalog (`--catalog` wins): `sqlite` or a PostgreSQL URL.
     pub catalog: Option<String>,
+    /// HTTPS on `--listen` (`--tls-cert`/`--tls-key` win): PEM certificate chain and private key,
+    /// both or neither.
+    pub tls_cert: Option<std::path::PathBuf>,
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 /// `[stores.<region>]`: where that region's snapshot store lives.

@@ -335,10 +335,15 @@ fn serve(
 ) -> anyhow::Result<()> {
     let data_dir = data.data_dir.as_path();
     exports::check_listen(nbd_listen, nbd_insecure_plaintext)?;
-    let http_tls = http_tls.map(|(cert, key)| https::load(&cert, &key)).transpose()?;
     let file_cfg = match config {
         Some(p) => config::Config::load(p)?,
         None => config::Config::default(),
+    };
+    let http_tls = match (http_tls, &file_cfg.tls_cert, &file_cfg.tls_key) {
+        (Some((cert, key)), _, _) => Some(https::load(&cert, &key)?),
+        (None, Some(cert), Some(key)) => Some(https::load(cert, key)?),
+        (None, None, None) => None,
+        (None, _, _) => anyhow::bail!("the configuration file sets one of tls_cert and tls_key: set both, or neither"),
     };
     let mut cfg = EngineConfig::default();
     if let Some(r) = &file_cfg.regions {
