@@ -335,46 +335,51 @@ fn snapshot_json(s: &Snapshot) -> Value {
     Value::Object(m)
 }
 
-fn blocks_json(p: &BlockPage) -> Value {
-    let mut m = Map::new();
-    m.insert(
-        "Blocks".into(),
-        Value::Array(p.blocks.iter().map(|(i, t)| json!({"BlockIndex": i, "BlockToken": t})).collect()),
+/// The listings are written straight into their JSON text: a page holds up to 10,000 entries and
+/// block tokens are base64 (nothing to escape), so no intermediate tree is built.
+fn page_tail(out: &mut String, expiry: i64, volume_size_gib: u64, next_token: &Option<String>) {
+    use std::fmt::Write as _;
+    let _ = write!(
+        out,
+        "],\"ExpiryTime\":{},\"VolumeSize\":{volume_size_gib},\"BlockSize\":{}",
+        epoch_secs(expiry),
+        ebs::EBS_BLOCK_SIZE
     );
-    m.insert("ExpiryTime".into(), epoch_secs(p.expiry));
-    m.insert("VolumeSize".into(), json!(p.volume_size_gib));
-    m.insert("BlockSize".into(), json!(ebs::EBS_BLOCK_SIZE));
-    if let Some(t) = &p.next_token {
-        m.insert("NextToken".into(), json!(t));
+    if let Some(t) = next_token {
+        let _ = write!(out, ",\"NextToken\":{}", json!(t));
     }
-    Value::Object(m)
+    out.push('}');
 }
 
-fn changed_json(p: &ChangedPage) -> Value {
-    let blocks = p
-        .blocks
-        .iter()
-        .map(|b| {
-            let mut o = Map::new();
-            o.insert("BlockIndex".into(), json!(b.index));
-            if let Some(t) = &b.first_token {
-                o.insert("FirstBlockToken".into(), json!(t));
-            }
-            if let Some(t) = &b.second_token {
-                o.insert("SecondBlockToken".into(), json!(t));
-            }
-            Value::Object(o)
-        })
-        .collect();
-    let mut m = Map::new();
-    m.insert("ChangedBlocks".into(), Value::Array(blocks));
-    m.insert("ExpiryTime".into(), epoch_secs(p.expiry));
-    m.insert("VolumeSize".into(), json!(p.volume_size_gib));
-    m.insert("BlockSize".into(), json!(ebs::EBS_BLOCK_SIZE));
-    if let Some(t) = &p.next_token {
-        m.insert("NextToken".into(), json!(t));
+fn blocks_json(p: &BlockPage) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(64 + p.blocks.len() * 112);
+    out.push_str("{\"Blocks\":[");
+    for (n, (i, t)) in p.blocks.iter().enumerate() {
+        let sep = if n == 0 { "" } else { "," };
+        let _ = write!(out, "{sep}{{\"BlockIndex\":{i},\"BlockToken\":\"{t}\"}}");
     }
-    Value::Object(m)
+    page_tail(&mut out, p.expiry, p.volume_size_gib, &p.next_token);
+    out
+}
+
+fn changed_json(p: &ChangedPage) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(64 + p.blocks.len() * 200);
+    out.push_str("{\"ChangedBlocks\":[");
+    for (n, b) in p.blocks.iter().enumerate() {
+        let sep = if n == 0 { "" } else { "," };
+        let _ = write!(out, "{sep}{{\"BlockIndex\":{}", b.index);
+        if let Some(t) = &b.first_token {
+            let _ = write!(out, ",\"FirstBlockToken\":\"{t}\"");
+        }
+        if let Some(t) = &b.second_token {
+            let _ = write!(out, ",\"SecondBlockToken\":\"{t}\"");
+        }
+        out.push('}');
+    }
+    page_tail(&mut out, p.expiry, p.volume_size_gib, &p.next_token);
+    out
 }
 
 fn with_request_id(mut r: Response, request_id: &str) -> Response {
@@ -385,7 +390,11 @@ fn with_request_id(mut r: Response, request_id: &str) -> Response {
 }
 
 fn json_response(status: StatusCode, v: Value, request_id: &str) -> Response {
-    let mut r = (status, v.to_string()).into_response();
+    text_response(status, v.to_string(), request_id)
+}
+
+fn text_response(status: StatusCode, body: String, request_id: &str) -> Response {
+    let mut r = (status, body).into_response();
     r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     with_request_id(r, request_id)
 }
@@ -513,7 +522,7 @@ async fn run(
                 max_results: opt_int(&q, "maxResults")?,
             };
             let page = bounded(limit, async move { engine.ebs_list_blocks(&ctx, req).await }).await?;
-            Ok(json_response(StatusCode::OK, blocks_json(&page), request_id))
+            Ok(text_response(StatusCode::OK, blocks_json(&page), request_id))
         }
         Endpoint::ListChangedBlocks { second_snapshot_id } => {
             let q = query(uri)?;
@@ -525,7 +534,7 @@ async fn run(
                 max_results: opt_int(&q, "maxResults")?,
             };
             let page = bounded(limit, async move { engine.ebs_list_changed_blocks(&ctx, req).await }).await?;
-            Ok(json_response(StatusCode::OK, changed_json(&page), request_id))
+            Ok(text_response(StatusCode::OK, changed_json(&page), request_id))
         }
         Endpoint::GetSnapshotBlock { snapshot_id, block_index: index } => {
             let q = query(uri)?;
@@ -585,6 +594,36 @@ mod tests {
         );
         assert!(ep(Method::DELETE, "/snapshots/snap-1").is_err());
         assert!(ep(Method::GET, "/snapshots/snap-1/blocks/1/2").is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn listings_are_valid_json() -> Result<(), serde_json::Error> {
+        let page = BlockPage {
+            blocks: vec![(0, "AA+/=".into()), (7, "BB==".into())],
+            expiry: 1_700_000_000_500,
+            volume_size_gib: 8,
+            next_token: Some("bsnt1abc".into()),
+        };
+        let v: Value = serde_json::from_str(&blocks_json(&page))?;
+        assert_eq!(v["Blocks"][1]["BlockIndex"], 7);
+        assert_eq!(v["Blocks"][0]["BlockToken"], "AA+/=");
+        assert_eq!(v["NextToken"], "bsnt1abc");
+        assert_eq!(v["ExpiryTime"], 1_700_000_000.5);
+        let changed = ChangedPage {
+            blocks: vec![
+                ebs::ChangedBlock { index: 1, first_token: Some("F".into()), second_token: None },
+                ebs::ChangedBlock { index: 2, first_token: None, second_token: Some("S".into()) },
+            ],
+            expiry: 0,
+            volume_size_gib: 1,
+            next_token: None,
+        };
+        let v: Value = serde_json::from_str(&changed_json(&changed))?;
+        assert_eq!(v["ChangedBlocks"][0]["FirstBlockToken"], "F");
+        assert!(v["ChangedBlocks"][0].get("SecondBlockToken").is_none());
+        assert_eq!(v["ChangedBlocks"][1]["SecondBlockToken"], "S");
+        assert!(v.get("NextToken").is_none());
         Ok(())
     }
 

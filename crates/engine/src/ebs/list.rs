@@ -19,7 +19,7 @@ use crate::model::{Ctx, Millis, Snapshot, SnapshotState, now_millis};
 /// Blocks per page when the caller gives no MaxResults.
 pub const DEFAULT_MAX_RESULTS: u32 = 10_000;
 /// Segments read at once while listing.
-const SEGMENT_READS: usize = 16;
+const SEGMENT_READS: usize = 32;
 const CACHED_HEADERS: usize = 256;
 /// 2,048 segments: 64 MiB of ids, the block lists of a fully written 1 TiB snapshot.
 const CACHED_SEGMENTS: usize = 2048;
@@ -226,7 +226,7 @@ impl Engine {
         };
         let max = page_size(req.max_results)?;
         let start = start_index(&req.next_token, req.starting_block_index)?;
-        let key = self.ebs_token_key_async().await?;
+        let key = token::TokenKey::new(&self.ebs_token_key_async().await?);
         let store = self.store(&snap.region).await?;
         let cache = &self.jobs.direct.cache;
         let h = cache.header(&store, &snap.region, &snap.id).await?;
@@ -295,7 +295,7 @@ impl Engine {
         };
         let max = page_size(req.max_results)?;
         let start = start_index(&req.next_token, req.starting_block_index)?;
-        let key = self.ebs_token_key_async().await?;
+        let key = token::TokenKey::new(&self.ebs_token_key_async().await?);
         let store = self.store(&second.region).await?;
         let cache = &self.jobs.direct.cache;
         let h2 = cache.header(&store, &second.region, &second.id).await?;

@@ -999,7 +999,7 @@ impl Engine {
             })?;
         let key = self.ebs_token_key_async().await?;
         let now = now_millis().max(0) as u64 / 1000;
-        let id = token::verify(&key, &req.block_token, &snap.id, index, now).map_err(|e| {
+        let id = token::verify(&token::TokenKey::new(&key), &req.block_token, &snap.id, index, now).map_err(|e| {
             validation(
                 "INVALID_BLOCK_TOKEN",
                 match e {

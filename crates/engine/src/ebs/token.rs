@@ -29,9 +29,17 @@ pub(crate) enum TokenError {
     Foreign,
 }
 
-fn mac(key: &[u8; 32], snapshot_id: &str, index: u32, expiry: u32, id: &BlockId) -> [u8; 16] {
-    let k = hmac::Key::new(hmac::HMAC_SHA256, key);
-    let mut ctx = hmac::Context::with_key(&k);
+/// The token key, prepared once per listing (its HMAC key schedule is most of a token's cost).
+pub(crate) struct TokenKey(hmac::Key);
+
+impl TokenKey {
+    pub(crate) fn new(key: &[u8; 32]) -> Self {
+        TokenKey(hmac::Key::new(hmac::HMAC_SHA256, key))
+    }
+}
+
+fn mac(key: &TokenKey, snapshot_id: &str, index: u32, expiry: u32, id: &BlockId) -> [u8; 16] {
+    let mut ctx = hmac::Context::with_key(&key.0);
     ctx.update(DOMAIN);
     ctx.update(snapshot_id.as_bytes());
     ctx.update(&[0]);
@@ -44,7 +52,7 @@ fn mac(key: &[u8; 32], snapshot_id: &str, index: u32, expiry: u32, id: &BlockId)
     out
 }
 
-pub(crate) fn mint(key: &[u8; 32], snapshot_id: &str, index: u32, expiry: u32, id: &BlockId) -> String {
+pub(crate) fn mint(key: &TokenKey, snapshot_id: &str, index: u32, expiry: u32, id: &BlockId) -> String {
     let mut b = [0u8; LEN];
     b[0] = VERSION;
     b[1..5].copy_from_slice(&expiry.to_be_bytes());
@@ -55,7 +63,7 @@ pub(crate) fn mint(key: &[u8; 32], snapshot_id: &str, index: u32, expiry: u32, i
 
 /// The block id a token names, if it is this snapshot's and index's and not expired at `now`.
 pub(crate) fn verify(
-    key: &[u8; 32],
+    key: &TokenKey,
     token: &str,
     snapshot_id: &str,
     index: u32,
@@ -89,7 +97,7 @@ mod tests {
 
     #[test]
     fn bound_to_snapshot_index_and_expiry() {
-        let key = [7u8; 32];
+        let key = TokenKey::new(&[7u8; 32]);
         let id = BlockId([3u8; 32]);
         let t = mint(&key, "snap-1", 5, 1000, &id);
         assert!(t.len() <= 256 && t.bytes().all(|c| c.is_ascii_alphanumeric() || b"+/=".contains(&c)));
@@ -97,7 +105,7 @@ mod tests {
         assert_eq!(verify(&key, &t, "snap-1", 5, 1000), Err(TokenError::Expired));
         assert_eq!(verify(&key, &t, "snap-2", 5, 999), Err(TokenError::Foreign));
         assert_eq!(verify(&key, &t, "snap-1", 6, 999), Err(TokenError::Foreign));
-        assert_eq!(verify(&[8u8; 32], &t, "snap-1", 5, 999), Err(TokenError::Foreign));
+        assert_eq!(verify(&TokenKey::new(&[8u8; 32]), &t, "snap-1", 5, 999), Err(TokenError::Foreign));
         // A later expiry written into the token breaks its MAC.
         let mut raw = STANDARD.decode(&t).unwrap_or_default();
         raw[4] ^= 0x40;
