@@ -533,3 +533,21 @@ def test_limits_throttling_and_concurrent_snapshots(tmp_path):
         assert other.start_snapshot(VolumeSize=1)["Status"] == "pending"
     finally:
         srv.stop()
+
+
+def test_direct_snapshot_copies_to_another_region_and_reads_there(server, ec2):
+    ebs = ebs_client(server)
+    blocks = {2: block(21), 900: block(22)}
+    sid = write_snapshot(ebs, blocks)
+    wait_completed(ec2, sid)
+    far = server.client(region="eu-west-1")
+    copy = far.copy_snapshot(SourceSnapshotId=sid, SourceRegion=server.region)["SnapshotId"]
+    assert wait_completed(far, copy)["State"] == "completed"
+    ebs_far = server.session(region="eu-west-1").client("ebs", endpoint_url=server.endpoint)
+    got = all_blocks(ebs_far, copy)
+    assert sorted(got) == sorted(blocks)
+    assert {i: read_block(ebs_far, copy, i, t) for i, t in got.items()} == blocks
+    # The copy lives in its own region: the source region does not know it.
+    with pytest.raises(ClientError) as e:
+        ebs.list_snapshot_blocks(SnapshotId=copy)
+    assert error_of(e)[0] == "ResourceNotFoundException"
