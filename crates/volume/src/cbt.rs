@@ -1,16 +1,16 @@
 //! Change-block tracking bitmap: one bit per 512 KiB block, made durable
 //! before the write it covers is issued (see the crate docs for the format).
 
-use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use roaring::RoaringBitmap;
 
+use crate::cbt_commit::{Bits, ChangeSet, Page};
 use crate::{BLOCK_SIZE, fsync_dir};
 
 pub(crate) const PAGE_SIZE: usize = 4096;
@@ -89,7 +89,7 @@ fn page_crc(epoch: u64, index: usize, body: &[u8]) -> u32 {
     crc32c::crc32c_append(crc, body)
 }
 
-fn encode_page(epoch: u64, index: usize, words: &[u64]) -> [u8; PAGE_SIZE] {
+pub(crate) fn encode_page(epoch: u64, index: usize, words: &[u64]) -> [u8; PAGE_SIZE] {
     let mut p = [0u8; PAGE_SIZE];
     let start = index * WORDS_PER_PAGE;
     let end = (start + WORDS_PER_PAGE).min(words.len());
@@ -229,35 +229,20 @@ pub(crate) fn frozen_epochs(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(out)
 }
 
-struct State {
-    file: File,
-    epoch: u64,
-    nblocks: u64,
-    /// Bits set in memory: a superset of the durable ones.
-    words: Vec<u64>,
-    dirty_pages: BTreeSet<usize>,
-    /// Batch that newly set bits join.
-    open_batch: u64,
-    /// Every batch up to this one is durable.
-    durable_batch: u64,
-    /// Last batch whose write failed (its waiters get an error).
-    failed_batch: u64,
-    flushing: bool,
-}
-
 pub(crate) struct Cbt {
     dir: PathBuf,
     enabled: bool,
-    state: Mutex<State>,
-    cv: Condvar,
-    /// Bits known to be on disk: the lock-free fast path reads these. The
-    /// vector is replaced only under the write gate.
-    durable: RwLock<Vec<AtomicU64>>,
+    /// The bits and their group commit (`cbt_commit.rs`).
+    bits: ChangeSet<Arc<File>>,
     damaged: AtomicBool,
 }
 
-fn io_other(msg: &str) -> io::Error {
-    io::Error::other(msg.to_string())
+/// Writes encoded pages to a bitmap file and makes them durable.
+fn write_pages(file: &Arc<File>, pages: &[Page]) -> io::Result<()> {
+    for (p, buf) in pages {
+        file.write_all_at(buf, (PAGE_SIZE * (1 + p)) as u64)?;
+    }
+    file.sync_data()
 }
 
 impl Cbt {
@@ -311,35 +296,16 @@ impl Cbt {
         } else {
             OpenOptions::new().read(true).write(true).open(dir.join(ACTIVE_NAME))?
         };
-        let durable = loaded.words.iter().map(|&w| AtomicU64::new(w)).collect();
         Ok(Cbt {
             dir: dir.to_path_buf(),
             enabled,
-            state: Mutex::new(State {
-                file,
-                epoch,
-                nblocks,
-                words: loaded.words,
-                dirty_pages: BTreeSet::new(),
-                open_batch: 1,
-                durable_batch: 0,
-                failed_batch: 0,
-                flushing: false,
-            }),
-            cv: Condvar::new(),
-            durable: RwLock::new(durable),
+            bits: ChangeSet::new(Arc::new(file), epoch, nblocks, loaded.words),
             damaged: AtomicBool::new(loaded.damaged),
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // State stays consistent across a panic in another thread (every
-        // update is a plain field store), so recover from poisoning.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn durable(&self) -> RwLockReadGuard<'_, Vec<AtomicU64>> {
-        self.durable.read().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> crate::sync::MutexGuard<'_, Bits<Arc<File>>> {
+        self.bits.lock()
     }
 
     pub(crate) fn damaged_on_open(&self) -> bool {
@@ -371,9 +337,7 @@ impl Cbt {
     }
 
     fn all_durable(&self, first: u64, last: u64) -> bool {
-        let d = self.durable();
-        (first..=last)
-            .all(|b| d.get((b / 64) as usize).is_some_and(|w| w.load(Ordering::Acquire) & (1 << (b % 64)) != 0))
+        self.bits.all_durable(first, last)
     }
 
     /// Makes the bits of blocks `first..=last` durable; returns once they are
@@ -383,82 +347,12 @@ impl Cbt {
             return Ok(());
         }
         let mut st = self.lock();
-        if last >= st.nblocks {
-            return Err(io_other("block beyond the change bitmap"));
-        }
-        for b in first..=last {
-            let w = (b / 64) as usize;
-            let bit = 1u64 << (b % 64);
-            if st.words[w] & bit == 0 {
-                st.words[w] |= bit;
-                st.dirty_pages.insert(w / WORDS_PER_PAGE);
-            }
-        }
+        st.set(first, last)?;
         // Another writer's flush may have covered these bits meanwhile.
         if self.all_durable(first, last) {
             return Ok(());
         }
-        self.commit_locked(st)
-    }
-
-    fn commit(&self) -> io::Result<()> {
-        self.commit_locked(self.lock())
-    }
-
-    /// Group commit: waits until every bit set so far is durable, flushing as
-    /// the leader when no flush is running.
-    /// The target batch is read under the same lock that set the bits, so it
-    /// is the first batch whose snapshot includes them.
-    fn commit_locked<'a>(&'a self, mut st: MutexGuard<'a, State>) -> io::Result<()> {
-        let target = st.open_batch;
-        loop {
-            if st.durable_batch >= target {
-                return Ok(());
-            }
-            if st.failed_batch >= target {
-                return Err(io_other("change bitmap write failed"));
-            }
-            if st.flushing {
-                st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
-                continue;
-            }
-            st.flushing = true;
-            let batch = st.open_batch;
-            st.open_batch += 1;
-            let pages: Vec<usize> = std::mem::take(&mut st.dirty_pages).into_iter().collect();
-            let encoded: Vec<[u8; PAGE_SIZE]> = pages.iter().map(|&p| encode_page(st.epoch, p, &st.words)).collect();
-            let file = st.file.try_clone();
-            drop(st);
-            let res = file.and_then(|f| {
-                for (p, buf) in pages.iter().zip(&encoded) {
-                    f.write_all_at(buf, (PAGE_SIZE * (1 + p)) as u64)?;
-                }
-                f.sync_data()
-            });
-            st = self.lock();
-            st.flushing = false;
-            match res {
-                Ok(()) => {
-                    st.durable_batch = batch;
-                    let d = self.durable();
-                    for (&p, buf) in pages.iter().zip(&encoded) {
-                        for i in 0..WORDS_PER_PAGE {
-                            let w = p * WORDS_PER_PAGE + i;
-                            let Some(slot) = d.get(w) else { break };
-                            let mut x = [0u8; 8];
-                            x.copy_from_slice(&buf[i * 8..i * 8 + 8]);
-                            slot.fetch_or(u64::from_le_bytes(x), Ordering::Release);
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(dir = %self.dir.display(), error = %e, "change bitmap write failed");
-                    st.failed_batch = batch;
-                    st.dirty_pages.extend(pages);
-                }
-            }
-            self.cv.notify_all();
-        }
+        self.bits.commit(st, write_pages)
     }
 
     /// Bits of the current epoch (in memory, a superset of the durable ones).
@@ -492,18 +386,10 @@ impl Cbt {
 
     /// Switch the in-memory state to the next, empty epoch backed by `file`; returns the old epoch
     /// and its changed set.
-    fn install_next_epoch(&self, st: &mut State, file: File) -> (u64, RoaringBitmap) {
-        let old = st.epoch;
-        let set = words_to_roaring(&st.words);
-        st.file = file;
-        st.epoch = old + 1;
-        st.words = vec![0u64; st.words.len()];
-        st.dirty_pages.clear();
-        for w in self.durable().iter() {
-            w.store(0, Ordering::Release);
-        }
+    fn install_next_epoch(&self, st: &mut Bits<Arc<File>>, file: File) -> (u64, RoaringBitmap) {
+        let (old, words) = self.bits.next_epoch(st, Arc::new(file));
         self.damaged.store(false, Ordering::Relaxed);
-        (old, set)
+        (old, words_to_roaring(&words))
     }
 
     /// Cut, first half (outside the write gate, may take milliseconds): link the active file as
@@ -570,12 +456,7 @@ impl Cbt {
         let mut words = st.words.clone();
         words.resize(nwords(nblocks), 0);
         let file = write_full(&self.dir, ACTIVE_NAME, st.epoch, nblocks, &words)?;
-        let mut d = self.durable.write().unwrap_or_else(PoisonError::into_inner);
-        *d = words.iter().map(|&w| AtomicU64::new(w)).collect();
-        st.file = file;
-        st.words = words;
-        st.nblocks = nblocks;
-        st.dirty_pages.clear();
+        self.bits.resize(&mut st, Arc::new(file), nblocks, words);
         Ok(())
     }
 
@@ -605,19 +486,16 @@ impl Cbt {
         let Some((_, set)) = self.frozen()?.into_iter().find(|(e, _)| *e == epoch) else {
             return Ok(());
         };
-        {
-            let mut st = self.lock();
-            for b in set.iter() {
-                let b = u64::from(b);
-                if b >= st.nblocks {
-                    continue;
-                }
-                let w = (b / 64) as usize;
-                st.words[w] |= 1 << (b % 64);
-                st.dirty_pages.insert(w / WORDS_PER_PAGE);
+        // Set and committed under one lock hold; a cut meanwhile carries the bits into the epoch
+        // it freezes (see `cbt_commit.rs`).
+        let mut st = self.lock();
+        for b in set.iter() {
+            let b = u64::from(b);
+            if b < st.nblocks {
+                st.set(b, b)?;
             }
         }
-        self.commit()?;
+        self.bits.commit(st, write_pages)?;
         self.release(epoch)
     }
 }

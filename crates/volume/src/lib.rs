@@ -52,6 +52,7 @@
 
 mod capture;
 mod cbt;
+mod cbt_commit;
 mod claims;
 mod gate;
 mod hydrate;

@@ -91,6 +91,68 @@ fn concurrent_writers_group_commit() {
     assert_eq!(v.changed_blocks(), expect);
 }
 
+/// Stress of the bitmap's group commit across cuts: writers, cuts and abandoned snapshots
+/// returning their bits (no gate: they race the cuts) at once. Afterwards every block written is
+/// in the changed set of an epoch, and every epoch's file on disk holds its whole set.
+#[test]
+fn group_commit_across_cuts_and_restores() {
+    let (_d, s) = store();
+    let size = 64 * MIB;
+    let nblocks = size / BLOCK_SIZE;
+    s.create("vol-a", size).unwrap();
+    let v = s.open_volume("vol-a").unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let writers: Vec<_> = (0..4u64)
+        .map(|t| {
+            let v = v.clone();
+            std::thread::spawn(move || {
+                for i in 0..200u64 {
+                    let block = (i * 37 + t * 11) % nblocks;
+                    v.write_at(block * BLOCK_SIZE, &[t as u8 + 1; 512], false).unwrap();
+                }
+            })
+        })
+        .collect();
+    let restorer = {
+        let v = v.clone();
+        std::thread::spawn(move || {
+            for e in rx {
+                v.restore_epoch(e).unwrap();
+            }
+        })
+    };
+    let mut kept = Vec::new();
+    for i in 0..20 {
+        let (epoch, set) = {
+            let g = v.gate().unwrap();
+            v.swap_epoch(&g).unwrap()
+        };
+        // Every other snapshot is abandoned: its bits go back while writes and cuts go on.
+        if i % 2 == 0 {
+            tx.send(epoch).unwrap();
+        } else {
+            kept.push((epoch, set));
+        }
+    }
+    drop(tx);
+    for w in writers {
+        w.join().unwrap();
+    }
+    restorer.join().unwrap();
+    let on_disk: std::collections::HashMap<u64, RoaringBitmap> = v.frozen_epochs().unwrap().into_iter().collect();
+    let mut all = v.changed_blocks();
+    for (epoch, set) in &kept {
+        let file = &on_disk[epoch];
+        assert!((set - file).is_empty(), "epoch {epoch}: {:?} changed but not in its file", set - file);
+        all |= set;
+    }
+    let active = on_disk_bits(&s, "vol-a", size);
+    assert!((v.changed_blocks() - &active).is_empty(), "the active file lacks changed blocks");
+    let written: RoaringBitmap =
+        (0..4u64).flat_map(|t| (0..200u64).map(move |i| ((i * 37 + t * 11) % nblocks) as u32)).collect();
+    assert!((written - all).is_empty(), "a written block is in no epoch's changed set");
+}
+
 #[test]
 fn damaged_bitmap_reads_all_dirty() {
     let (dir, s) = store();
