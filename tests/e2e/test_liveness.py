@@ -114,3 +114,56 @@ def test_a_hung_disk_stalls_only_its_own_volume(frozen_disk_server):
     snap = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
     assert wait_completed(ec2, [snap])[snap]["State"] == "completed"
     assert nbd.pattern_ok(server, snap, 0, MiB, 0x22)
+
+
+def test_hung_inline_writes_do_not_stall_other_connections(frozen_disk_server):
+    """Small plain writes to blocks whose change bits are already durable are served inline on the
+    NBD executor's threads; on a frozen filesystem such a write blocks its thread. Several connections
+    writing at once must not take every executor thread: a new connection's reads and another
+    account's API calls are still answered while those writes hang."""
+    server = frozen_disk_server
+    ec2 = server.client(read_timeout=30, connect_timeout=5)
+    az = f"{server.region}a"
+    _, vid = attached_volume(ec2, az, "inline", image_id="ami-0b5e4c3d2a1f00002")
+    # Every block written once and flushed: its change bit is durable, so the writes below take the
+    # inline path (no snapshot runs, so nothing is captured either).
+    nbd.qemu_io(server, vid, "write -P 0x11 0 2M", "flush")
+    other = server.create_account()
+    other_ec2 = server.client(creds=other, read_timeout=30, connect_timeout=5)
+    other_vol = other_ec2.create_volume(AvailabilityZone=az, Size=1)["VolumeId"]
+
+    # The catalog's reads after its last commit: a read that would first have to update SQLite's
+    # shared WAL index would block on the frozen disk (page fault on its mapping).
+    other_ec2.describe_volumes(VolumeIds=[other_vol])
+
+    n = 8  # more connections than the machine has executor threads
+    run("fsfreeze", "-f", str(server.data_dir))
+    writers = []
+    try:
+        for i in range(n):
+            # Write-back cache: plain writes (qemu-io's default writethrough would send FUA).
+            args = nbd.qemu_io_args(server, vid)
+            writers.append(subprocess.Popen(
+                args[:1] + ["-t", "writeback"] + args[1:] + ["-c", f"write -P 0x22 {i * 64 * 1024} 64k"],
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        time.sleep(2.0)
+        hung = sum(w.poll() is None for w in writers)
+        assert hung == n, f"only {hung} of {n} writes hung on the frozen disk: nothing was tested"
+        # A new connection reads what is cached (no write involved), within the subprocess bound.
+        try:
+            r = subprocess.run(nbd.qemu_io_args(server, vid, read_only=True) + ["-c", "read -P 0x11 1M 64k"],
+                               capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("a read on a new connection hung while other connections' writes were stuck")
+        assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, r.stdout + r.stderr
+        vols = other_ec2.describe_volumes(VolumeIds=[other_vol])["Volumes"]
+        assert vols[0]["VolumeId"] == other_vol
+        assert all(w.poll() is None for w in writers), "a write completed before the disk came back"
+    finally:
+        run("fsfreeze", "-u", str(server.data_dir))
+    for w in writers:
+        out, _ = w.communicate(timeout=60)
+        assert w.returncode == 0 and "wrote" in out, out
+    # Nothing acknowledged was lost: every hung write landed once the disk answered.
+    assert nbd.pattern_ok(server, vid, 0, n * 64 * 1024, 0x22)
+    assert nbd.pattern_ok(server, vid, n * 64 * 1024, 64 * 1024, 0x11)

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
@@ -111,6 +111,59 @@ pub struct NbdServer {
     config: ServerConfig,
     registry: Mutex<Registry>,
     shutdown: watch::Sender<bool>,
+    /// Slots for inline writes (see [`InlineWrites`]).
+    inline_writes: OnceLock<Arc<InlineWrites>>,
+}
+
+/// Inline writes run on executor threads, and a buffered write blocks for as long as the
+/// filesystem does (frozen, a hung disk). Two bounds keep such a write from stopping the server:
+/// - at most half of the executor's threads may be inside one at a time (none on a
+///   single-threaded executor); a write that finds no free slot goes to a blocking thread;
+/// - while a slot is taken, a keeper thread wakes the executor every [`KEEPER_INTERVAL`]: the
+///   blocked thread may have been the one polling the I/O driver while the others slept, and a
+///   sleeping thread only takes the driver over (and the blocked thread's queued tasks) once woken.
+///
+/// So a filesystem that stops answering blocks at most half of the threads, and the others keep
+/// serving every other connection (and, in `blocksnap serve`, the API). Inline writes take
+/// microseconds: one connection, or a few, rarely miss a slot.
+struct InlineWrites {
+    slots: Semaphore,
+    total: usize,
+}
+
+/// How often the keeper looks for a running inline write.
+const KEEPER_INTERVAL: Duration = Duration::from_millis(25);
+
+impl InlineWrites {
+    fn start() -> Arc<InlineWrites> {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return Arc::new(InlineWrites { slots: Semaphore::new(0), total: 0 });
+        };
+        let total = rt.metrics().num_workers() / 2;
+        let w = Arc::new(InlineWrites { slots: Semaphore::new(total), total });
+        if total == 0 {
+            return w;
+        }
+        let weak = Arc::downgrade(&w);
+        let keeper = std::thread::Builder::new().name("nbd-inline-keeper".into()).spawn(move || {
+            // Ends once the server is gone.
+            while let Some(w) = weak.upgrade() {
+                if w.slots.available_permits() < w.total {
+                    // From outside the executor: wakes a sleeping worker if there is one.
+                    drop(rt.spawn(async {}));
+                }
+                drop(w);
+                std::thread::sleep(KEEPER_INTERVAL);
+            }
+        });
+        match keeper {
+            Ok(_) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "no keeper thread; NBD writes all go to blocking threads");
+                Arc::new(InlineWrites { slots: Semaphore::new(0), total: 0 })
+            }
+        }
+    }
 }
 
 /// A connection's place in the registry; dropping it marks the connection
@@ -161,7 +214,18 @@ impl NbdServer {
     }
 
     pub fn with_config(resolver: Arc<dyn ExportResolver>, config: ServerConfig) -> NbdServer {
-        NbdServer { resolver, config, registry: Mutex::new(Registry::default()), shutdown: watch::channel(false).0 }
+        NbdServer {
+            resolver,
+            config,
+            registry: Mutex::new(Registry::default()),
+            shutdown: watch::channel(false).0,
+            inline_writes: OnceLock::new(),
+        }
+    }
+
+    /// The inline write slots, made on the first connection for the executor it runs on.
+    fn inline_write_slots(&self) -> &Semaphore {
+        &self.inline_writes.get_or_init(InlineWrites::start).slots
     }
 
     fn registry(&self) -> MutexGuard<'_, Registry> {
@@ -612,6 +676,7 @@ impl NbdServer {
         };
         let mut stop = n.reg.stop.clone();
         let device = n.export.device.clone();
+        let inline_writes = self.inline_write_slots();
         // Inline writes are paused until then after one stalled.
         let mut inline_writes_after: Option<Instant> = None;
 
@@ -676,8 +741,15 @@ impl NbdServer {
                 _ => 1,
             };
             if self.config.inline_io
-                && let Some((msg, res)) =
-                    try_inline(&*device, cmd, h.cookie, &payload, ctx.structured, &mut inline_writes_after)
+                && let Some((msg, res)) = try_inline(
+                    &*device,
+                    cmd,
+                    h.cookie,
+                    &payload,
+                    ctx.structured,
+                    inline_writes,
+                    &mut inline_writes_after,
+                )
             {
                 let _ = tx.send(msg);
                 metrics.record(cmd, res, started.elapsed());
@@ -846,13 +918,17 @@ fn read_failed(e: &io::Error, structured: bool, cookie: u64) -> (Vec<u8>, Result
 }
 
 /// Serves a small read or write on the calling (async) task when the device
-/// can do it without waiting; `None` sends it to a blocking thread.
+/// can do it without waiting; `None` sends it to a blocking thread. A read
+/// never blocks (`RWF_NOWAIT`); a write holds one of `write_slots` while it
+/// runs, so a hung filesystem blocks only as many executor threads as there
+/// are slots.
 fn try_inline(
     dev: &dyn BlockDevice,
     cmd: Command,
     cookie: u64,
     payload: &[u8],
     structured: bool,
+    write_slots: &Semaphore,
     writes_after: &mut Option<Instant>,
 ) -> Option<(Vec<u8>, Result<u64, u32>)> {
     match cmd {
@@ -868,6 +944,7 @@ fn try_inline(
         Command::Write { offset, len, fua: false }
             if len <= INLINE_MAX && writes_after.is_none_or(|t| Instant::now() >= t) =>
         {
+            let _slot = write_slots.try_acquire().ok()?;
             let t = Instant::now();
             match dev.try_write_at(offset, payload) {
                 Ok(true) => {
