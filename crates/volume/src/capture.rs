@@ -20,11 +20,11 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use roaring::RoaringBitmap;
 
 use crate::BLOCK_SIZE;
+use crate::sync::{Mutex, MutexGuard};
 
 const HEADER_MAGIC: &[u8; 8] = b"BSNPCAPT";
 const FORMAT_VERSION: u32 = 1;
@@ -50,17 +50,65 @@ pub(crate) struct Capture {
     pub(crate) size: u64,
     path: PathBuf,
     log: File,
+    frozen: Frozen,
+}
+
+/// The I/O of copy-before-write: the data file and the log (files here; memory in the model).
+pub(crate) trait CaptureIo {
+    /// Fills `buf` with the data at `offset` (zeros past the end).
+    fn read_data(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// False when `start..end` of the data is a hole (it reads as zeros).
+    fn has_data(&self, start: u64, end: u64) -> bool;
+    fn write_log(&self, buf: &[u8], at: u64) -> io::Result<()>;
+    fn read_log(&self, buf: &mut [u8], at: u64) -> io::Result<()>;
+    fn sync_log(&self) -> io::Result<()>;
+}
+
+struct Files<'a> {
+    data: &'a File,
+    log: &'a File,
+}
+
+impl CaptureIo for Files<'_> {
+    fn read_data(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        read_full(self.data, buf, offset)
+    }
+    fn has_data(&self, start: u64, end: u64) -> bool {
+        match rustix::fs::seek(self.data, rustix::fs::SeekFrom::Data(start)) {
+            Ok(next) => next < end,
+            Err(rustix::io::Errno::NXIO) => false,
+            // Unknown: read it.
+            Err(_) => true,
+        }
+    }
+    fn write_log(&self, buf: &[u8], at: u64) -> io::Result<()> {
+        self.log.write_all_at(buf, at)
+    }
+    fn read_log(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+        self.log.read_exact_at(buf, at)
+    }
+    fn sync_log(&self) -> io::Result<()> {
+        self.log.sync_data()
+    }
+}
+
+/// The frozen blocks still to copy, where the copied ones are in the log, and the per-block
+/// stripes: the protocol between writers and the uploader, independent of files so that loom
+/// checks it as is (`RUSTFLAGS="--cfg loom" cargo test -p blocksnap-volume --lib --release loom`).
+struct Frozen {
+    /// Volume size at the cut.
+    size: u64,
     inner: Mutex<Inner>,
     /// Per-block exclusion between a writer capturing a block and the uploader reading it, so
     /// uploads read different blocks in parallel (the inner lock is never held across a data read).
     stripes: Vec<Mutex<()>>,
 }
 
+#[cfg(not(loom))]
 const STRIPES: usize = 64;
-
-fn stripes() -> Vec<Mutex<()>> {
-    (0..STRIPES).map(|_| Mutex::new(())).collect()
-}
+/// Two blocks of the model share a stripe or not, depending on their numbers.
+#[cfg(loom)]
+const STRIPES: usize = 2;
 
 fn header(epoch: u64) -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
@@ -94,14 +142,7 @@ impl Capture {
     /// Start capturing into a prepared log (under the gate: memory only).
     pub(crate) fn from_prepared(dir: &Path, log: File, epoch: u64, size: u64, set: &RoaringBitmap) -> Capture {
         let path = log_path(dir, epoch);
-        Capture {
-            epoch,
-            size,
-            path,
-            log,
-            inner: Mutex::new(Inner { pending: set.clone(), index: HashMap::new(), end: HEADER_LEN }),
-            stripes: stripes(),
-        }
+        Capture { epoch, size, path, log, frozen: Frozen::new(size, set.clone(), HashMap::new(), HEADER_LEN) }
     }
 
     /// Reopen a log after a restart: keep every whole record, drop a torn tail.
@@ -152,20 +193,43 @@ impl Capture {
         for b in index.keys() {
             pending.remove(*b);
         }
-        Ok(Capture {
-            epoch,
+        Ok(Capture { epoch, size, path, log, frozen: Frozen::new(size, pending, index, pos) })
+    }
+
+    /// Before a write to blocks `first..=last`: copy every still-pending one into the log.
+    pub(crate) fn before_write(&self, data: &File, first: u64, last: u64) -> io::Result<()> {
+        self.frozen.before_write(&Files { data, log: &self.log }, first, last)
+    }
+
+    /// The block's bytes as they were at the cut (`buf` is the block's length at the cut). Returns
+    /// `false` without touching `buf` when the block is a hole in the data file (it reads as zeros):
+    /// the uploader then skips reading and hashing half a megabyte of zeros.
+    pub(crate) fn read_block(&self, data: &File, block: u32, buf: &mut [u8]) -> io::Result<bool> {
+        self.frozen.read_block(&Files { data, log: &self.log }, block, buf)
+    }
+
+    pub(crate) fn remove_file(&self) -> io::Result<()> {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Frozen {
+    fn new(size: u64, pending: RoaringBitmap, index: HashMap<u32, (u64, u32)>, end: u64) -> Frozen {
+        Frozen {
             size,
-            path,
-            log,
-            inner: Mutex::new(Inner { pending, index, end: pos }),
-            stripes: stripes(),
-        })
+            inner: Mutex::new(Inner { pending, index, end }),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // Inner is updated only after the log write and fsync succeed; a panic in between leaves
         // a consistent (if conservative) state.
-        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn block_len(&self, block: u32) -> u64 {
@@ -174,11 +238,11 @@ impl Capture {
     }
 
     fn stripe(&self, block: u32) -> MutexGuard<'_, ()> {
-        self.stripes[block as usize % STRIPES].lock().unwrap_or_else(PoisonError::into_inner)
+        self.stripes[block as usize % STRIPES].lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Before a write to blocks `first..=last`: copy every still-pending one into the log.
-    pub(crate) fn before_write(&self, data: &File, first: u64, last: u64) -> io::Result<()> {
+    pub(crate) fn before_write(&self, io: &impl CaptureIo, first: u64, last: u64) -> io::Result<()> {
         let mut buf: Vec<u8> = Vec::new();
         let mut wrote = false;
         for b in first..=last {
@@ -195,15 +259,15 @@ impl Capture {
             }
             let len = self.block_len(b32);
             buf.resize(len as usize, 0);
-            read_full(data, &mut buf, b * BLOCK_SIZE)?;
+            io.read_data(&mut buf, b * BLOCK_SIZE)?;
             let mut rh = [0u8; RECORD_HEADER as usize];
             rh[0..4].copy_from_slice(&RECORD_MAGIC.to_le_bytes());
             rh[4..8].copy_from_slice(&b32.to_le_bytes());
             rh[8..12].copy_from_slice(&(len as u32).to_le_bytes());
             rh[12..16].copy_from_slice(&crc32c::crc32c(&buf).to_le_bytes());
             let at = inner.end;
-            self.log.write_all_at(&rh, at)?;
-            self.log.write_all_at(&buf, at + RECORD_HEADER)?;
+            io.write_log(&rh, at)?;
+            io.write_log(&buf, at + RECORD_HEADER)?;
             inner.end = at + RECORD_HEADER + len;
             inner.index.insert(b32, (at + RECORD_HEADER, len as u32));
             inner.pending.remove(b32);
@@ -211,7 +275,7 @@ impl Capture {
         }
         if wrote {
             // The old bytes are durable before the write that replaces them is issued.
-            self.log.sync_data()?;
+            io.sync_log()?;
         }
         Ok(())
     }
@@ -219,12 +283,12 @@ impl Capture {
     /// The block's bytes as they were at the cut (`buf` is the block's length at the cut). Returns
     /// `false` without touching `buf` when the block is a hole in the data file (it reads as zeros):
     /// the uploader then skips reading and hashing half a megabyte of zeros.
-    pub(crate) fn read_block(&self, data: &File, block: u32, buf: &mut [u8]) -> io::Result<bool> {
+    pub(crate) fn read_block(&self, io: &impl CaptureIo, block: u32, buf: &mut [u8]) -> io::Result<bool> {
         let _s = self.stripe(block);
         let captured = self.lock().index.get(&block).copied();
         if let Some((at, len)) = captured {
             let n = (len as usize).min(buf.len());
-            self.log.read_exact_at(&mut buf[..n], at)?;
+            io.read_log(&mut buf[..n], at)?;
             buf[n..].fill(0);
             return Ok(true);
         }
@@ -232,21 +296,11 @@ impl Capture {
         // holding this block's stripe, which we hold now).
         let start = block as u64 * BLOCK_SIZE;
         let end = start + buf.len() as u64;
-        match rustix::fs::seek(data, rustix::fs::SeekFrom::Data(start)) {
-            Ok(next) if next >= end => return Ok(false),
-            Err(rustix::io::Errno::NXIO) => return Ok(false),
-            _ => {}
+        if !io.has_data(start, end) {
+            return Ok(false);
         }
-        read_full(data, buf, start)?;
+        io.read_data(buf, start)?;
         Ok(true)
-    }
-
-    pub(crate) fn remove_file(&self) -> io::Result<()> {
-        match std::fs::remove_file(&self.path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        }
     }
 }
 
@@ -264,4 +318,97 @@ fn read_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Model check of the stripes (`RUSTFLAGS="--cfg loom" cargo test -p blocksnap-volume --lib --release
+/// loom`): writers capture then overwrite their blocks while the uploader reads them. The data cells
+/// are loom cells, so a data read that is not ordered against a write to the same block fails the
+/// model, as does a read that returns anything but the bytes of the cut.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::cell::UnsafeCell;
+    use loom::sync::Arc;
+
+    /// Three blocks (0 and 2 share a stripe), each holding one repeated byte; the log in memory.
+    struct Mem {
+        data: [UnsafeCell<u8>; 3],
+        log: std::sync::Mutex<Vec<u8>>,
+    }
+
+    impl Mem {
+        fn write_block(&self, block: usize, v: u8) {
+            // SAFETY: loom checks that this write is ordered against every other access to the cell
+            // (it fails the model otherwise); the pointer is valid for the cell's lifetime.
+            self.data[block].with_mut(|p| unsafe { *p = v });
+        }
+    }
+
+    impl CaptureIo for Mem {
+        fn read_data(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+            // SAFETY: as in `write_block`.
+            let v = self.data[(offset / BLOCK_SIZE) as usize].with(|p| unsafe { *p });
+            buf.fill(v);
+            Ok(())
+        }
+        fn has_data(&self, _start: u64, _end: u64) -> bool {
+            true
+        }
+        fn write_log(&self, buf: &[u8], at: u64) -> io::Result<()> {
+            let mut log = self.log.lock().unwrap();
+            let (at, end) = (at as usize, at as usize + buf.len());
+            if log.len() < end {
+                log.resize(end, 0);
+            }
+            log[at..end].copy_from_slice(buf);
+            Ok(())
+        }
+        fn read_log(&self, buf: &mut [u8], at: u64) -> io::Result<()> {
+            let log = self.log.lock().unwrap();
+            buf.copy_from_slice(&log[at as usize..at as usize + buf.len()]);
+            Ok(())
+        }
+        fn sync_log(&self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn loom_capture_writers_and_uploader() {
+        let mut b = loom::model::Builder::new();
+        b.preemption_bound = Some(3);
+        b.check(|| {
+            let mem = Arc::new(Mem {
+                data: [UnsafeCell::new(7), UnsafeCell::new(7), UnsafeCell::new(7)],
+                log: std::sync::Mutex::new(vec![0; HEADER_LEN as usize]),
+            });
+            let frozen = Arc::new(Frozen::new(3 * BLOCK_SIZE, (0..3).collect(), HashMap::new(), HEADER_LEN));
+            let writer = |first: u64, last: u64, v: u8| {
+                let (mem, frozen) = (mem.clone(), frozen.clone());
+                loom::thread::spawn(move || {
+                    frozen.before_write(&*mem, first, last).unwrap();
+                    for b in first..=last {
+                        mem.write_block(b as usize, v);
+                    }
+                })
+            };
+            let w1 = writer(0, 0, 1);
+            let w2 = writer(1, 2, 2);
+            let mut buf = vec![0u8; BLOCK_SIZE as usize];
+            for block in 0..3 {
+                assert!(frozen.read_block(&*mem, block, &mut buf).unwrap());
+                assert!(buf.iter().all(|&x| x == 7), "block {block} read other bytes than the cut's");
+            }
+            w1.join().unwrap();
+            w2.join().unwrap();
+            let inner = frozen.lock();
+            assert!(inner.pending.is_empty());
+            assert_eq!(inner.index.len(), 3, "each block captured once");
+            drop(inner);
+            for block in 0..3 {
+                assert!(frozen.read_block(&*mem, block, &mut buf).unwrap());
+                assert!(buf.iter().all(|&x| x == 7), "block {block}'s capture is not the cut's bytes");
+            }
+        });
+    }
 }
