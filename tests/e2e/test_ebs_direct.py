@@ -551,3 +551,28 @@ def test_direct_snapshot_copies_to_another_region_and_reads_there(server, ec2):
     with pytest.raises(ClientError) as e:
         ebs.list_snapshot_blocks(SnapshotId=copy)
     assert error_of(e)[0] == "ResourceNotFoundException"
+
+
+def test_gc_keeps_blocks_of_a_snapshot_being_written(gc_server):
+    # GC every second with no grace window: only the block log keeps the written blocks alive.
+    ebs, ec2 = ebs_client(gc_server), gc_server.client()
+    sid = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    blocks = {4: block(31), 5: block(32)}
+    for i, d in blocks.items():
+        put(ebs, sid, i, d)
+    time.sleep(3)
+    ebs.complete_snapshot(SnapshotId=sid, ChangedBlocksCount=2, Checksum=linear(blocks), ChecksumAlgorithm="SHA256",
+                          ChecksumAggregationMethod="LINEAR")
+    assert wait_completed(ec2, sid)["State"] == "completed"
+    got = all_blocks(ebs, sid)
+    assert {i: read_block(ebs, sid, i, t) for i, t in got.items()} == blocks
+    # An abandoned one's blocks are garbage once it is in error.
+    gone = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    put(ebs, gone, 0, block(33))
+    chunks = gc_server.data_dir / "snapshots" / gc_server.region / "chunks"
+    name = hashlib.sha256(block(33)).hexdigest()
+    time.sleep(2)
+    assert list(chunks.rglob(name)), "the written block is kept while its snapshot is pending"
+    ebs.complete_snapshot(SnapshotId=gone, ChangedBlocksCount=1, Checksum=linear({0: block(34)}),
+                          ChecksumAlgorithm="SHA256", ChecksumAggregationMethod="LINEAR")
+    poll(lambda: [p for p in chunks.rglob(name)], lambda found: not found, timeout=30)

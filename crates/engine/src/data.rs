@@ -898,7 +898,10 @@ impl Engine {
         let report = {
             let _sweep = self.jobs.gc_gate.write().await;
             self.drop_orphan_manifests(region, &store).await?;
-            store.gc(grace).await.map_err(|e| internal("garbage collection", e))?
+            // Blocks written into snapshots still being built block by block are live too; with
+            // the gate held, no block write is between its store put and its log record.
+            let roots = self.ebs_live_blocks(region);
+            store.gc_with_roots(grace, &roots).await.map_err(|e| internal("garbage collection", e))?
         };
         if report.chunks_removed + report.segments_removed > 0 {
             tracing::info!(

@@ -216,6 +216,24 @@ impl Engine {
         }
     }
 
+    /// Every block written into the region's snapshots still being built (GC roots).
+    pub(crate) fn ebs_live_blocks(&self, region: &str) -> std::collections::HashSet<BlockId> {
+        let ids: Vec<String> = self
+            .lock()
+            .snapshots
+            .values()
+            .filter(|s| s.region == region && s.state == SnapshotState::Pending && s.direct.is_some())
+            .map(|s| s.id.clone())
+            .collect();
+        let mut out = std::collections::HashSet::new();
+        for id in ids {
+            if let Some(p) = self.pending_direct(&id) {
+                out.extend(p.blocks.lock().unwrap_or_else(|p| p.into_inner()).values().map(|(b, _)| *b));
+            }
+        }
+        out
+    }
+
     /// The key block tokens are signed with: made once, kept in the catalog. Blocking (a commit).
     pub(crate) fn ebs_token_key(&self) -> Result<[u8; 32]> {
         if let Some(k) = self.jobs.direct.token_key.get() {
