@@ -20,6 +20,10 @@ use crate::model::{Ctx, Millis, Snapshot, SnapshotState, now_millis};
 pub const DEFAULT_MAX_RESULTS: u32 = 10_000;
 /// Segments read at once while listing.
 const SEGMENT_READS: usize = 32;
+/// Segments (pairs, for a diff) one page reads at most: 128 segments are 64 GiB of volume. A page
+/// may hold fewer blocks than MaxResults (as documented) and names where to go on, so every call's
+/// work is bounded whatever the volume size and however sparse the changes.
+const SEGMENTS_PER_PAGE: usize = 128;
 const CACHED_HEADERS: usize = 256;
 /// 2,048 segments: 64 MiB of ids, the block lists of a fully written 1 TiB snapshot.
 const CACHED_SEGMENTS: usize = 2048;
@@ -179,6 +183,13 @@ fn start_index(token: &Option<String>, starting: Option<i64>) -> Result<u64> {
     }
 }
 
+/// Keep the segments one page may read; the first one left over, where the next page starts.
+fn budget(candidates: &mut Vec<usize>) -> Option<usize> {
+    let resume = candidates.get(SEGMENTS_PER_PAGE).copied();
+    candidates.truncate(SEGMENTS_PER_PAGE);
+    resume
+}
+
 fn next_token(next: u64) -> String {
     crate::describe::encode_token(&format!("{next:010}"))
 }
@@ -234,7 +245,11 @@ impl Engine {
         let mut page =
             BlockPage { blocks: Vec::new(), expiry, volume_size_gib: snap.volume_size_gib as u64, next_token: None };
         let first_seg = (start / SEGMENT_BLOCKS as u64) as usize;
-        let candidates: Vec<usize> = (first_seg..h.segments.len()).filter(|i| !h.segments[*i].is_reserved()).collect();
+        let mut candidates: Vec<usize> = (first_seg..h.segments.len())
+            .filter(|i| !h.segments[*i].is_reserved())
+            .take(SEGMENTS_PER_PAGE + 1)
+            .collect();
+        let resume = budget(&mut candidates);
         let mut reads = futures::stream::iter(candidates)
             .map(|i| {
                 let (store, region, h) = (store.clone(), snap.region.clone(), h.clone());
@@ -256,6 +271,11 @@ impl Engine {
                 let index = index as u32;
                 page.blocks.push((index, token::mint(&key, &snap.id, index, expiry_secs, id)));
             }
+        }
+        if page.next_token.is_none()
+            && let Some(seg) = resume
+        {
+            page.next_token = Some(next_token((seg * SEGMENT_BLOCKS) as u64));
         }
         Ok(page)
     }
@@ -325,7 +345,10 @@ impl Engine {
                 let same = a == b && same_len;
                 !(nothing || same)
             })
+            .take(SEGMENTS_PER_PAGE + 1)
             .collect();
+        let mut candidates = candidates;
+        let resume = budget(&mut candidates);
         let (first_id, region) = (first.as_ref().map(|f| f.id.clone()), second.region.clone());
         let mut reads = futures::stream::iter(candidates)
             .map(|i| {
@@ -368,6 +391,11 @@ impl Engine {
                     second_token: pb.then(|| token::mint(&key, &second.id, index, expiry_secs, &ib)),
                 });
             }
+        }
+        if page.next_token.is_none()
+            && let Some(seg) = resume
+        {
+            page.next_token = Some(next_token((seg * SEGMENT_BLOCKS) as u64));
         }
         Ok(page)
     }
