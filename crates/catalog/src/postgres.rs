@@ -35,7 +35,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::{Client, NoTls, Statement};
+use postgres_openssl::MakeTlsConnector;
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::{Client, Statement};
 
 use crate::group_commit::GroupCommit;
 use crate::{Catalog, CatalogError, Change, OpenMode, Result, Row};
@@ -86,6 +88,7 @@ struct WriterConn {
 
 struct Inner {
     config: tokio_postgres::Config,
+    tls: MakeTlsConnector,
     mode: OpenMode,
     /// Reads and flushes.
     pool: Pool,
@@ -122,6 +125,14 @@ impl PgCatalog {
         if mode == OpenMode::ReadOnly {
             config.options("-c default_transaction_read_only=on");
         }
+        if needs_tls(url, &config) {
+            config.ssl_mode(SslMode::Require);
+        }
+        let tls = {
+            let builder = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())
+                .map_err(|e| CatalogError::Config(format!("TLS: {e}")))?;
+            MakeTlsConnector::new(builder.build())
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("catalog-pg")
@@ -129,8 +140,11 @@ impl PgCatalog {
             .build()?;
         let pool = {
             let _rt = runtime.enter();
-            let mgr =
-                Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            let mgr = Manager::from_config(
+                config.clone(),
+                tls.clone(),
+                ManagerConfig { recycling_method: RecyclingMethod::Fast },
+            );
             Pool::builder(mgr)
                 .max_size(POOL_SIZE)
                 .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -142,6 +156,7 @@ impl PgCatalog {
         };
         let inner = Arc::new(Inner {
             config,
+            tls,
             mode,
             pool,
             writer: tokio::sync::Mutex::new(Writer { client: None, last_commit: 0 }),
@@ -213,6 +228,23 @@ impl PgCatalog {
     }
 }
 
+/// Secure by default: a catalog reached over TCP beyond loopback needs TLS (the server's certificate
+/// checked against the system's CA store and the host name) unless the URL says otherwise with
+/// `sslmode=` (`disable`, `prefer`). Unix sockets and loopback keep libpq's `prefer`.
+fn needs_tls(url: &str, config: &tokio_postgres::Config) -> bool {
+    if url.contains("sslmode=") {
+        return false;
+    }
+    config.get_hosts().iter().any(|h| match h {
+        Host::Tcp(name) => {
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            !(name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()))
+        }
+        #[allow(unreachable_patterns)]
+        _ => false,
+    })
+}
+
 /// Wait on this thread; on a worker of a multi-thread tokio runtime, hand its other tasks to
 /// another worker first.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -257,7 +289,7 @@ impl Inner {
 
     /// A new connection driven by the catalog's runtime.
     async fn connect(&self) -> Result<Client> {
-        let (client, conn) = self.config.connect(NoTls).await?;
+        let (client, conn) = self.config.connect(self.tls.clone()).await?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "catalog connection ended");
@@ -608,6 +640,28 @@ impl Catalog for PgCatalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio_postgres::NoTls;
+
+    #[test]
+    fn remote_catalogs_need_tls_unless_the_url_says_otherwise() {
+        let needs = |url: &str| needs_tls(url, &url.parse().unwrap());
+        assert!(needs("postgres://u:p@db.example:5432/blocksnap"));
+        assert!(needs("postgres://u@10.0.0.7/blocksnap"));
+        assert!(!needs("postgres://u@db.example/blocksnap?sslmode=disable"));
+        assert!(!needs("postgres://u@db.example/blocksnap?sslmode=prefer"));
+        assert!(!needs("postgres://u@localhost/blocksnap"));
+        assert!(!needs("postgres://u@127.0.0.1:5432/blocksnap"));
+        assert!(!needs("postgres://u@[::1]:5432/blocksnap"));
+        assert!(!needs("postgresql:///blocksnap?host=/var/run/postgresql"));
+        // Required TLS is really asked for: a server without it is refused.
+        let (url, _shared) = fresh_db_locked();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        match PgCatalog::open(&format!("{url}{sep}sslmode=require")) {
+            Err(CatalogError::Postgres(e)) => assert!(e.to_string().contains("TLS"), "{e}"),
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("sslmode=require connected without TLS"),
+        }
+    }
 
     fn admin_url() -> String {
         std::env::var("BLOCKSNAP_TEST_PG").unwrap_or_else(|_| {
@@ -886,7 +940,8 @@ mod tests {
                 c.batch_execute("CHECKPOINT").await.unwrap();
                 let _ = c.batch_execute(&format!("COPY (SELECT 1) TO PROGRAM 'kill -9 {pid}'")).await;
             });
-            // Wait for the crash recovery to finish.
+            // Wait for the crash recovery to finish: the server answers and the victim's entry is gone
+            // (right after the kill the server may still answer as if nothing happened).
             let deadline = std::time::Instant::now() + Duration::from_secs(60);
             loop {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -895,7 +950,9 @@ mod tests {
                     match cfg.connect(NoTls).await {
                         Ok((c, conn)) => {
                             tokio::spawn(conn);
-                            c.simple_query("SELECT 1").await.is_ok()
+                            c.query_one("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", &[&pid])
+                                .await
+                                .is_ok_and(|r| r.get::<_, bool>(0))
                         }
                         Err(_) => false,
                     }
@@ -917,13 +974,14 @@ mod tests {
         c.sync(s).unwrap();
         crash(&url, writer_pid(&c));
         let mut ok = false;
-        for _ in 0..3 {
+        for _ in 0..20 {
             // The first call may meet a connection the crash broke.
             if let Ok(s) = c.commit(&[Change::Put(row("after", "1"))]) {
                 c.sync(s).unwrap();
                 ok = true;
                 break;
             }
+            std::thread::sleep(Duration::from_millis(100));
         }
         assert!(ok, "the catalog did not reconnect after a crash with nothing unflushed");
         drop(c);
