@@ -167,3 +167,48 @@ def test_hung_inline_writes_do_not_stall_other_connections(frozen_disk_server):
     # Nothing acknowledged was lost: every hung write landed once the disk answered.
     assert nbd.pattern_ok(server, vid, 0, n * 64 * 1024, 0x22)
     assert nbd.pattern_ok(server, vid, n * 64 * 1024, 64 * 1024, 0x11)
+
+
+def test_api_calls_stuck_on_the_catalog_do_not_stall_nbd(frozen_disk_server):
+    """Authentication reads the catalog; on a frozen data dir the first read after a commit blocks
+    (SQLite must update its WAL index, a mapped file there). More such calls than the executor has
+    threads must not take them all: those calls wait on blocking threads (bounded by the call
+    timeout), and a new NBD connection's reads are answered meanwhile."""
+    server = frozen_disk_server
+    ec2 = server.client(read_timeout=30, connect_timeout=5)
+    az = f"{server.region}a"
+    _, vid = attached_volume(ec2, az, "catalog", image_id="ami-0b5e4c3d2a1f00002")
+    nbd.qemu_io(server, vid, "write -P 0x11 0 1M", "flush")
+    other = server.create_account()
+    other_ec2 = server.client(creds=other, read_timeout=30, connect_timeout=5)
+    # A commit, and no read after it, before the freeze.
+    other_vol = other_ec2.create_volume(AvailabilityZone=az, Size=1)["VolumeId"]
+
+    clients = [server.client(creds=other, read_timeout=5, connect_timeout=5) for _ in range(8)]
+    run("fsfreeze", "-f", str(server.data_dir))
+    outcomes: list = []
+    try:
+        def describe(c):
+            try:
+                c.describe_volumes(VolumeIds=[other_vol])
+                outcomes.append("answered")
+            except Exception as e:  # a read timeout while the disk is frozen
+                outcomes.append(type(e).__name__)
+
+        callers = [threading.Thread(target=describe, args=(c,), daemon=True) for c in clients]
+        for t in callers:
+            t.start()
+        time.sleep(1.0)
+        try:
+            r = subprocess.run(nbd.qemu_io_args(server, vid, read_only=True) + ["-c", "read -P 0x11 0 64k"],
+                               capture_output=True, text=True, timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("an NBD read hung while API calls waited on the frozen catalog")
+        assert r.returncode == 0 and "Pattern verification failed" not in r.stdout, r.stdout + r.stderr
+        for t in callers:
+            t.join(timeout=30)
+        assert "answered" not in outcomes, f"the catalog read did not block: nothing was tested ({outcomes})"
+    finally:
+        run("fsfreeze", "-u", str(server.data_dir))
+    # Once the disk answers, so does the API.
+    assert other_ec2.describe_volumes(VolumeIds=[other_vol])["Volumes"][0]["VolumeId"] == other_vol

@@ -70,7 +70,14 @@ async fn handle(
         (None, true) => auth::Protocol::Rest { unsigned_block_body: ebs::Endpoint::unsigned_block_body(&method, &uri) },
         (None, false) => auth::Protocol::Query,
     };
-    let caller = match auth::authenticate(&st.engine, &method, &uri, &headers, &body, protocol) {
+    // The key lookup reads the catalog, which can block as long as its disk does (a frozen data
+    // dir): on a blocking thread, within the call bound, never on the async executor.
+    let authenticated = {
+        let (engine, method, uri, headers, body) =
+            (st.engine.clone(), method.clone(), uri.clone(), headers.clone(), body.clone());
+        run_blocking(move || auth::authenticate(&engine, &method, &uri, &headers, &body, protocol)).await
+    };
+    let caller = match authenticated {
         Ok(c) => c,
         Err(e) if target.is_some() => return json::error(&e, &request_id),
         Err(e) if rest => return ebs::error(&e, &request_id),
