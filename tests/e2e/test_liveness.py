@@ -30,15 +30,14 @@ def run(*cmd: str) -> None:
     assert p.returncode == 0, f"{' '.join(cmd)} failed: {p.stderr} (the test needs root and loop devices)"
 
 
-@pytest.fixture
-def frozen_disk_server(tmp_path):
+def _frozen_disk_server(tmp_path, **env):
     img = tmp_path / "disk.img"
     data = tmp_path / "data"
     data.mkdir()
     run("truncate", "-s", "512M", str(img))
     run("mkfs.ext4", "-q", "-F", str(img))
     run("mount", "-o", "loop", str(img), str(data))
-    srv = Server(kind="blocksnap", workdir=tmp_path)
+    srv = Server(kind="blocksnap", workdir=tmp_path, extra_env=env)
     try:
         srv.start()
         yield srv
@@ -46,6 +45,19 @@ def frozen_disk_server(tmp_path):
         subprocess.run(["fsfreeze", "-u", str(data)], capture_output=True)
         srv.stop()
         subprocess.run(["umount", "-l", str(data)], capture_output=True)
+
+
+@pytest.fixture
+def frozen_disk_server(tmp_path):
+    """A server whose data dir is a loop-mounted ext4 the test can freeze (catalog as configured)."""
+    yield from _frozen_disk_server(tmp_path)
+
+
+@pytest.fixture
+def frozen_disk_sqlite_server(tmp_path):
+    """The same, with the SQLite catalog inside the data dir (so freezing the dir freezes the catalog
+    too), also when the suite runs on PostgreSQL."""
+    yield from _frozen_disk_server(tmp_path, BLOCKSNAP_CATALOG="sqlite")
 
 
 def test_a_hung_disk_stalls_only_its_own_volume(frozen_disk_server):
@@ -169,12 +181,12 @@ def test_hung_inline_writes_do_not_stall_other_connections(frozen_disk_server):
     assert nbd.pattern_ok(server, vid, n * 64 * 1024, 64 * 1024, 0x11)
 
 
-def test_api_calls_stuck_on_the_catalog_do_not_stall_nbd(frozen_disk_server):
+def test_api_calls_stuck_on_the_catalog_do_not_stall_nbd(frozen_disk_sqlite_server):
     """Authentication reads the catalog; on a frozen data dir the first read after a commit blocks
     (SQLite must update its WAL index, a mapped file there). More such calls than the executor has
     threads must not take them all: those calls wait on blocking threads (bounded by the call
     timeout), and a new NBD connection's reads are answered meanwhile."""
-    server = frozen_disk_server
+    server = frozen_disk_sqlite_server
     ec2 = server.client(read_timeout=30, connect_timeout=5)
     az = f"{server.region}a"
     _, vid = attached_volume(ec2, az, "catalog", image_id="ami-0b5e4c3d2a1f00002")
