@@ -33,11 +33,8 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("store_blocklog", store_blocklog),
 ];
 
-// ---- SigV4 ---------------------------------------------------------------------------------------
-
-/// `METHOD URI\nname: value\n…\n\nbody`: the header and presigned-query parsers, then (if they
-/// accept) verification with a fixed secret at the request's own time, so re-signing runs.
-pub fn sigv4(data: &[u8]) {
+/// `METHOD URI\nname: value\n…\n\nbody` as the HTTP harnesses read it (`None`: the URI does not parse).
+fn http_request(data: &[u8]) -> Option<(Method, Uri, HeaderMap, &[u8])> {
     let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
         Some(i) => (&data[..i], &data[i + 2..]),
         None => (data, &[][..]),
@@ -47,7 +44,7 @@ pub fn sigv4(data: &[u8]) {
     let first = lines.next().unwrap_or_default();
     let (m, u) = first.split_once(' ').unwrap_or(("GET", first));
     let method = Method::from_bytes(m.as_bytes()).unwrap_or(Method::GET);
-    let Ok(uri) = u.parse::<Uri>() else { return };
+    let uri = u.parse::<Uri>().ok()?;
     let mut headers = HeaderMap::new();
     for line in lines {
         if let Some((k, v)) = line.split_once(':')
@@ -57,6 +54,15 @@ pub fn sigv4(data: &[u8]) {
             headers.append(name, value);
         }
     }
+    Some((method, uri, headers, body))
+}
+
+// ---- SigV4 ---------------------------------------------------------------------------------------
+
+/// `METHOD URI\nname: value\n…\n\nbody`: the header and presigned-query parsers, then (if they
+/// accept) verification with a fixed secret at the request's own time, so re-signing runs.
+pub fn sigv4(data: &[u8]) {
+    let Some((method, uri, headers, body)) = http_request(data) else { return };
     if let Ok(parsed) = blocksnap_sigv4::parse(&method, &uri, &headers) {
         let _ = parsed.covers_body(body);
         let _ = blocksnap_sigv4::verify(&parsed, "fuzz-secret", &method, &uri, &headers, body, parsed.request_time);
@@ -112,25 +118,7 @@ pub fn json(data: &[u8]) {
 /// An EBS direct APIs request as `METHOD URI\nname: value\n…\n\nbody` (as [`sigv4`]), past
 /// authentication: routing and every header, query and body parse.
 pub fn ebs_rest(data: &[u8]) {
-    let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
-        Some(i) => (&data[..i], &data[i + 2..]),
-        None => (data, &[][..]),
-    };
-    let head = String::from_utf8_lossy(head);
-    let mut lines = head.split('\n');
-    let first = lines.next().unwrap_or_default();
-    let (m, u) = first.split_once(' ').unwrap_or(("GET", first));
-    let method = Method::from_bytes(m.as_bytes()).unwrap_or(Method::GET);
-    let Ok(uri) = u.parse::<Uri>() else { return };
-    let mut headers = HeaderMap::new();
-    for line in lines {
-        if let Some((k, v)) = line.split_once(':')
-            && let (Ok(name), Ok(value)) =
-                (HeaderName::from_bytes(k.trim().as_bytes()), HeaderValue::from_str(v.trim()))
-        {
-            headers.append(name, value);
-        }
-    }
+    let Some((method, uri, headers, body)) = http_request(data) else { return };
     let _ = blocksnap_api::fuzz::ebs_request(&method, &uri, &headers, bytes::Bytes::copy_from_slice(body));
 }
 
