@@ -311,6 +311,19 @@ class Server:
         assert out.returncode == 0, f"{' '.join(cmd)} failed ({out.returncode}): {out.stderr}"
         return json.loads(out.stdout) if out.stdout.strip() else {}
 
+    def advance_clock(self, seconds: int) -> float:
+        """Move the server's clock forward by `seconds` (a server started with BLOCKSNAP_TEST_CLOCK=1,
+        e.g. the `clock_server` fixture; root only). Answers the server's new time (epoch seconds)."""
+        c = self.creds
+        req = AWSRequest(method="POST", url=self.endpoint, data=json.dumps({"Seconds": seconds}).encode(),
+                         headers={"X-Amz-Target": "BlocksnapTest_20261130.AdvanceClock",
+                                  "Content-Type": "application/x-amz-json-1.1"})
+        botocore.auth.SigV4Auth(Credentials(c.access_key, c.secret_key), "blocksnap", self.region).add_auth(req)
+        p = req.prepare()
+        r = requests.post(p.url, headers=dict(p.headers), data=p.body, timeout=30)
+        assert r.status_code == 200, f"AdvanceClock: {r.status_code} {r.text}"
+        return r.json()["Now"]
+
 
 @dataclass
 class RawResponse:
@@ -340,6 +353,15 @@ def server(tmp_path_factory) -> Server:
 def fresh_server(tmp_path) -> Server:
     """A server of its own with its own data dir (for restart and account tests)."""
     srv = _make_server(tmp_path)
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def clock_server(tmp_path_factory) -> Server:
+    """A server of its own (one per test module) whose clock tests move forward with
+    `clock_server.advance_clock(seconds)`: retention, expiry and schedules without waiting."""
+    srv = _make_server(tmp_path_factory.mktemp("clock"), BLOCKSNAP_TEST_CLOCK="1")
     yield srv
     srv.stop()
 

@@ -3,6 +3,7 @@
 //! results rendered back in the protocol's own format.
 
 mod auth;
+pub mod dlm;
 pub mod ebs;
 pub mod ec2;
 #[doc(hidden)]
@@ -11,6 +12,9 @@ mod json;
 mod kms;
 mod lightsail;
 mod nbd;
+pub mod rbin;
+mod rest_json;
+mod test_clock;
 
 use std::sync::Arc;
 
@@ -63,12 +67,14 @@ async fn handle(
     let started = std::time::Instant::now();
     // JSON 1.1 protocols name their operation in X-Amz-Target; EC2 Query has none.
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).map(str::to_string);
-    // The EBS direct APIs are REST: their paths name them (EC2 Query and JSON 1.1 post to `/`).
-    let rest = target.is_none() && ebs::is_ebs_path(&uri);
+    let rest = if target.is_none() { RestService::of(&method, &uri, &headers) } else { None };
     let protocol = match (&target, rest) {
         (Some(_), _) => auth::Protocol::Json,
-        (None, true) => auth::Protocol::Rest { unsigned_block_body: ebs::Endpoint::unsigned_block_body(&method, &uri) },
-        (None, false) => auth::Protocol::Query,
+        (None, Some(RestService::Ebs)) => {
+            auth::Protocol::Rest { unsigned_block_body: ebs::Endpoint::unsigned_block_body(&method, &uri) }
+        }
+        (None, Some(_)) => auth::Protocol::Rest { unsigned_block_body: false },
+        (None, None) => auth::Protocol::Query,
     };
     // The key lookup reads the catalog, which can block as long as its disk does (a frozen data
     // dir): on a blocking thread, within the call bound, never on the async executor.
@@ -80,11 +86,24 @@ async fn handle(
     let caller = match authenticated {
         Ok(c) => c,
         Err(e) if target.is_some() => return json::error(&e, &request_id),
-        Err(e) if rest => return ebs::error(&e, &request_id),
-        Err(e) => return ec2_error(&e, &request_id),
+        Err(e) => match rest {
+            Some(RestService::Ebs) => return ebs::error(&e, &request_id),
+            Some(RestService::Rbin) => return rbin::error(&e, &request_id),
+            Some(RestService::Dlm) => return dlm::error(&e, &request_id),
+            None => return ec2_error(&e, &request_id),
+        },
     };
-    if rest {
-        return handle_ebs(&st, caller, &method, &uri, &headers, body, &request_id, started).await;
+    match rest {
+        Some(RestService::Ebs) => {
+            return handle_ebs(&st, caller, &method, &uri, &headers, body, &request_id, started).await;
+        }
+        Some(RestService::Rbin) => {
+            return rbin::handle(st.engine.clone(), caller.ctx, &method, &uri, &headers, body, &request_id).await;
+        }
+        Some(RestService::Dlm) => {
+            return dlm::handle(st.engine.clone(), caller.ctx, &method, &uri, &headers, body, &request_id).await;
+        }
+        None => {}
     }
     if let Some(target) = target {
         return handle_json(&st, caller, &target, body, request_id).await;
@@ -127,6 +146,32 @@ async fn handle(
     match result {
         Ok(body) => xml_response(StatusCode::OK, body, &request_id),
         Err(e) => ec2_error(&e, &request_id),
+    }
+}
+
+/// The REST-JSON services. Their operation is in the method and path; which service a path belongs
+/// to is decided before the signature is checked (it decides what the signature must cover): the
+/// EBS direct APIs by their `/snapshots…` paths, the others by the service their credential scope
+/// names (verified afterwards: a request scoped to `rbin` is served by the Recycle Bin or refused).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RestService {
+    Ebs,
+    Rbin,
+    Dlm,
+}
+
+impl RestService {
+    fn of(method: &Method, uri: &Uri, headers: &HeaderMap) -> Option<RestService> {
+        if ebs::is_ebs_path(uri) {
+            return Some(RestService::Ebs);
+        }
+        // An unparsable signature routes nowhere special: authentication refuses it anyway.
+        let scope = blocksnap_sigv4::parse(method, uri, headers).ok()?.service;
+        match scope.as_str() {
+            rbin::SERVICE => Some(RestService::Rbin),
+            dlm::SERVICE => Some(RestService::Dlm),
+            _ => None,
+        }
     }
 }
 
@@ -190,6 +235,7 @@ fn json_service(target_prefix: &str) -> Option<&'static str> {
         "TrentService" => Some("kms"),
         "Lightsail_20161128" => Some("lightsail"),
         nbd::TARGET => Some(nbd::SERVICE),
+        test_clock::TARGET => Some(test_clock::SERVICE),
         _ => None,
     }
 }
@@ -232,6 +278,7 @@ async fn handle_json(
             })
             .await
         }
+        test_clock::TARGET => run_blocking(move || test_clock::dispatch(&engine, &caller.ctx, &op, &parsed)).await,
         "Lightsail_20161128" => {
             let r = run_blocking(move || {
                 let r = lightsail::dispatch(&engine, &caller.ctx, &op, &parsed);

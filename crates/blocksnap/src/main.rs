@@ -361,6 +361,11 @@ fn serve(
     if let Some(ms) = env_u64("BLOCKSNAP_EBS_MINUTE_MS") {
         cfg.direct_minute = std::time::Duration::from_millis(ms.max(1));
     }
+    // Tests only: the root account may move this process's clock forward (crates/engine/src/clock.rs).
+    cfg.test_clock = std::env::var("BLOCKSNAP_TEST_CLOCK").is_ok_and(|v| v == "1");
+    if cfg.test_clock {
+        tracing::warn!("BLOCKSNAP_TEST_CLOCK=1: the root account can move this server's clock forward (tests only)");
+    }
     // The listeners first: a port clash ends here, before the data dir is touched.
     let bind = |addr: SocketAddr, what: &str| -> anyhow::Result<std::net::TcpListener> {
         let l = std::net::TcpListener::bind(addr).with_context(|| format!("binding {what} {addr}"))?;

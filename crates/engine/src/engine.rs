@@ -59,6 +59,8 @@ pub struct EngineConfig {
     pub direct_minute: std::time::Duration,
     /// Block reads and writes (EBS direct APIs) one account may have in flight.
     pub ebs_max_inflight: usize,
+    /// Serve AdvanceClock (tests only; see [`crate::clock`]).
+    pub test_clock: bool,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +71,7 @@ impl Default for EngineConfig {
             block_token_ttl: std::time::Duration::from_secs(7 * 24 * 3600),
             direct_minute: std::time::Duration::from_secs(60),
             ebs_max_inflight: 512,
+            test_clock: false,
         }
     }
 }
@@ -427,6 +430,29 @@ impl Engine {
 
     pub fn root_account(&self) -> Option<String> {
         self.lock().root_account.clone()
+    }
+
+    /// Moves the engine's time forward by `seconds` (see [`crate::clock`]) and answers the new time.
+    /// Only with the test clock enabled, and only for the root account.
+    pub fn advance_test_clock(&self, ctx: &Ctx, seconds: u64) -> Result<crate::model::Millis> {
+        if !self.config.test_clock {
+            return Err(EngineError::client(
+                "UnknownOperationException",
+                "AdvanceClock is served only by a server started with BLOCKSNAP_TEST_CLOCK=1 (tests).",
+            ));
+        }
+        if self.root_account().as_deref() != Some(ctx.account.as_str()) {
+            return Err(EngineError::client("AccessDeniedException", "Only the root account may move the test clock."));
+        }
+        if seconds > crate::clock::MAX_ADVANCE_SECS {
+            return Err(EngineError::client(
+                "ValidationException",
+                format!("Seconds must be at most {}.", crate::clock::MAX_ADVANCE_SECS),
+            ));
+        }
+        let now = crate::clock::advance(seconds);
+        tracing::warn!(seconds, now, "the test clock moved forward");
+        Ok(now)
     }
 
     /// A new isolated account with its own key.

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 /// Milliseconds since the Unix epoch: what AWS timestamps resolve to.
 pub type Millis = i64;
 
+/// The engine's time (see [`crate::clock`]: the wall clock, moved only by a test clock).
 pub fn now_millis() -> Millis {
-    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+    crate::clock::now_millis()
 }
 
 /// Tags keep key order so responses are stable.

@@ -417,28 +417,10 @@ fn status_of(e: &EngineError) -> StatusCode {
     }
 }
 
-/// `x-amzn-ErrorType: <code>` and `{"message", "Reason"}`, as the SDKs' REST-JSON parsers read it.
+/// `x-amzn-ErrorType: <code>` and `{"message", "Reason"}` (the REST-JSON error shape) with the
+/// EBS direct APIs' statuses.
 pub fn error(e: &EngineError, request_id: &str) -> Response {
-    let code = match e {
-        EngineError::Internal(_) => {
-            tracing::error!(error = %e, request_id, "internal error");
-            "InternalServerException"
-        }
-        _ => e.code(),
-    };
-    let message = match e {
-        EngineError::Internal(_) => "The service could not complete the request; it is safe to retry.".to_string(),
-        _ => e.message(),
-    };
-    let mut body = json!({ "message": message });
-    if let Some(reason) = e.reason() {
-        body["Reason"] = json!(reason);
-    }
-    let mut r = json_response(status_of(e), body, request_id);
-    if let Ok(v) = HeaderValue::from_str(code) {
-        r.headers_mut().insert("x-amzn-ErrorType", v);
-    }
-    r
+    crate::rest_json::error(e, status_of(e), request_id)
 }
 
 /// Runs an engine future to its end on its own task (a dropped client never leaves a block
