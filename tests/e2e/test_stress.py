@@ -42,7 +42,7 @@ REGION_SIZE = MiB
 LOAD_SECONDS = float(os.environ.get("BLOCKSNAP_STRESS_SECONDS", "30"))
 HANG = 10.0
 # Outcomes a busy volume may answer with; anything else is a failure.
-BUSY = {"SnapshotLimitExceeded", "SnapshotCreationPerVolumeRateExceeded", "IncorrectState",
+BUSY = {"SnapshotLimitExceeded", "ConcurrentSnapshotLimitExceeded", "SnapshotCreationPerVolumeRateExceeded", "IncorrectState",
         "ServiceUnavailable", "IncorrectModificationState"}
 SMALL_ROOT_IMAGE = "ami-0b5e4c3d2a1f00003"
 

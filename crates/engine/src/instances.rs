@@ -225,6 +225,9 @@ impl Engine {
                     ));
                 }
             };
+            if spec.tags.is_empty() {
+                return Err(EngineError::invalid_value("Tag specification must have at least one tag"));
+            }
             for t in &spec.tags {
                 check_tag(t)?;
                 target.insert(t.key.clone(), t.value.clone());

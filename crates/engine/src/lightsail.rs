@@ -96,6 +96,7 @@ pub fn to_lightsail(e: EngineError) -> EngineError {
                     | "IncorrectInstanceState"
                     | "VolumeInUse"
                     | "SnapshotLimitExceeded"
+                    | "ConcurrentSnapshotLimitExceeded"
                     | "InvalidSnapshot.InUse"
                     | "AttachmentLimitExceeded"
                     | "InstanceLimitExceeded"

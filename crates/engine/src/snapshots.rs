@@ -150,8 +150,10 @@ impl Engine {
                 .filter(|s| s.volume_id == *vid && s.state == SnapshotState::Pending && s.account == ctx.account)
                 .count();
             if pending >= MAX_PENDING_PER_VOLUME {
+                // The per-volume limit of pending snapshots; `SnapshotLimitExceeded` is the
+                // account's limit (below), as the EC2 error codes document them.
                 return Err(EngineError::client(
-                    "SnapshotLimitExceeded",
+                    "ConcurrentSnapshotLimitExceeded",
                     format!(
                         "Volume {vid} already has {pending} pending snapshots; the maximum is {MAX_PENDING_PER_VOLUME}. Wait for one to complete."
                     ),

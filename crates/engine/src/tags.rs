@@ -68,6 +68,9 @@ pub(crate) fn tags_for(specs: &[TagSpec], rt: ResourceType) -> Result<Tags> {
                 "'{kind}' is not a valid taggable resource type for this operation."
             )));
         }
+        if s.tags.is_empty() {
+            return Err(EngineError::invalid_value("Tag specification must have at least one tag"));
+        }
         for t in &s.tags {
             check_tag(t)?;
             out.insert(t.key.clone(), t.value.clone());
