@@ -1,0 +1,103 @@
+//! Garbage collection: manifests of deleted snapshots, then mark-and-sweep of a region's store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use blocksnap_store::BlockStore;
+
+use crate::engine::Engine;
+use crate::error::Result;
+use crate::model::Snapshot;
+
+use super::{StoreStats, internal};
+
+impl Engine {
+    /// The snapshot's row is gone: drop its manifest (its blocks go at the next GC).
+    pub(crate) fn forget_snapshot_data(&self, s: &Snapshot) {
+        if !self.row_changes_durable("deleting a manifest") {
+            return;
+        }
+        fail::fail_point!("snapshot.before_delete_manifest");
+        let (Some(me), Some(storage)) = (self.me(), &self.storage) else { return };
+        let (region, id) = (s.region.clone(), s.id.clone());
+        storage.runtime.spawn(async move {
+            match me.store(&region).await {
+                Ok(store) => {
+                    if let Err(e) = store.delete_manifest(&id).await {
+                        tracing::warn!(snapshot_id = id, error = %e, "deleting a manifest");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "opening a store"),
+            }
+        });
+    }
+
+    /// Garbage-collect every region store opened so far, forever, every `interval`; objects younger
+    /// than `grace` are kept (uploads in flight). Also refreshes the store metrics.
+    pub fn start_gc(self: &Arc<Self>, interval: Duration, grace: Duration) {
+        let Some(storage) = &self.storage else { return };
+        let me = Arc::downgrade(self);
+        storage.runtime.spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(engine) = me.upgrade() else { return };
+                let regions: Vec<String> = engine.jobs.stores.lock().await.keys().cloned().collect();
+                for region in regions {
+                    if let Err(e) = engine.gc_region(&region, grace).await {
+                        tracing::warn!(region, error = %e, "garbage collection failed");
+                    }
+                }
+            }
+        });
+    }
+
+    /// One mark-and-sweep of a region's store, then its statistics.
+    pub async fn gc_region(&self, region: &str, grace: Duration) -> Result<StoreStats> {
+        let store = self.store(region).await?;
+        let report = {
+            let _sweep = self.jobs.gc_gate.write().await;
+            self.drop_orphan_manifests(region, &store).await?;
+            // Blocks written into snapshots still being built block by block are live too; with
+            // the gate held, no block write is between its store put and its log record.
+            let roots = self.ebs_live_blocks(region);
+            store.gc_with_roots(grace, &roots).await.map_err(|e| internal("garbage collection", e))?
+        };
+        if report.chunks_removed + report.segments_removed > 0 {
+            tracing::info!(
+                region,
+                chunks_removed = report.chunks_removed,
+                bytes_removed = report.chunk_bytes_removed + report.segment_bytes_removed,
+                kept_young = report.kept_young,
+                "garbage collected"
+            );
+        }
+        metrics::counter!("blocksnap_store_gc_bytes_removed_total", "region" => region.to_string())
+            .increment(report.chunk_bytes_removed + report.segment_bytes_removed);
+        let stats = self.store_stats(region).await?;
+        let labels = [("region", region.to_string())];
+        metrics::gauge!("blocksnap_store_stored_bytes", &labels).set(stats.stored_bytes as f64);
+        metrics::gauge!("blocksnap_store_logical_bytes", &labels).set(stats.logical_bytes as f64);
+        metrics::gauge!("blocksnap_store_chunks", &labels).set(stats.chunks as f64);
+        metrics::gauge!("blocksnap_store_manifests", &labels).set(stats.manifests as f64);
+        let ratio = if stats.stored_bytes == 0 { 1.0 } else { stats.logical_bytes as f64 / stats.stored_bytes as f64 };
+        metrics::gauge!("blocksnap_store_dedup_ratio", &labels).set(ratio);
+        Ok(stats)
+    }
+
+    /// Manifests whose snapshot row is gone (a crash between a durable DeleteSnapshot and the
+    /// manifest's removal): removed, so the sweep can free their blocks. A manifest is only ever
+    /// written for a row that exists (pending) and rows never come back, so listing first and
+    /// checking the rows after cannot drop a live manifest. The store belongs to this catalog.
+    async fn drop_orphan_manifests(&self, region: &str, store: &BlockStore) -> Result<usize> {
+        let listed = store.list_manifests().await.map_err(|e| internal("listing manifests", e))?;
+        let orphans: Vec<String> = {
+            let st = self.lock();
+            listed.into_iter().filter(|id| !st.snapshots.contains_key(id)).collect()
+        };
+        for id in &orphans {
+            tracing::info!(region, snapshot_id = %id, "removing the manifest of a deleted snapshot");
+            store.delete_manifest(id).await.map_err(|e| internal("removing an orphan manifest", e))?;
+        }
+        Ok(orphans.len())
+    }
+}
