@@ -54,6 +54,11 @@ fn decode_source(s: &str) -> Option<CopySource> {
 
 impl Engine {
     pub fn copy_snapshot(&self, ctx: &Ctx, req: CopySnapshot) -> Result<Snapshot> {
+        self.copy_snapshot_tagged(ctx, req, Tags::new())
+    }
+
+    /// CopySnapshot with tags the engine itself adds (e.g. DLM's `aws:dlm:*`), unchecked.
+    pub(crate) fn copy_snapshot_tagged(&self, ctx: &Ctx, req: CopySnapshot, extra: Tags) -> Result<Snapshot> {
         if req.destination_outpost_arn.is_some() {
             return Err(EngineError::invalid_value(
                 "Outposts are not available in blocksnap: DestinationOutpostArn cannot be used.",
@@ -87,7 +92,8 @@ impl Engine {
         if description.chars().count() > 255 {
             return Err(EngineError::invalid_value("The snapshot description must be at most 255 characters."));
         }
-        let tags = tags_for(&req.tag_specifications, ResourceType::Snapshot)?;
+        let mut tags = tags_for(&req.tag_specifications, ResourceType::Snapshot)?;
+        tags.extend(extra);
         let mut st = self.lock();
         let src_ctx = Ctx { account: ctx.account.clone(), region: req.source_region.clone() };
         let src = self.visible_snapshot(&st, &src_ctx, &req.source_snapshot_id)?.clone();

@@ -126,6 +126,7 @@ pub(crate) const DOC_KINDS: &[&str] = &[
     "ls_operation",
     crate::credentials::KIND_NBD_CREDENTIAL,
     crate::ebs::KIND_EBS_KEY,
+    crate::dlm::KIND_DLM_POLICY,
 ];
 
 pub struct Engine {

@@ -7,6 +7,7 @@ mod copy;
 mod credentials;
 mod data;
 mod describe;
+pub mod dlm;
 pub mod ebs;
 mod engine;
 mod error;

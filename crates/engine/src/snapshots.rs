@@ -214,9 +214,15 @@ impl Engine {
     }
 
     pub fn create_snapshot(&self, ctx: &Ctx, req: CreateSnapshot) -> Result<Snapshot> {
+        self.create_snapshot_tagged(ctx, req, Tags::new())
+    }
+
+    /// CreateSnapshot with tags the engine itself adds (e.g. DLM's `aws:dlm:*`), unchecked.
+    pub(crate) fn create_snapshot_tagged(&self, ctx: &Ctx, req: CreateSnapshot, extra: Tags) -> Result<Snapshot> {
         check_location(&req.location, &req.outpost_arn)?;
         let description = check_description(&req.description)?;
-        let tags = tags_for(&req.tag_specifications, ResourceType::Snapshot)?;
+        let mut tags = tags_for(&req.tag_specifications, ResourceType::Snapshot)?;
+        tags.extend(extra);
         let mut snaps = self.cut_and_commit(|st| {
             let v = self.volume_of(st, ctx, &req.volume_id)?;
             if !matches!(v.state, VolumeState::Available | VolumeState::InUse) {
@@ -235,9 +241,20 @@ impl Engine {
     }
 
     pub fn create_snapshots(&self, ctx: &Ctx, req: CreateSnapshots) -> Result<Vec<Snapshot>> {
+        self.create_snapshots_tagged(ctx, req, Tags::new())
+    }
+
+    /// CreateSnapshots with tags the engine itself adds (e.g. DLM's `aws:dlm:*`), unchecked.
+    pub(crate) fn create_snapshots_tagged(
+        &self,
+        ctx: &Ctx,
+        req: CreateSnapshots,
+        extra: Tags,
+    ) -> Result<Vec<Snapshot>> {
         check_location(&req.location, &req.outpost_arn)?;
         let description = check_description(&req.description)?;
-        let spec_tags = tags_for(&req.tag_specifications, ResourceType::Snapshot)?;
+        let mut spec_tags = tags_for(&req.tag_specifications, ResourceType::Snapshot)?;
+        spec_tags.extend(extra);
         match req.copy_tags_from_source.as_deref() {
             None | Some("volume") => {}
             Some(other) => {

@@ -1,0 +1,902 @@
+//! Amazon Data Lifecycle Manager: lifecycle policies that snapshot volumes or instances on a
+//! schedule, copy the snapshots to other regions and retire them by count or age.
+//!
+//! A policy is one catalog row (kind `dlm_policy`, owned by this module through `Rec::Doc`): what
+//! the caller set (description, role, state, [`PolicyDetails`], tags) and the scheduler's own state
+//! (the slot claimed last per schedule, a run in progress, copies still to start, the last error).
+//! Custom snapshot policies (`EBS_SNAPSHOT_MANAGEMENT`) only: default policies, AMI and event
+//! policies, fast snapshot restore, sharing, archiving and scripts are refused with
+//! `InvalidRequestException`. The scheduler is `runner.rs`; schedule arithmetic `schedule.rs`.
+
+pub mod runner;
+pub mod schedule;
+
+use std::collections::BTreeMap;
+
+use blocksnap_catalog::Row;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Engine, Rec, State};
+use crate::error::EngineError;
+use crate::ids;
+use crate::model::*;
+
+pub(crate) const KIND_DLM_POLICY: &str = "dlm_policy";
+/// Lifecycle policies per account and region.
+pub const MAX_POLICIES: usize = 100;
+/// The tags DLM puts on every snapshot a policy creates.
+pub const TAG_POLICY_ID: &str = "aws:dlm:lifecycle-policy-id";
+pub const TAG_SCHEDULE_NAME: &str = "aws:dlm:lifecycle-schedule-name";
+pub const TAG_MANAGED: &str = "dlm:managed";
+/// On snapshots (and copies) retired by age: when they go (ISO 8601, UTC).
+pub const TAG_EXPIRATION: &str = "aws:dlm:expirationTime";
+
+/// The errors Data Lifecycle Manager defines, with their documented fields.
+#[derive(Debug, thiserror::Error)]
+pub enum DlmError {
+    #[error("InvalidRequestException: {message}")]
+    InvalidRequest { message: String, required: Vec<String>, exclusive: Vec<String> },
+    #[error("ResourceNotFoundException: {message}")]
+    NotFound { message: String, resource_type: &'static str, ids: Vec<String> },
+    #[error("LimitExceededException: {message}")]
+    LimitExceeded { message: String, resource_type: &'static str },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+impl DlmError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DlmError::InvalidRequest { .. } => "InvalidRequestException",
+            DlmError::NotFound { .. } => "ResourceNotFoundException",
+            DlmError::LimitExceeded { .. } => "LimitExceededException",
+            DlmError::Engine(e) => e.code(),
+        }
+    }
+}
+
+fn invalid(message: impl Into<String>) -> DlmError {
+    DlmError::InvalidRequest { message: message.into(), required: vec![], exclusive: vec![] }
+}
+
+fn required(name: &str) -> DlmError {
+    DlmError::InvalidRequest {
+        message: format!("The request must contain the parameter {name}."),
+        required: vec![name.to_string()],
+        exclusive: vec![],
+    }
+}
+
+fn exclusive(a: &str, b: &str, message: impl Into<String>) -> DlmError {
+    DlmError::InvalidRequest { message: message.into(), required: vec![], exclusive: vec![a.into(), b.into()] }
+}
+
+fn not_found(id: &str) -> DlmError {
+    DlmError::NotFound {
+        message: format!("Lifecycle policy {id} not found."),
+        resource_type: "LifecyclePolicy",
+        ids: vec![id.to_string()],
+    }
+}
+
+pub type DlmResult<T> = std::result::Result<T, DlmError>;
+
+// ---- the policy document ------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyValue {
+    pub key: String,
+    pub value: String,
+}
+
+/// `PolicyDetails` of a custom snapshot policy. Enumerated values are kept as sent (validated).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDetails {
+    pub policy_type: Option<String>,
+    pub policy_language: Option<String>,
+    pub resource_types: Vec<String>,
+    pub resource_locations: Vec<String>,
+    pub target_tags: Vec<KeyValue>,
+    pub schedules: Vec<ScheduleSpec>,
+    pub parameters: Option<Parameters>,
+    /// Members of default, AMI or event policies that were given (refused by name).
+    #[serde(default)]
+    pub unsupported: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parameters {
+    pub exclude_boot_volume: Option<bool>,
+    pub no_reboot: Option<bool>,
+    pub exclude_data_volume_tags: Vec<KeyValue>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    pub name: Option<String>,
+    pub copy_tags: Option<bool>,
+    pub tags_to_add: Vec<KeyValue>,
+    pub variable_tags: Vec<KeyValue>,
+    pub create_rule: Option<CreateRule>,
+    pub retain_rule: Option<RetainRule>,
+    pub cross_region_copy_rules: Vec<CopyRule>,
+    /// Schedule members blocksnap does not implement that were given (refused by name).
+    #[serde(default)]
+    pub unsupported: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateRule {
+    pub location: Option<String>,
+    pub interval: Option<i64>,
+    pub interval_unit: Option<String>,
+    pub times: Vec<String>,
+    pub cron_expression: Option<String>,
+    #[serde(default)]
+    pub scripts: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetainRule {
+    pub count: Option<i64>,
+    pub interval: Option<i64>,
+    pub interval_unit: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CopyRule {
+    pub target_region: Option<String>,
+    pub target: Option<String>,
+    pub encrypted: Option<bool>,
+    pub cmk_arn: Option<String>,
+    pub copy_tags: Option<bool>,
+    /// `(Interval, IntervalUnit)`.
+    pub retain_rule: Option<(Option<i64>, Option<String>)>,
+    #[serde(default)]
+    pub deprecate_rule: bool,
+}
+
+/// A policy as stored: the caller's settings and the scheduler's state.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Policy {
+    pub id: String,
+    pub account: String,
+    pub region: String,
+    pub description: String,
+    pub execution_role_arn: String,
+    pub enabled: bool,
+    pub details: PolicyDetails,
+    pub tags: Tags,
+    pub created: Millis,
+    pub modified: Millis,
+    /// When the policy was last enabled: no slot at or before it runs.
+    pub enabled_since: Millis,
+    /// Per schedule name: slots at or before this time are claimed (run or skipped).
+    #[serde(default)]
+    pub claimed: BTreeMap<String, Millis>,
+    /// Runs claimed and not yet recorded as done: a restart finds their snapshots by tag.
+    #[serde(default)]
+    pub in_progress: Vec<RunClaim>,
+    /// Snapshots whose cross-region copies are still to be started.
+    #[serde(default)]
+    pub pending_copies: Vec<PendingCopy>,
+    /// Why the last run failed (the policy's state reads `ERROR`); cleared by a clean run.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunClaim {
+    pub schedule: String,
+    pub slot: Millis,
+    pub started: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingCopy {
+    pub snapshot_id: String,
+    pub schedule: String,
+    /// Target regions not copied to yet.
+    pub regions: Vec<String>,
+}
+
+impl Policy {
+    pub fn arn(&self) -> String {
+        policy_arn(&self.region, &self.account, &self.id)
+    }
+
+    /// `ENABLED`, `DISABLED` or `ERROR`.
+    pub fn state(&self) -> &'static str {
+        match (self.enabled, &self.error) {
+            (true, Some(_)) => "ERROR",
+            (true, None) => "ENABLED",
+            (false, _) => "DISABLED",
+        }
+    }
+
+    pub fn status_message(&self) -> String {
+        match &self.error {
+            Some(e) if self.enabled => e.clone(),
+            _ => self.state().to_string(),
+        }
+    }
+
+    pub fn resource_type(&self) -> &str {
+        self.details.resource_types.first().map(String::as_str).unwrap_or("VOLUME")
+    }
+
+    pub fn schedule(&self, name: &str) -> Option<&ScheduleSpec> {
+        self.details.schedules.iter().find(|s| s.name.as_deref() == Some(name))
+    }
+}
+
+pub fn policy_arn(region: &str, account: &str, id: &str) -> String {
+    format!("arn:aws:dlm:{region}:{account}:policy/{id}")
+}
+
+// ---- requests -----------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Default)]
+pub struct CreatePolicy {
+    pub execution_role_arn: Option<String>,
+    pub description: Option<String>,
+    pub state: Option<String>,
+    pub details: Option<PolicyDetails>,
+    pub tags: Vec<KeyValue>,
+    /// Members only default policies take that were given (`DefaultPolicy`, `CreateInterval`, …).
+    pub default_policy_members: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UpdatePolicy {
+    pub policy_id: String,
+    pub execution_role_arn: Option<String>,
+    pub description: Option<String>,
+    pub state: Option<String>,
+    pub details: Option<PolicyDetails>,
+    pub default_policy_members: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct GetPolicies {
+    pub policy_ids: Vec<String>,
+    pub state: Option<String>,
+    pub resource_types: Vec<String>,
+    /// `key=value`.
+    pub target_tags: Vec<String>,
+    /// `key=value`.
+    pub tags_to_add: Vec<String>,
+    pub default_policy_type: Option<String>,
+}
+
+// ---- validation ---------------------------------------------------------------------------------
+
+fn check_role(arn: &str) -> DlmResult<()> {
+    let ok = (|| {
+        let rest = arn.strip_prefix("arn:")?;
+        let (partition, rest) = rest.split_once(":iam::")?;
+        let (account, role) = rest.split_once(":role/")?;
+        let p_ok = partition == "aws"
+            || partition.strip_prefix("aws-").is_some_and(|p| {
+                p.split('-').count() <= 2
+                    && p.split('-').all(|s| (1..=3).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_lowercase()))
+            });
+        (p_ok
+            && !account.is_empty()
+            && account.bytes().all(|b| b.is_ascii_digit())
+            && arn.len() <= 2048
+            && !role.is_empty())
+        .then_some(())
+    })();
+    ok.ok_or_else(|| {
+        invalid(format!("ExecutionRoleArn {arn} is not a valid IAM role ARN (arn:aws:iam::<account>:role/<name>)."))
+    })
+}
+
+fn check_name(what: &str, s: &str, max: usize) -> DlmResult<()> {
+    if s.is_empty()
+        || s.len() > max
+        || !s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b' ' || b == b'_' || b == b'-')
+    {
+        return Err(invalid(format!(
+            "{what} '{s}' is not valid: 1 to {max} characters of letters, digits, spaces, '_' and '-'."
+        )));
+    }
+    Ok(())
+}
+
+fn check_tag_kv(what: &str, t: &KeyValue) -> DlmResult<()> {
+    if t.key.is_empty() || t.key.chars().count() > 128 || t.value.chars().count() > 256 {
+        return Err(invalid(format!(
+            "{what}: tag key '{}' must be 1 to 128 characters and its value at most 256.",
+            t.key
+        )));
+    }
+    if t.key.to_ascii_lowercase().starts_with("aws:") {
+        return Err(invalid(format!("{what}: tag key '{}' is reserved: keys starting with 'aws:' are AWS's.", t.key)));
+    }
+    Ok(())
+}
+
+fn check_state(s: &str) -> DlmResult<bool> {
+    match s {
+        "ENABLED" => Ok(true),
+        "DISABLED" => Ok(false),
+        other => Err(invalid(format!("State {other} is not valid: use ENABLED or DISABLED."))),
+    }
+}
+
+const RETAIN_UNITS: &[(&str, i64)] = &[("DAYS", 1), ("WEEKS", 7), ("MONTHS", 30), ("YEARS", 365)];
+
+/// An age `Interval` + `IntervalUnit`, at most 100 years.
+fn check_age(what: &str, interval: Option<i64>, unit: Option<&str>) -> DlmResult<(i64, String)> {
+    let (Some(n), Some(u)) = (interval, unit) else {
+        return Err(DlmError::InvalidRequest {
+            message: format!("{what}: an age needs both Interval and IntervalUnit."),
+            required: vec!["Interval".into(), "IntervalUnit".into()],
+            exclusive: vec![],
+        });
+    };
+    let days =
+        RETAIN_UNITS.iter().find(|(name, _)| *name == u).map(|(_, d)| *d).ok_or_else(|| {
+            invalid(format!("{what}: IntervalUnit {u} is not valid: use DAYS, WEEKS, MONTHS or YEARS."))
+        })?;
+    if n < 1 || n.saturating_mul(days) > 36_500 {
+        return Err(invalid(format!("{what}: Interval {n} {u} is not valid: 1 up to 100 years.")));
+    }
+    Ok((n, u.to_string()))
+}
+
+/// When a snapshot taken at `t` expires under an age rule (calendar months and years).
+pub fn expiry(t: Millis, interval: i64, unit: &str) -> Millis {
+    let day = 86_400_000i64;
+    match unit {
+        "DAYS" => t + interval * day,
+        "WEEKS" => t + interval * 7 * day,
+        _ => {
+            let months = if unit == "YEARS" { interval * 12 } else { interval };
+            let Ok(at) = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(t) * 1_000_000) else {
+                return t + months * 30 * day;
+            };
+            let total = i64::from(at.year()) * 12 + (at.month() as i64 - 1) + months;
+            let (y, m) = (total.div_euclid(12) as i32, (total.rem_euclid(12) + 1) as u8);
+            let month = time::Month::try_from(m).unwrap_or(time::Month::January);
+            let d = at.day().min(month.length(y));
+            match time::Date::from_calendar_date(y, month, d) {
+                Ok(date) => at.replace_date(date).unix_timestamp() * 1000 + i64::from(at.millisecond()),
+                Err(_) => t + months * 30 * day,
+            }
+        }
+    }
+}
+
+impl Engine {
+    /// Every semantic rule of a custom snapshot policy's details.
+    fn check_details(&self, ctx: &Ctx, d: &PolicyDetails, now: Millis) -> DlmResult<()> {
+        if let Some(m) = d.unsupported.first() {
+            return Err(invalid(format!(
+                "PolicyDetails.{m} belongs to default, AMI or event-based policies, which blocksnap does not implement; \
+                 create a custom snapshot policy (EBS_SNAPSHOT_MANAGEMENT)."
+            )));
+        }
+        match d.policy_type.as_deref() {
+            None | Some("EBS_SNAPSHOT_MANAGEMENT") => {}
+            Some(t @ ("IMAGE_MANAGEMENT" | "EVENT_BASED_POLICY")) => {
+                return Err(invalid(format!(
+                    "PolicyType {t} is not supported by blocksnap: use EBS_SNAPSHOT_MANAGEMENT."
+                )));
+            }
+            Some(t) => return Err(invalid(format!("PolicyType {t} is not valid."))),
+        }
+        match d.policy_language.as_deref() {
+            None | Some("STANDARD") => {}
+            Some("SIMPLIFIED") => {
+                return Err(invalid("Default policies (PolicyLanguage SIMPLIFIED) are not supported by blocksnap."));
+            }
+            Some(l) => return Err(invalid(format!("PolicyLanguage {l} is not valid: use STANDARD."))),
+        }
+        let instance = match d.resource_types.as_slice() {
+            [] => return Err(required("ResourceTypes")),
+            [t] if t == "VOLUME" => false,
+            [t] if t == "INSTANCE" => true,
+            [t] => return Err(invalid(format!("ResourceTypes {t} is not valid: use VOLUME or INSTANCE."))),
+            _ => return Err(invalid("ResourceTypes takes exactly one value (VOLUME or INSTANCE).")),
+        };
+        match d.resource_locations.as_slice() {
+            [] => {}
+            [l] if l == "CLOUD" => {}
+            [l] if l == "OUTPOST" || l == "LOCAL_ZONE" => {
+                return Err(invalid(format!(
+                    "ResourceLocations {l}: blocksnap has no Outposts or Local Zones; use CLOUD."
+                )));
+            }
+            _ => return Err(invalid("ResourceLocations takes exactly one value: CLOUD.")),
+        }
+        if d.target_tags.is_empty() {
+            return Err(required("TargetTags"));
+        }
+        if d.target_tags.len() > 50 {
+            return Err(invalid("TargetTags takes at most 50 tags."));
+        }
+        for t in &d.target_tags {
+            if t.key.is_empty() || t.key.chars().count() > 128 {
+                return Err(invalid(format!("TargetTags: tag key '{}' must be 1 to 128 characters.", t.key)));
+            }
+        }
+        if let Some(p) = &d.parameters {
+            if p.no_reboot.is_some() {
+                return Err(invalid("Parameters.NoReboot is for AMI policies only."));
+            }
+            if !instance && (p.exclude_boot_volume.is_some() || !p.exclude_data_volume_tags.is_empty()) {
+                return Err(invalid(
+                    "Parameters.ExcludeBootVolume and ExcludeDataVolumeTags are for policies that target instances only.",
+                ));
+            }
+            if p.exclude_data_volume_tags.len() > 50 {
+                return Err(invalid("ExcludeDataVolumeTags takes at most 50 tags."));
+            }
+        }
+        match d.schedules.len() {
+            0 => return Err(required("Schedules")),
+            1..=4 => {}
+            _ => return Err(invalid("A policy has at most 4 schedules.")),
+        }
+        let mut names = std::collections::HashSet::new();
+        let mut count_based = None;
+        for s in &d.schedules {
+            let name = s.name.as_deref().ok_or_else(|| required("Name"))?;
+            check_name("Schedule name", name, 120)?;
+            if !names.insert(name) {
+                return Err(invalid(format!("Schedule names must be unique; '{name}' is used twice.")));
+            }
+            if let Some(m) = s.unsupported.first() {
+                return Err(invalid(format!(
+                    "Schedule '{name}': {m} is not supported by blocksnap (fast snapshot restore, sharing, archiving and AMI \
+                     deprecation are not implemented)."
+                )));
+            }
+            if s.tags_to_add.len() > 45 || s.variable_tags.len() > 45 {
+                return Err(invalid(format!(
+                    "Schedule '{name}': TagsToAdd and VariableTags take at most 45 tags each."
+                )));
+            }
+            for t in &s.tags_to_add {
+                check_tag_kv(&format!("Schedule '{name}' TagsToAdd"), t)?;
+            }
+            if !s.variable_tags.is_empty() && !instance {
+                return Err(invalid("VariableTags are valid only for policies that target instances."));
+            }
+            for t in &s.variable_tags {
+                check_tag_kv(&format!("Schedule '{name}' VariableTags"), t)?;
+                if t.value != "$(instance-id)" && t.value != "$(timestamp)" {
+                    return Err(invalid(format!(
+                        "VariableTags value '{}' is not valid: use $(instance-id) or $(timestamp).",
+                        t.value
+                    )));
+                }
+            }
+            let c = s.create_rule.as_ref().ok_or_else(|| required("CreateRule"))?;
+            schedule_of(c, now, now)?;
+            if c.scripts {
+                return Err(invalid("CreateRule.Scripts (pre and post scripts) are not supported by blocksnap."));
+            }
+            match c.location.as_deref() {
+                None | Some("CLOUD") => {}
+                Some(l) => {
+                    return Err(invalid(format!("CreateRule.Location {l} is not available in blocksnap: use CLOUD.")));
+                }
+            }
+            let r = s.retain_rule.as_ref().ok_or_else(|| required("RetainRule"))?;
+            let by_count = match (r.count, r.interval.is_some() || r.interval_unit.is_some()) {
+                (Some(_), true) => {
+                    return Err(exclusive(
+                        "Count",
+                        "Interval",
+                        "RetainRule takes either Count or Interval and IntervalUnit, not both.",
+                    ));
+                }
+                (None, false) => return Err(invalid("RetainRule needs Count, or Interval and IntervalUnit.")),
+                (Some(n), false) => {
+                    if !(1..=1000).contains(&n) {
+                        return Err(invalid(format!("RetainRule Count {n} is not valid: 1 to 1000.")));
+                    }
+                    true
+                }
+                (None, true) => {
+                    check_age("RetainRule", r.interval, r.interval_unit.as_deref())?;
+                    false
+                }
+            };
+            if count_based.is_some_and(|c| c != by_count) {
+                return Err(invalid("All schedules of a policy retain by count, or all by age."));
+            }
+            count_based = Some(by_count);
+            if s.cross_region_copy_rules.len() > 3 {
+                return Err(invalid(format!("Schedule '{name}': at most 3 CrossRegionCopyRules.")));
+            }
+            let mut targets = std::collections::HashSet::new();
+            for rule in &s.cross_region_copy_rules {
+                let target = match (&rule.target, &rule.target_region) {
+                    (Some(_), Some(_)) => {
+                        return Err(exclusive(
+                            "Target",
+                            "TargetRegion",
+                            "A CrossRegionCopyRule takes Target or TargetRegion, not both.",
+                        ));
+                    }
+                    (None, None) => return Err(required("Target")),
+                    (Some(t), None) | (None, Some(t)) => t,
+                };
+                if target.starts_with("arn:") {
+                    return Err(invalid(format!("Copy target {target}: blocksnap has no Outposts; name a region.")));
+                }
+                if !self.config.regions.iter().any(|r| r == target) {
+                    return Err(invalid(format!(
+                        "Copy target region {target} is not served by this endpoint (served: {}).",
+                        self.config.regions.join(", ")
+                    )));
+                }
+                if *target == ctx.region {
+                    return Err(invalid(format!("Copy target region {target} is the policy's own region.")));
+                }
+                if !targets.insert(target.clone()) {
+                    return Err(invalid(format!("Schedule '{name}' copies to {target} twice.")));
+                }
+                if rule.encrypted.is_none() {
+                    return Err(required("Encrypted"));
+                }
+                if let Some(k) = &rule.cmk_arn {
+                    let ok = k.starts_with("arn:aws") && k.contains(":kms:") && k.contains(":key/");
+                    if !ok {
+                        return Err(invalid(format!("CmkArn {k} is not a KMS key ARN.")));
+                    }
+                    if rule.encrypted != Some(true) {
+                        return Err(invalid("CmkArn requires Encrypted to be true."));
+                    }
+                }
+                if rule.deprecate_rule {
+                    return Err(invalid("CrossRegionCopyRule.DeprecateRule is for AMI policies only."));
+                }
+                if let Some((n, u)) = &rule.retain_rule {
+                    check_age("CrossRegionCopyRule RetainRule", *n, u.as_deref())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn policies_in<'a>(st: &'a State) -> impl Iterator<Item = Policy> + 'a {
+        st.docs.get(KIND_DLM_POLICY).into_iter().flat_map(|m| m.values()).filter_map(|r| {
+            match serde_json::from_str::<Policy>(&r.doc) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    tracing::error!(policy_id = r.id, error = %e, "unreadable lifecycle policy row");
+                    None
+                }
+            }
+        })
+    }
+
+    pub(crate) fn dlm_policies(st: &State) -> Vec<Policy> {
+        Self::policies_in(st).collect()
+    }
+
+    fn policy_of(st: &State, ctx: &Ctx, id: &str) -> DlmResult<Policy> {
+        let r = st
+            .docs
+            .get(KIND_DLM_POLICY)
+            .and_then(|m| m.get(id))
+            .filter(|r| r.account == ctx.account && r.region == ctx.region)
+            .ok_or_else(|| not_found(id))?;
+        Ok(serde_json::from_str(&r.doc).map_err(EngineError::from)?)
+    }
+
+    pub(crate) fn policy_rec(p: &Policy) -> crate::error::Result<Rec> {
+        Ok(Rec::Doc(
+            KIND_DLM_POLICY,
+            Row {
+                kind: KIND_DLM_POLICY.into(),
+                id: p.id.clone(),
+                account: p.account.clone(),
+                region: p.region.clone(),
+                doc: serde_json::to_string(p)?,
+            },
+        ))
+    }
+
+    fn check_policy_tags(tags: &[KeyValue]) -> DlmResult<Tags> {
+        let mut out = Tags::new();
+        for t in tags {
+            check_tag_kv("Tags", t)?;
+            out.insert(t.key.clone(), t.value.clone());
+        }
+        if out.len() > 200 {
+            return Err(invalid("A policy has at most 200 tags."));
+        }
+        Ok(out)
+    }
+
+    pub fn dlm_create_policy(&self, ctx: &Ctx, req: CreatePolicy) -> DlmResult<String> {
+        if let Some(m) = req.default_policy_members.first() {
+            return Err(invalid(format!(
+                "{m} is for default policies, which blocksnap does not implement; create a custom policy with PolicyDetails."
+            )));
+        }
+        let role = req.execution_role_arn.ok_or_else(|| required("ExecutionRoleArn"))?;
+        check_role(&role)?;
+        let description = req.description.ok_or_else(|| required("Description"))?;
+        check_name("Description", &description, 500)?;
+        let enabled = check_state(req.state.as_deref().ok_or_else(|| required("State"))?)?;
+        let details = req.details.ok_or_else(|| required("PolicyDetails"))?;
+        let now = now_millis();
+        self.check_details(ctx, &details, now)?;
+        let tags = Self::check_policy_tags(&req.tags)?;
+        let mut st = self.lock();
+        let count = Self::policies_in(&st).filter(|p| p.account == ctx.account && p.region == ctx.region).count();
+        if count >= MAX_POLICIES {
+            return Err(DlmError::LimitExceeded {
+                message: format!(
+                    "The account has {count} lifecycle policies in {}; the limit is {MAX_POLICIES}.",
+                    ctx.region
+                ),
+                resource_type: "LifecyclePolicy",
+            });
+        }
+        let mut id = ids::new_id("policy");
+        while st.docs.get(KIND_DLM_POLICY).is_some_and(|m| m.contains_key(&id)) {
+            id = ids::new_id("policy");
+        }
+        let p = Policy {
+            id: id.clone(),
+            account: ctx.account.clone(),
+            region: ctx.region.clone(),
+            description,
+            execution_role_arn: role,
+            enabled,
+            details,
+            tags,
+            created: now,
+            modified: now,
+            enabled_since: now,
+            claimed: BTreeMap::new(),
+            in_progress: vec![],
+            pending_copies: vec![],
+            error: None,
+        };
+        self.commit(&mut st, vec![Self::policy_rec(&p)?])?;
+        tracing::info!(policy_id = id, account = ctx.account, region = ctx.region, "lifecycle policy created");
+        Ok(id)
+    }
+
+    pub fn dlm_get_policy(&self, ctx: &Ctx, id: &str) -> DlmResult<Policy> {
+        Self::policy_of(&self.lock(), ctx, id)
+    }
+
+    pub fn dlm_get_policies(&self, ctx: &Ctx, q: &GetPolicies) -> DlmResult<Vec<Policy>> {
+        if let Some(s) = &q.state
+            && !["ENABLED", "DISABLED", "ERROR"].contains(&s.as_str())
+        {
+            return Err(invalid(format!("State {s} is not valid: use ENABLED, DISABLED or ERROR.")));
+        }
+        for t in &q.resource_types {
+            if t != "VOLUME" && t != "INSTANCE" {
+                return Err(invalid(format!("ResourceTypes {t} is not valid: use VOLUME or INSTANCE.")));
+            }
+        }
+        let pairs = |list: &[String], what: &str| -> DlmResult<Vec<(String, String)>> {
+            list.iter()
+                .map(|s| {
+                    s.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| invalid(format!("{what} '{s}' is not valid: use key=value.")))
+                })
+                .collect()
+        };
+        let target_tags = pairs(&q.target_tags, "TargetTags")?;
+        let tags_to_add = pairs(&q.tags_to_add, "TagsToAdd")?;
+        if let Some(t) = &q.default_policy_type
+            && !["VOLUME", "INSTANCE", "ALL"].contains(&t.as_str())
+        {
+            return Err(invalid(format!("DefaultPolicyType {t} is not valid: use VOLUME, INSTANCE or ALL.")));
+        }
+        let st = self.lock();
+        let mine: Vec<Policy> =
+            Self::policies_in(&st).filter(|p| p.account == ctx.account && p.region == ctx.region).collect();
+        let missing: Vec<String> =
+            q.policy_ids.iter().filter(|id| !mine.iter().any(|p| &&p.id == id)).cloned().collect();
+        if !missing.is_empty() {
+            return Err(DlmError::NotFound {
+                message: format!("Lifecycle policies not found: {}.", missing.join(", ")),
+                resource_type: "LifecyclePolicy",
+                ids: missing,
+            });
+        }
+        let has = |list: &[KeyValue], (k, v): &(String, String)| list.iter().any(|t| &t.key == k && &t.value == v);
+        let mut out: Vec<Policy> = mine
+            .into_iter()
+            // Every policy here is a custom one: a filter on default policies matches none.
+            .filter(|_| q.default_policy_type.is_none())
+            .filter(|p| q.policy_ids.is_empty() || q.policy_ids.contains(&p.id))
+            .filter(|p| q.state.as_deref().is_none_or(|s| s == p.state()))
+            .filter(|p| q.resource_types.is_empty() || q.resource_types.iter().any(|t| t == p.resource_type()))
+            .filter(|p| target_tags.is_empty() || target_tags.iter().any(|kv| has(&p.details.target_tags, kv)))
+            .filter(|p| {
+                tags_to_add.is_empty()
+                    || tags_to_add.iter().any(|kv| p.details.schedules.iter().any(|s| has(&s.tags_to_add, kv)))
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    pub fn dlm_update_policy(&self, ctx: &Ctx, req: UpdatePolicy) -> DlmResult<()> {
+        if let Some(m) = req.default_policy_members.first() {
+            return Err(invalid(format!("{m} is for default policies, which blocksnap does not implement.")));
+        }
+        if let Some(r) = &req.execution_role_arn {
+            check_role(r)?;
+        }
+        if let Some(d) = &req.description {
+            check_name("Description", d, 500)?;
+        }
+        let enabled = req.state.as_deref().map(check_state).transpose()?;
+        let now = now_millis();
+        let mut st = self.lock();
+        let mut p = Self::policy_of(&st, ctx, &req.policy_id)?;
+        if let Some(d) = req.details {
+            self.check_details(ctx, &d, now)?;
+            if d.resource_types != p.details.resource_types {
+                return Err(invalid("The resource type of a policy cannot be changed; create a new policy."));
+            }
+            if d.policy_type.as_deref().unwrap_or("EBS_SNAPSHOT_MANAGEMENT")
+                != p.details.policy_type.as_deref().unwrap_or("EBS_SNAPSHOT_MANAGEMENT")
+            {
+                return Err(invalid("The policy type of a policy cannot be changed; create a new policy."));
+            }
+            let by_count =
+                |s: &[ScheduleSpec]| s.first().and_then(|s| s.retain_rule.as_ref()).map(|r| r.count.is_some());
+            if by_count(&d.schedules) != by_count(&p.details.schedules) {
+                return Err(invalid(
+                    "The retention of a policy cannot change between count-based and age-based; create a new policy.",
+                ));
+            }
+            p.details = d;
+        }
+        if let Some(r) = req.execution_role_arn {
+            p.execution_role_arn = r;
+        }
+        if let Some(d) = req.description {
+            p.description = d;
+        }
+        if let Some(e) = enabled {
+            if e && !p.enabled {
+                // Slots missed while disabled are not made up.
+                p.enabled_since = now;
+                p.error = None;
+            }
+            p.enabled = e;
+        }
+        p.modified = now;
+        self.commit(&mut st, vec![Self::policy_rec(&p)?])?;
+        Ok(())
+    }
+
+    /// Deletes the policy; its snapshots stay (AWS keeps them too).
+    pub fn dlm_delete_policy(&self, ctx: &Ctx, id: &str) -> DlmResult<()> {
+        let mut st = self.lock();
+        let p = Self::policy_of(&st, ctx, id)?;
+        self.commit(&mut st, vec![Rec::DeleteDoc(KIND_DLM_POLICY, p.id)])?;
+        Ok(())
+    }
+
+    /// The policy an ARN names, if the caller owns it.
+    fn policy_by_arn(st: &State, ctx: &Ctx, arn: &str) -> DlmResult<Policy> {
+        let parts: Vec<&str> = arn.splitn(6, ':').collect();
+        let (region, account, id) = match parts.as_slice() {
+            ["arn", p, "dlm", region, account, res] if p.starts_with("aws") => {
+                let id = res
+                    .strip_prefix("policy/")
+                    .ok_or_else(|| invalid(format!("{arn} is not a lifecycle policy ARN.")))?;
+                (*region, *account, id)
+            }
+            _ => {
+                return Err(invalid(format!(
+                    "{arn} is not a lifecycle policy ARN (arn:aws:dlm:<region>:<account>:policy/<id>)."
+                )));
+            }
+        };
+        if region != ctx.region || account != ctx.account {
+            return Err(DlmError::NotFound {
+                message: format!("Resource {arn} not found."),
+                resource_type: "LifecyclePolicy",
+                ids: vec![arn.to_string()],
+            });
+        }
+        Self::policy_of(st, ctx, id)
+    }
+
+    pub fn dlm_list_tags(&self, ctx: &Ctx, arn: &str) -> DlmResult<Tags> {
+        Ok(Self::policy_by_arn(&self.lock(), ctx, arn)?.tags)
+    }
+
+    pub fn dlm_tag_resource(&self, ctx: &Ctx, arn: &str, tags: &[KeyValue]) -> DlmResult<()> {
+        if tags.is_empty() {
+            return Err(required("Tags"));
+        }
+        let add = Self::check_policy_tags(tags)?;
+        let mut st = self.lock();
+        let mut p = Self::policy_by_arn(&st, ctx, arn)?;
+        p.tags.extend(add);
+        if p.tags.len() > 200 {
+            return Err(invalid("A policy has at most 200 tags."));
+        }
+        self.commit(&mut st, vec![Self::policy_rec(&p)?])?;
+        Ok(())
+    }
+
+    pub fn dlm_untag_resource(&self, ctx: &Ctx, arn: &str, keys: &[String]) -> DlmResult<()> {
+        if keys.is_empty() {
+            return Err(required("TagKeys"));
+        }
+        let mut st = self.lock();
+        let mut p = Self::policy_by_arn(&st, ctx, arn)?;
+        for k in keys {
+            p.tags.remove(k);
+        }
+        self.commit(&mut st, vec![Self::policy_rec(&p)?])?;
+        Ok(())
+    }
+}
+
+/// The schedule a create rule describes (`created` anchors intervals without `Times`).
+pub fn schedule_of(c: &CreateRule, created: Millis, now: Millis) -> DlmResult<schedule::Schedule> {
+    match (&c.cron_expression, c.interval.is_some() || c.interval_unit.is_some() || !c.times.is_empty()) {
+        (Some(_), true) => Err(exclusive(
+            "CronExpression",
+            "Interval",
+            "CreateRule takes either CronExpression or Interval, IntervalUnit and Times, not both.",
+        )),
+        (Some(e), false) => schedule::Schedule::cron(e, now).map_err(invalid),
+        (None, false) => Err(DlmError::InvalidRequest {
+            message: "CreateRule needs CronExpression, or Interval and IntervalUnit.".into(),
+            required: vec!["Interval".into(), "IntervalUnit".into()],
+            exclusive: vec![],
+        }),
+        (None, true) => {
+            let n = c.interval.ok_or_else(|| required("Interval"))?;
+            match c.interval_unit.as_deref() {
+                Some("HOURS") => {}
+                Some(u) => return Err(invalid(format!("CreateRule IntervalUnit {u} is not valid: use HOURS."))),
+                None => return Err(required("IntervalUnit")),
+            }
+            if c.times.len() > 1 {
+                return Err(invalid("CreateRule Times takes at most one time."));
+            }
+            let hours = u32::try_from(n).map_err(|_| invalid(format!("Interval {n} is not valid.")))?;
+            schedule::Schedule::interval(hours, c.times.first().map(String::as_str), created).map_err(invalid)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_use_calendar_months() {
+        let t = 1_798_675_200_000; // 2026-12-31T00:00:00Z
+        assert_eq!(expiry(t, 2, "DAYS"), t + 2 * 86_400_000);
+        assert_eq!(expiry(t, 1, "WEEKS"), t + 7 * 86_400_000);
+        // 2027-02-28 (clamped), 2027-12-31.
+        assert_eq!(expiry(t, 2, "MONTHS"), 1_803_772_800_000);
+        assert_eq!(expiry(t, 1, "YEARS"), 1_830_211_200_000);
+    }
+
+    #[test]
+    fn role_arns() {
+        assert!(check_role("arn:aws:iam::123456789012:role/AWSDataLifecycleManagerDefaultRole").is_ok());
+        assert!(check_role("arn:aws-us-gov:iam::123456789012:role/x").is_ok());
+        assert!(check_role("arn:aws:iam::123456789012:user/x").is_err());
+        assert!(check_role("role/x").is_err());
+    }
+}
