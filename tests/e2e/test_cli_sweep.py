@@ -62,6 +62,10 @@ def served_operations() -> dict[str, list[str]]:
 
     out = {"ec2": ec2, "lightsail": const_list(api / "lightsail/mod.rs"), "kms": const_list(api / "kms/mod.rs"),
            "ebs": const_list(api / "ebs/mod.rs")}
+    # REST-JSON front ends join once they serve something (a new front end starts with an empty list).
+    for svc in ("rbin", "dlm"):
+        if ops := const_list(api / svc / "mod.rs"):
+            out[svc] = ops
     for svc, ops in out.items():
         assert ops and len(ops) == len(set(ops)), f"{svc}: bad operation list {ops}"
         model = _BOTOCORE.get_service_model(svc)
@@ -560,8 +564,12 @@ def cli(server, world):
 # ------------------------------------------------------------------------------------ the sweep
 def test_every_front_end_is_swept():
     """A new protocol front end (aws ebs, rbin, dlm, …) joins served_operations() and the recipes."""
-    front_ends = {p.name for p in (REPO_ROOT / "crates/api/src").iterdir() if p.is_dir()}
-    assert front_ends == set(SERVED), f"front ends {front_ends - set(SERVED)} are not swept"
+    api = REPO_ROOT / "crates/api/src"
+    front_ends = {p.name for p in api.iterdir() if p.is_dir()}
+    # Not yet serving anything (an empty OPERATIONS list): nothing to sweep.
+    front_ends -= {p for p in front_ends
+                   if re.search(r"pub const OPERATIONS: &\[&str\] = &\[\s*\];", (api / p / "mod.rs").read_text())}
+    assert front_ends == set(SERVED), f"front ends {front_ends ^ set(SERVED)} are not swept"
 
 
 def test_every_served_operation_has_a_recipe():
