@@ -1,4 +1,4 @@
-"""Every `aws ec2|lightsail|kms|ebs` command the service serves, run through the real AWS CLI (v1) as people
+"""Every `aws ec2|lightsail|kms|ebs|dlm` command the service serves, run through the real AWS CLI (v1) as people
 use it.
 
 The command list comes from the server's own routing tables (EC2 `ACTIONS`, Lightsail and KMS
@@ -538,7 +538,62 @@ def _ebs_recipes():
     }
 
 
-RECIPES = {"ec2": _ec2_recipes(), "lightsail": _ls_recipes(), "kms": _kms_recipes(), "ebs": _ebs_recipes()}
+def _dlm_recipes():
+    role = "arn:aws:iam::123456789012:role/AWSDataLifecycleManagerDefaultRole"
+    details = {"ResourceTypes": ["VOLUME"], "TargetTags": [{"Key": "sweep", "Value": "yes"}],
+               "Schedules": [{"Name": "daily", "CreateRule": {"Interval": 24, "IntervalUnit": "HOURS",
+                                                              "Times": ["03:00"]}, "RetainRule": {"Count": 3}}]}
+
+    def dlm(w):
+        if not hasattr(w, "dlm"):
+            w.dlm = w.server.session(w.creds).client("dlm", endpoint_url=w.server.endpoint)
+        return w.dlm
+
+    def new_policy(w) -> str:
+        return dlm(w).create_lifecycle_policy(ExecutionRoleArn=role, Description="sweep", State="DISABLED",
+                                              PolicyDetails=details, Tags={"made-by": "sweep"})["PolicyId"]
+
+    def policy(w) -> str:
+        if not hasattr(w, "dlm_policy"):
+            w.dlm_policy = new_policy(w)
+        return w.dlm_policy
+
+    def arn(w) -> str:
+        return dlm(w).get_lifecycle_policy(PolicyId=policy(w))["Policy"]["PolicyArn"]
+
+    def get(w):
+        return dlm(w).get_lifecycle_policy(PolicyId=policy(w))["Policy"]
+
+    def gone(w, p, r):
+        with pytest.raises(Exception, match="ResourceNotFoundException"):
+            dlm(w).get_lifecycle_policy(PolicyId=p["PolicyId"])
+
+    return {
+        "CreateLifecyclePolicy": (lambda w: {"ExecutionRoleArn": role, "Description": "sweep", "State": "DISABLED",
+                                             "PolicyDetails": details},
+                                  lambda w, p, r: (r["PolicyId"].startswith("policy-")
+                                                   and get(w)["State"] == "DISABLED") or pytest.fail(str(r))),
+        "GetLifecyclePolicies": (lambda w: {"PolicyIds": [policy(w)]},
+                                 lambda w, p, r: [x["PolicyId"] for x in r["Policies"]] == [policy(w)]
+                                 or pytest.fail(str(r))),
+        "GetLifecyclePolicy": (lambda w: {"PolicyId": policy(w)},
+                               lambda w, p, r: (r["Policy"]["PolicyId"] == policy(w)
+                                                and r["Policy"]["PolicyDetails"]["Schedules"] == details["Schedules"])
+                               or pytest.fail(str(r))),
+        "UpdateLifecyclePolicy": (lambda w: {"PolicyId": policy(w), "Description": "swept " + uniq()},
+                                  lambda w, p, r: get(w)["Description"] == p["Description"] or pytest.fail(str(r))),
+        "DeleteLifecyclePolicy": (lambda w: {"PolicyId": new_policy(w)}, gone),
+        "TagResource": (lambda w: {"ResourceArn": arn(w), "Tags": {"swept": "yes"}},
+                        lambda w, p, r: get(w)["Tags"].get("swept") == "yes" or pytest.fail(str(r))),
+        "UntagResource": (lambda w: {"ResourceArn": arn(w), "TagKeys": ["swept"]},
+                          lambda w, p, r: "swept" not in get(w)["Tags"] or pytest.fail(str(r))),
+        "ListTagsForResource": (lambda w: {"ResourceArn": arn(w)},
+                                lambda w, p, r: r["Tags"] == get(w)["Tags"] or pytest.fail(str(r))),
+    }
+
+
+RECIPES = {"ec2": _ec2_recipes(), "lightsail": _ls_recipes(), "kms": _kms_recipes(), "ebs": _ebs_recipes(),
+           "dlm": _dlm_recipes()}
 # GetSnapshotBlock's block goes to a file the CLI takes as a positional argument.
 EBS_OUT = Path(tempfile.mkdtemp(prefix="sweep-ebs-out-")) / "block.out"
 OUTFILE = {("ebs", "GetSnapshotBlock"): [str(EBS_OUT)]}

@@ -1,0 +1,253 @@
+"""Amazon Data Lifecycle Manager (service `dlm`, REST-JSON) through boto3's `dlm` client and the AWS CLI
+`aws dlm …`: every call and every documented error, then policies that run. The server's test clock
+(BLOCKSNAP_TEST_CLOCK=1) is moved forward by a schedule's interval instead of waiting for it, and the
+scheduler ticks every 200 ms of real time (BLOCKSNAP_DLM_TICK_MS)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+
+import pytest
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+import cli_inproc
+from conftest import _make_server, make_instance, make_volume, poll, wait_attached
+
+pytestmark = pytest.mark.blocksnap_only
+
+ROLE = "arn:aws:iam::123456789012:role/AWSDataLifecycleManagerDefaultRole"
+COPY_REGION = "eu-west-1"
+POLICY_TAG = "aws:dlm:lifecycle-policy-id"
+SCHEDULE_TAG = "aws:dlm:lifecycle-schedule-name"
+
+
+@pytest.fixture(scope="module")
+def dlm_server(tmp_path_factory):
+    srv = _make_server(tmp_path_factory.mktemp("dlm"), BLOCKSNAP_TEST_CLOCK="1", BLOCKSNAP_DLM_TICK_MS="200")
+    yield srv
+    srv.stop()
+
+
+def dlm_client(server, creds=None, region=None):
+    return server.session(creds, region).client("dlm", endpoint_url=server.endpoint,
+                                                config=Config(retries={"max_attempts": 1, "mode": "standard"}))
+
+
+def aws_dlm(server, *args, creds=None, inproc=True):
+    """`aws dlm …` (in-process CLI, or the real executable): (exit code, parsed stdout or stderr)."""
+    c = creds or server.creds
+    env = {"AWS_ACCESS_KEY_ID": c.access_key, "AWS_SECRET_ACCESS_KEY": c.secret_key,
+           "AWS_DEFAULT_REGION": server.region, "AWS_MAX_ATTEMPTS": "1", "AWS_PAGER": ""}
+    argv = ["dlm", *args, "--endpoint-url", server.endpoint, "--output", "json"]
+    if inproc:
+        rc, out, err = cli_inproc.run(argv, env)
+    else:
+        full = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | env
+        p = subprocess.run(["aws", *argv], capture_output=True, text=True, env=full, timeout=120)
+        rc, out, err = p.returncode, p.stdout, p.stderr
+    if rc == 0:
+        return rc, (json.loads(out) if out.strip() else {})
+    return rc, err
+
+
+def details(tag_value: str, **schedule) -> dict:
+    s = {"Name": "hourly", "CreateRule": {"Interval": 1, "IntervalUnit": "HOURS"}, "RetainRule": {"Count": 2}}
+    s.update(schedule)
+    return {"PolicyType": "EBS_SNAPSHOT_MANAGEMENT", "ResourceTypes": ["VOLUME"],
+            "TargetTags": [{"Key": "backup", "Value": tag_value}], "Schedules": [s]}
+
+
+def error_of(excinfo) -> tuple[str, int, dict]:
+    r = excinfo.value.response
+    return r["Error"]["Code"], r["ResponseMetadata"]["HTTPStatusCode"], r
+
+
+# ------------------------------------------------------------------------------------------ the calls
+def test_policy_calls_boto3(dlm_server, run_tag):
+    dlm = dlm_client(dlm_server)
+    d = details(run_tag)
+    d["Schedules"][0] = {
+        "Name": "twice a day", "CopyTags": True, "TagsToAdd": [{"Key": "made-by", "Value": "dlm"}],
+        "CreateRule": {"Interval": 12, "IntervalUnit": "HOURS", "Times": ["09:30"]},
+        "RetainRule": {"Interval": 3, "IntervalUnit": "DAYS"},
+        "CrossRegionCopyRules": [{"Target": COPY_REGION, "Encrypted": False, "CopyTags": True,
+                                  "RetainRule": {"Interval": 1, "IntervalUnit": "WEEKS"}}],
+    }
+    pid = dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description="daily backups", State="ENABLED",
+                                      PolicyDetails=d, Tags={"team": "storage"})["PolicyId"]
+    assert pid.startswith("policy-")
+    p = dlm.get_lifecycle_policy(PolicyId=pid)["Policy"]
+    assert p["PolicyId"] == pid and p["State"] == "ENABLED" and p["StatusMessage"] == "ENABLED"
+    assert p["Description"] == "daily backups" and p["ExecutionRoleArn"] == ROLE
+    assert re.fullmatch(rf"arn:aws:dlm:{dlm_server.region}:\d{{12}}:policy/{pid}", p["PolicyArn"]), p["PolicyArn"]
+    assert p["Tags"] == {"team": "storage"} and p["DefaultPolicy"] is False
+    assert p["DateCreated"] <= p["DateModified"]
+    got = p["PolicyDetails"]
+    assert got["PolicyType"] == "EBS_SNAPSHOT_MANAGEMENT" and got["ResourceTypes"] == ["VOLUME"]
+    assert got["TargetTags"] == d["TargetTags"]
+    assert got["Schedules"] == d["Schedules"]
+
+    # Listing and its filters.
+    ids = lambda **kw: [x["PolicyId"] for x in dlm.get_lifecycle_policies(**kw)["Policies"]]
+    assert pid in ids()
+    summary = next(x for x in dlm.get_lifecycle_policies()["Policies"] if x["PolicyId"] == pid)
+    assert summary == {"PolicyId": pid, "Description": "daily backups", "State": "ENABLED",
+                       "Tags": {"team": "storage"}, "PolicyType": "EBS_SNAPSHOT_MANAGEMENT", "DefaultPolicy": False}
+    assert ids(PolicyIds=[pid]) == [pid]
+    assert pid in ids(State="ENABLED") and pid not in ids(State="DISABLED")
+    assert pid in ids(ResourceTypes=["VOLUME"]) and pid not in ids(ResourceTypes=["INSTANCE"])
+    assert ids(TargetTags=[f"backup={run_tag}"]) == [pid]
+    assert pid in ids(TagsToAdd=["made-by=dlm"]) and pid not in ids(TagsToAdd=["made-by=other"])
+    assert ids(DefaultPolicyType="ALL") == []
+
+    # Update: state, description, role, details; a disabled policy lists as DISABLED.
+    d2 = json.loads(json.dumps(d))
+    d2["Schedules"][0]["RetainRule"] = {"Interval": 2, "IntervalUnit": "WEEKS"}
+    dlm.update_lifecycle_policy(PolicyId=pid, State="DISABLED", Description="weekly keep",
+                                ExecutionRoleArn=ROLE + "2", PolicyDetails=d2)
+    p2 = dlm.get_lifecycle_policy(PolicyId=pid)["Policy"]
+    assert p2["State"] == "DISABLED" and p2["Description"] == "weekly keep" and p2["ExecutionRoleArn"] == ROLE + "2"
+    assert p2["PolicyDetails"]["Schedules"][0]["RetainRule"] == {"Interval": 2, "IntervalUnit": "WEEKS"}
+    assert p2["DateModified"] >= p["DateModified"]
+    assert pid in ids(State="DISABLED")
+
+    # Tags.
+    arn = p["PolicyArn"]
+    dlm.tag_resource(ResourceArn=arn, Tags={"env": "prod", "team": "platform"})
+    assert dlm.list_tags_for_resource(ResourceArn=arn)["Tags"] == {"env": "prod", "team": "platform"}
+    dlm.untag_resource(ResourceArn=arn, TagKeys=["team"])
+    assert dlm.list_tags_for_resource(ResourceArn=arn)["Tags"] == {"env": "prod"}
+
+    dlm.delete_lifecycle_policy(PolicyId=pid)
+    with pytest.raises(ClientError) as e:
+        dlm.get_lifecycle_policy(PolicyId=pid)
+    code, status, r = error_of(e)
+    assert (code, status) == ("ResourceNotFoundException", 404)
+    assert r["ResourceIds"] == [pid] and r["ResourceType"] == "LifecyclePolicy"
+    assert pid not in ids()
+
+
+def test_documented_errors_boto3(dlm_server, run_tag):
+    dlm = dlm_client(dlm_server)
+
+    def invalid(**kw):
+        args = dict(ExecutionRoleArn=ROLE, Description="bad", State="ENABLED", PolicyDetails=details(run_tag))
+        args.update(kw)
+        with pytest.raises(ClientError) as e:
+            dlm.create_lifecycle_policy(**args)
+        code, status, r = error_of(e)
+        assert (code, status) == ("InvalidRequestException", 400), r
+        return r
+
+    # Required members the client does not check itself.
+    d = details(run_tag)
+    del d["ResourceTypes"]
+    assert invalid(PolicyDetails=d)["RequiredParameters"] == ["ResourceTypes"]
+    d = details(run_tag)
+    del d["Schedules"][0]["RetainRule"]
+    assert invalid(PolicyDetails=d)["RequiredParameters"] == ["RetainRule"]
+    # Mutually exclusive members.
+    r = invalid(PolicyDetails=details(run_tag, CreateRule={"Interval": 1, "IntervalUnit": "HOURS",
+                                                           "CronExpression": "cron(0 9 * * ? *)"}))
+    assert r["MutuallyExclusiveParameters"] == ["CronExpression", "Interval"]
+    r = invalid(PolicyDetails=details(run_tag, RetainRule={"Count": 2, "Interval": 1, "IntervalUnit": "DAYS"}))
+    assert r["MutuallyExclusiveParameters"] == ["Count", "Interval"]
+    # Bad values.
+    for bad in [
+        details(run_tag, CreateRule={"Interval": 5, "IntervalUnit": "HOURS"}),
+        details(run_tag, CreateRule={"Interval": 1, "IntervalUnit": "HOURS", "Times": ["25:00"]}),
+        details(run_tag, CreateRule={"CronExpression": "cron(0/5 * * * ? *)"}),
+        details(run_tag, CreateRule={"CronExpression": "cron(0 9 * * * *)"}),
+        details(run_tag, RetainRule={"Count": 1001}),
+        details(run_tag, CrossRegionCopyRules=[{"Target": "mars-north-1", "Encrypted": False}]),
+        details(run_tag, CrossRegionCopyRules=[{"Target": dlm_server.region, "Encrypted": False}]),
+        details(run_tag, VariableTags=[{"Key": "id", "Value": "$(instance-id)"}]),
+        details(run_tag, ShareRules=[{"TargetAccounts": ["123456789012"]}]),
+        dict(details(run_tag), PolicyType="IMAGE_MANAGEMENT"),
+    ]:
+        invalid(PolicyDetails=bad)
+    invalid(ExecutionRoleArn="arn:aws:iam::123456789012:user/not-a-role")
+    invalid(Description="no!punctuation?")
+    invalid(DefaultPolicy="VOLUME")
+
+    # Unknown policies and ARNs.
+    missing = "policy-0123456789abcdef0"
+    for call in (lambda: dlm.get_lifecycle_policy(PolicyId=missing),
+                 lambda: dlm.update_lifecycle_policy(PolicyId=missing, State="ENABLED"),
+                 lambda: dlm.delete_lifecycle_policy(PolicyId=missing),
+                 lambda: dlm.get_lifecycle_policies(PolicyIds=[missing])):
+        with pytest.raises(ClientError) as e:
+            call()
+        code, status, r = error_of(e)
+        assert (code, status) == ("ResourceNotFoundException", 404) and missing in r["ResourceIds"]
+    with pytest.raises(ClientError) as e:
+        dlm.tag_resource(ResourceArn="arn:aws:ec2:us-east-1:123456789012:volume/vol-1", Tags={"a": "b"})
+    assert error_of(e)[:2] == ("InvalidRequestException", 400)
+
+    # Another account's policy is not found.
+    pid = dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description="mine", State="DISABLED",
+                                      PolicyDetails=details(run_tag))["PolicyId"]
+    arn = dlm.get_lifecycle_policy(PolicyId=pid)["Policy"]["PolicyArn"]
+    with pytest.raises(ClientError) as e:
+        dlm.list_tags_for_resource(ResourceArn=arn.replace(pid, missing))
+    assert error_of(e)[:2] == ("ResourceNotFoundException", 404)
+    other = dlm_client(dlm_server, dlm_server.create_account())
+    with pytest.raises(ClientError) as e:
+        other.get_lifecycle_policy(PolicyId=pid)
+    assert error_of(e)[:2] == ("ResourceNotFoundException", 404)
+    # An update cannot change the resource type.
+    d = details(run_tag)
+    d["ResourceTypes"] = ["INSTANCE"]
+    with pytest.raises(ClientError) as e:
+        dlm.update_lifecycle_policy(PolicyId=pid, PolicyDetails=d)
+    assert error_of(e)[:2] == ("InvalidRequestException", 400)
+    dlm.delete_lifecycle_policy(PolicyId=pid)
+
+
+def test_policy_limit(dlm_server, run_tag):
+    creds = dlm_server.create_account()
+    dlm = dlm_client(dlm_server, creds)
+    for i in range(100):
+        dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description=f"p{i}", State="DISABLED",
+                                    PolicyDetails=details(run_tag))
+    with pytest.raises(ClientError) as e:
+        dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description="one too many", State="DISABLED",
+                                    PolicyDetails=details(run_tag))
+    code, status, r = error_of(e)
+    assert (code, status) == ("LimitExceededException", 429) and r["ResourceType"] == "LifecyclePolicy"
+    # Another region has its own limit.
+    dlm_client(dlm_server, creds, COPY_REGION).create_lifecycle_policy(
+        ExecutionRoleArn=ROLE, Description="elsewhere", State="DISABLED", PolicyDetails=details(run_tag))
+
+
+def test_policy_calls_cli(dlm_server, run_tag):
+    rc, out = aws_dlm(dlm_server, "create-lifecycle-policy", "--execution-role-arn", ROLE, "--description", "cli",
+                      "--state", "DISABLED", "--policy-details", json.dumps(details(run_tag)),
+                      "--tags", "owner=cli", inproc=False)
+    assert rc == 0, out
+    pid = out["PolicyId"]
+    rc, out = aws_dlm(dlm_server, "get-lifecycle-policy", "--policy-id", pid)
+    assert rc == 0 and out["Policy"]["State"] == "DISABLED" and out["Policy"]["Tags"] == {"owner": "cli"}
+    arn = out["Policy"]["PolicyArn"]
+    rc, out = aws_dlm(dlm_server, "get-lifecycle-policies", "--target-tags", f"backup={run_tag}")
+    assert rc == 0 and [p["PolicyId"] for p in out["Policies"]] == [pid]
+    rc, out = aws_dlm(dlm_server, "update-lifecycle-policy", "--policy-id", pid, "--state", "ENABLED")
+    assert rc == 0
+    rc, out = aws_dlm(dlm_server, "get-lifecycle-policies", "--policy-ids", pid, "--state", "ENABLED")
+    assert rc == 0 and [p["PolicyId"] for p in out["Policies"]] == [pid]
+    assert aws_dlm(dlm_server, "tag-resource", "--resource-arn", arn, "--tags", "k=v")[0] == 0
+    rc, out = aws_dlm(dlm_server, "list-tags-for-resource", "--resource-arn", arn)
+    assert rc == 0 and out["Tags"] == {"owner": "cli", "k": "v"}
+    assert aws_dlm(dlm_server, "untag-resource", "--resource-arn", arn, "--tag-keys", "owner")[0] == 0
+    assert aws_dlm(dlm_server, "list-tags-for-resource", "--resource-arn", arn)[1]["Tags"] == {"k": "v"}
+    assert aws_dlm(dlm_server, "delete-lifecycle-policy", "--policy-id", pid)[0] == 0
+    # The documented errors, as the CLI reports them.
+    rc, err = aws_dlm(dlm_server, "get-lifecycle-policy", "--policy-id", pid, inproc=False)
+    assert rc != 0 and "ResourceNotFoundException" in err, err
+    bad = details(run_tag, CreateRule={"Interval": 7, "IntervalUnit": "HOURS"})
+    rc, err = aws_dlm(dlm_server, "create-lifecycle-policy", "--execution-role-arn", ROLE, "--description", "x",
+                      "--state", "ENABLED", "--policy-details", json.dumps(bad))
+    assert rc != 0 and "InvalidRequestException" in err, err
