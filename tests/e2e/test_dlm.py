@@ -8,6 +8,7 @@ import json
 import os
 import re
 import subprocess
+import time
 
 import pytest
 from botocore.config import Config
@@ -251,3 +252,176 @@ def test_policy_calls_cli(dlm_server, run_tag):
     rc, err = aws_dlm(dlm_server, "create-lifecycle-policy", "--execution-role-arn", ROLE, "--description", "x",
                       "--state", "ENABLED", "--policy-details", json.dumps(bad))
     assert rc != 0 and "InvalidRequestException" in err, err
+
+
+# ------------------------------------------------------------------------------------------ policies that run
+def policy_snapshots(ec2, pid: str) -> list[dict]:
+    snaps = ec2.describe_snapshots(OwnerIds=["self"], Filters=[{"Name": f"tag:{POLICY_TAG}", "Values": [pid]}])
+    return sorted(snaps["Snapshots"], key=lambda s: s["StartTime"])
+
+
+def tags_of(s: dict) -> dict:
+    return {t["Key"]: t["Value"] for t in s.get("Tags", [])}
+
+
+def wait_for(ec2, pid: str, pred, what: str) -> list[dict]:
+    return poll(lambda: policy_snapshots(ec2, pid), pred, timeout=60, interval=0.2) or pytest.fail(what)
+
+
+def completed(n: int):
+    return lambda snaps: len(snaps) == n and all(s["State"] == "completed" for s in snaps)
+
+
+def test_interval_policy_creates_copies_and_retires(dlm_server, az, run_tag):
+    """An hourly policy: each advance of the clock by the interval takes one snapshot; the copy rule copies
+    it to another region; the count rule keeps the newest two; the copies go after their age; slots
+    missed while the clock jumped a day are made up by one run, not 24."""
+    ec2 = dlm_server.client()
+    ec2_copy = dlm_server.client(region=COPY_REGION)
+    dlm = dlm_client(dlm_server)
+    vol = make_volume(ec2, az, run_tag, Size=1)["VolumeId"]
+    ec2.create_tags(Resources=[vol], Tags=[{"Key": "backup", "Value": run_tag}, {"Key": "owner", "Value": "ops"}])
+    d = details(run_tag, CopyTags=True, TagsToAdd=[{"Key": "made-by", "Value": "dlm"}],
+                CrossRegionCopyRules=[{"Target": COPY_REGION, "Encrypted": False, "CopyTags": True,
+                                       "RetainRule": {"Interval": 1, "IntervalUnit": "DAYS"}}])
+    pid = dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description="hourly", State="ENABLED",
+                                      PolicyDetails=d)["PolicyId"]
+    assert policy_snapshots(ec2, pid) == []
+
+    dlm_server.advance_clock(3600)
+    first = wait_for(ec2, pid, completed(1), "the first run took no snapshot")[0]
+    assert first["VolumeId"] == vol
+    tags = tags_of(first)
+    assert tags[POLICY_TAG] == pid and tags[SCHEDULE_TAG] == "hourly" and tags["dlm:managed"] == "true"
+    assert tags["made-by"] == "dlm" and tags["owner"] == "ops" and tags["backup"] == run_tag
+    assert pid in first["Description"]
+    copies = wait_for(ec2_copy, pid, completed(1), "the snapshot was not copied")
+    ctags = tags_of(copies[0])
+    assert ctags[POLICY_TAG] == pid and ctags["owner"] == "ops" and "aws:dlm:expirationTime" in ctags
+    assert first["SnapshotId"] in copies[0]["Description"]
+
+    dlm_server.advance_clock(3600)
+    wait_for(ec2, pid, completed(2), "the second run took no snapshot")
+    dlm_server.advance_clock(3600)
+    # Count 2: the third run retires the first snapshot.
+    kept = wait_for(ec2, pid, lambda s: len(s) == 2 and first["SnapshotId"] not in [x["SnapshotId"] for x in s]
+                    and all(x["State"] == "completed" for x in s), "the count rule retired nothing")
+    assert len(wait_for(ec2_copy, pid, completed(3), "copies missing")) == 3
+
+    # A day later: one catch-up run (not 24); the three copies are past their one-day age.
+    dlm_server.advance_clock(24 * 3600)
+    kept_ids = [k["SnapshotId"] for k in kept]
+    now = wait_for(ec2, pid, lambda s: [x["SnapshotId"] for x in s][:1] == kept_ids[1:]
+                   and len(s) == 2 and all(x["State"] == "completed" for x in s), "no catch-up run")
+    newest = now[-1]["SnapshotId"]
+    left = wait_for(ec2_copy, pid, lambda s: len(s) == 1 and newest in s[0]["Description"]
+                    and s[0]["State"] == "completed", "the copies were not retired by age")
+    assert left
+    # Settled: more ticks take nothing more.
+    time.sleep(1)
+    assert [s["SnapshotId"] for s in policy_snapshots(ec2, pid)] == [s["SnapshotId"] for s in now]
+    assert len(policy_snapshots(ec2_copy, pid)) == 1, "more than one catch-up run was copied"
+    p = dlm.get_lifecycle_policy(PolicyId=pid)["Policy"]
+    assert p["State"] == "ENABLED", p["StatusMessage"]
+    dlm.delete_lifecycle_policy(PolicyId=pid)
+
+
+def test_instance_policy_takes_multi_volume_sets(dlm_server, az, image_id, run_tag):
+    """A policy that targets instances takes one crash-consistent set of the instance's volumes
+    (CreateSnapshots), minus data volumes carrying an excluded tag; variable tags name the instance."""
+    ec2 = dlm_server.client()
+    dlm = dlm_client(dlm_server)
+    inst = make_instance(ec2, image_id, az, run_tag)["InstanceId"]
+    ec2.create_tags(Resources=[inst], Tags=[{"Key": "backup", "Value": run_tag}])
+    root = ec2.describe_instances(InstanceIds=[inst])["Reservations"][0]["Instances"][0]["BlockDeviceMappings"]
+    volumes = {m["Ebs"]["VolumeId"] for m in root}
+    data = make_volume(ec2, az, run_tag, Size=1)["VolumeId"]
+    skip = make_volume(ec2, az, run_tag, Size=1)["VolumeId"]
+    ec2.create_tags(Resources=[skip], Tags=[{"Key": "scratch", "Value": "yes"}])
+    for vid, dev in ((data, "/dev/sdf"), (skip, "/dev/sdg")):
+        ec2.attach_volume(VolumeId=vid, InstanceId=inst, Device=dev)
+        wait_attached(ec2, vid)
+    volumes.add(data)
+    d = details(run_tag, VariableTags=[{"Key": "instance", "Value": "$(instance-id)"},
+                                       {"Key": "taken", "Value": "$(timestamp)"}])
+    d["ResourceTypes"] = ["INSTANCE"]
+    d["Parameters"] = {"ExcludeBootVolume": False, "ExcludeDataVolumeTags": [{"Key": "scratch", "Value": "yes"}]}
+    pid = dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description="instances", State="ENABLED",
+                                      PolicyDetails=d)["PolicyId"]
+    dlm_server.advance_clock(3600)
+    snaps = wait_for(ec2, pid, completed(len(volumes)), "the instance was not snapshotted")
+    assert {s["VolumeId"] for s in snaps} == volumes
+    assert len({s["StartTime"] for s in snaps}) == 1, "one instant across the instance's volumes"
+    for s in snaps:
+        t = tags_of(s)
+        assert t["instance"] == inst and t[POLICY_TAG] == pid and t["taken"].startswith("20")
+    dlm.delete_lifecycle_policy(PolicyId=pid)
+
+
+def test_failed_run_puts_the_policy_in_error(dlm_server, az, image_id, run_tag):
+    """A run that cannot snapshot a target (an instance with nothing left after ExcludeBootVolume) puts
+    the policy in ERROR with a StatusMessage; GetLifecyclePolicies filters on it."""
+    ec2 = dlm_server.client()
+    dlm = dlm_client(dlm_server)
+    inst = make_instance(ec2, image_id, az, run_tag)["InstanceId"]
+    ec2.create_tags(Resources=[inst], Tags=[{"Key": "backup", "Value": run_tag}])
+    d = details(run_tag)
+    d["ResourceTypes"] = ["INSTANCE"]
+    d["Parameters"] = {"ExcludeBootVolume": True}
+    pid = dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description="fails", State="ENABLED",
+                                      PolicyDetails=d)["PolicyId"]
+    dlm_server.advance_clock(3600)
+    p = poll(lambda: dlm.get_lifecycle_policy(PolicyId=pid)["Policy"], lambda p: p["State"] == "ERROR",
+             timeout=30) or pytest.fail("the policy never reported its failed run")
+    assert inst in p["StatusMessage"]
+    assert pid in [x["PolicyId"] for x in dlm.get_lifecycle_policies(State="ERROR")["Policies"]]
+    dlm.delete_lifecycle_policy(PolicyId=pid)
+
+
+def test_disabled_policy_does_not_run(dlm_server, az, run_tag):
+    ec2 = dlm_server.client()
+    dlm = dlm_client(dlm_server)
+    vol = make_volume(ec2, az, run_tag, Size=1)["VolumeId"]
+    ec2.create_tags(Resources=[vol], Tags=[{"Key": "backup", "Value": run_tag}])
+    pid = dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description="off", State="DISABLED",
+                                      PolicyDetails=details(run_tag))["PolicyId"]
+    dlm_server.advance_clock(2 * 3600)
+    time.sleep(1)
+    assert policy_snapshots(ec2, pid) == []
+    # Enabled now: slots missed while disabled are not made up; the next one runs.
+    dlm.update_lifecycle_policy(PolicyId=pid, State="ENABLED")
+    time.sleep(0.6)
+    assert policy_snapshots(ec2, pid) == []
+    dlm_server.advance_clock(3600)
+    wait_for(ec2, pid, completed(1), "the enabled policy did not run")
+    dlm.delete_lifecycle_policy(PolicyId=pid)
+
+
+def test_restart_does_not_run_a_slot_twice(tmp_path, az, run_tag):
+    """A slot is claimed durably before its snapshots are taken: after a restart the policy does not take
+    it again (the test clock's offset is gone after the restart, the claim is not)."""
+    srv = _make_server(tmp_path, BLOCKSNAP_TEST_CLOCK="1", BLOCKSNAP_DLM_TICK_MS="200")
+    try:
+        ec2 = srv.client()
+        dlm = dlm_client(srv)
+        vol = make_volume(ec2, az, run_tag, Size=1)["VolumeId"]
+        ec2.create_tags(Resources=[vol], Tags=[{"Key": "backup", "Value": run_tag}])
+        pid = dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description="restart", State="ENABLED",
+                                          PolicyDetails=details(run_tag, RetainRule={"Count": 10}))["PolicyId"]
+        srv.advance_clock(3600)
+        taken = wait_for(ec2, pid, completed(1), "no run before the restart")
+        srv.restart()
+        ec2 = srv.client()
+        time.sleep(1)
+        assert policy_snapshots(ec2, pid) == taken
+        # The clock back where it was before the restart: the slot it ran is still claimed.
+        srv.advance_clock(3600)
+        time.sleep(1)
+        assert policy_snapshots(ec2, pid) == taken
+        # The next slot runs once.
+        srv.advance_clock(3600)
+        wait_for(ec2, pid, completed(2), "the next slot did not run")
+        time.sleep(0.6)
+        assert len(policy_snapshots(ec2, pid)) == 2
+    finally:
+        srv.stop()

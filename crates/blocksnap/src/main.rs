@@ -417,6 +417,13 @@ fn serve(
         std::time::Duration::from_secs(secs("BLOCKSNAP_GC_INTERVAL_SECS", 600)),
         std::time::Duration::from_secs(secs("BLOCKSNAP_GC_GRACE_SECS", 3600)),
     );
+    // Lifecycle policies: the scheduler ticks on real time and compares with the engine's clock.
+    engine.start_dlm(
+        std::env::var("BLOCKSNAP_DLM_TICK_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(blocksnap_engine::dlm::runner::DEFAULT_TICK, std::time::Duration::from_millis),
+    );
     let env_key =
         match (std::env::var("BLOCKSNAP_ROOT_ACCESS_KEY_ID"), std::env::var("BLOCKSNAP_ROOT_SECRET_ACCESS_KEY")) {
             (Ok(a), Ok(s)) if !a.is_empty() && !s.is_empty() => Some((a, s)),
