@@ -303,6 +303,16 @@ def _ec2_recipes():
         else:
             assert tags == []
 
+    def locked(w) -> str:
+        sid = w.new_snapshot()
+        w.ec2.lock_snapshot(SnapshotId=sid, LockMode="governance", LockDuration=1)
+        return sid
+
+    def one_locked(w) -> dict:
+        if not hasattr(w, "locked"):
+            w.locked = locked(w)
+        return {}
+
     def state_change(key, states):
         def check(w, p, r):
             (c,) = r[key]
@@ -367,6 +377,15 @@ def _ec2_recipes():
             or pytest.fail(str(r))),
         "ResetSnapshotAttribute": (lambda w: {"SnapshotId": w.snapshot, "Attribute": "createVolumePermission"},
                                    perms),
+        "LockSnapshot": (lambda w: {"SnapshotId": w.new_snapshot(), "LockMode": "governance", "LockDuration": 1},
+                         lambda w, p, r: (r["SnapshotId"] == p["SnapshotId"] and r["LockState"] == "governance"
+                                          and r["LockDuration"] == 1) or pytest.fail(str(r))),
+        "UnlockSnapshot": (lambda w: {"SnapshotId": locked(w)},
+                           lambda w, p, r: (r == {"SnapshotId": p["SnapshotId"]} and not w.ec2.describe_locked_snapshots(
+                               SnapshotIds=[p["SnapshotId"]])["Snapshots"]) or pytest.fail(str(r))),
+        "DescribeLockedSnapshots": (
+            one_locked, lambda w, p, r: any(s["SnapshotId"] == w.locked and s["LockState"] == "governance"
+                                            for s in r["Snapshots"]) or pytest.fail(str(r))),
         "CreateTags": (lambda w: {"Resources": [w.new_volume()], "Tags": [{"Key": "k", "Value": "v"}]}, tagged),
         "DeleteTags": (lambda w: {"Resources": [_tagged_volume(w)]}, tagged),
         "DescribeTags": (

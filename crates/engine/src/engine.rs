@@ -127,6 +127,7 @@ pub(crate) const DOC_KINDS: &[&str] = &[
     crate::credentials::KIND_NBD_CREDENTIAL,
     crate::ebs::KIND_EBS_KEY,
     crate::dlm::KIND_DLM_POLICY,
+    crate::snapshot_locks::KIND_SNAPSHOT_LOCK,
 ];
 
 pub struct Engine {

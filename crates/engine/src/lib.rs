@@ -20,6 +20,7 @@ pub mod lightsail;
 pub mod model;
 pub mod regions;
 mod settings;
+mod snapshot_locks;
 mod snapshots;
 mod tags;
 mod volumes;
@@ -36,6 +37,7 @@ pub use instances::{
 };
 pub use keys::AccessKeyInfo;
 pub use kms::{AliasInfo, DEFAULT_EBS_ALIAS};
+pub use snapshot_locks::{LockMode, LockSnapshot, LockedSnapshotInfo};
 pub use snapshots::{CreateSnapshot, CreateSnapshots, DescribeSnapshots, MAX_PENDING_PER_VOLUME, PermissionChange};
 pub use tags::{TagDescription, TagSelector, TagSpec};
 pub use volumes::{AttachmentInfo, CreateVolume, DetachVolume, GIB, ModifyVolume, VolumeModification, format_time};

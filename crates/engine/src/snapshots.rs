@@ -394,10 +394,13 @@ impl Engine {
             }
             gone.push(s);
         }
+        // A locked snapshot is never deleted, whoever asks; expired locks go with their snapshots.
+        let released = self.release_expired_locks(&st, ids)?;
         if dry_run {
             return Err(EngineError::DryRun);
         }
         let mut recs: Vec<Rec> = gone.iter().map(|s| Rec::DeleteSnapshot(s.id.clone())).collect();
+        recs.extend(released);
         recs.extend(extra);
         self.commit(&mut st, recs)?;
         drop(st);

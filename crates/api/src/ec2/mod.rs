@@ -4,6 +4,7 @@
 mod account;
 mod instances;
 pub mod params;
+mod snapshot_locks;
 mod snapshots;
 mod tags;
 mod volumes;
@@ -42,6 +43,9 @@ const ACTIONS: &[(&str, Handler, bool)] = &[
     ("ModifySnapshotAttribute", snapshots::modify_snapshot_attribute, true),
     ("DescribeSnapshotAttribute", snapshots::describe_snapshot_attribute, false),
     ("ResetSnapshotAttribute", snapshots::reset_snapshot_attribute, true),
+    ("LockSnapshot", snapshot_locks::lock_snapshot, true),
+    ("UnlockSnapshot", snapshot_locks::unlock_snapshot, true),
+    ("DescribeLockedSnapshots", snapshot_locks::describe_locked_snapshots, false),
     ("CreateTags", tags::create_tags, true),
     ("DeleteTags", tags::delete_tags, true),
     ("DescribeTags", tags::describe_tags, false),
