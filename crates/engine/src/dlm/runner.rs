@@ -80,6 +80,7 @@ impl Engine {
                 return report;
             }
         };
+        fail::fail_point!("dlm.after_claim", |_| report.clone());
         for (policy, claim) in claims {
             report.runs += 1;
             report.snapshots += self.dlm_run(&policy, &claim);
@@ -210,6 +211,7 @@ impl Engine {
             }
         }
         let n = taken.len();
+        fail::fail_point!("dlm.before_record", |_| n);
         let _ = self.dlm_update(&p.id, |q| {
             q.in_progress.retain(|c| c != claim);
             queue_copies(q, &claim.schedule, &taken);
@@ -323,6 +325,7 @@ impl Engine {
                         }
                         match self.dlm_copy_one(&p, &pc.schedule, src, region, rule) {
                             Ok(()) => {
+                                fail::fail_point!("dlm.after_copy", |_| started);
                                 started += 1;
                                 done.push(region.clone());
                             }
