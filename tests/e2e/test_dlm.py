@@ -326,6 +326,59 @@ def test_interval_policy_creates_copies_and_retires(dlm_server, az, run_tag):
     dlm.delete_lifecycle_policy(PolicyId=pid)
 
 
+def test_cron_policy_retires_by_age_and_copies_encrypted(dlm_server, az, run_tag):
+    """A cron schedule (hourly at :00), age retention (one day) of the snapshots, and a copy rule that
+    encrypts the copies under a KMS key of the destination region (CmkArn)."""
+    ec2 = dlm_server.client()
+    ec2_copy = dlm_server.client(region=COPY_REGION)
+    dlm = dlm_client(dlm_server)
+    key = dlm_server.session(region=COPY_REGION).client("kms", endpoint_url=dlm_server.endpoint).create_key(
+        Description="dlm copies")["KeyMetadata"]["Arn"]
+    vol = make_volume(ec2, az, run_tag, Size=1)["VolumeId"]
+    ec2.create_tags(Resources=[vol], Tags=[{"Key": "backup", "Value": run_tag}])
+    d = details(run_tag, CreateRule={"CronExpression": "cron(0 * * * ? *)"},
+                RetainRule={"Interval": 1, "IntervalUnit": "DAYS"},
+                CrossRegionCopyRules=[{"Target": COPY_REGION, "Encrypted": True, "CmkArn": key}])
+    pid = dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description="cron", State="ENABLED",
+                                      PolicyDetails=d)["PolicyId"]
+    dlm_server.advance_clock(3600)
+    first = wait_for(ec2, pid, completed(1), "the cron schedule did not run")[0]
+    assert not first["Encrypted"]
+    assert "aws:dlm:expirationTime" in tags_of(first)
+    copy = wait_for(ec2_copy, pid, completed(1), "no encrypted copy")[0]
+    assert copy["Encrypted"] and copy["KmsKeyId"] == key
+    # A day later: a catch-up run, and the first snapshot is past its age.
+    dlm_server.advance_clock(24 * 3600 + 60)
+    later = wait_for(ec2, pid, lambda s: len(s) == 1 and s[0]["SnapshotId"] != first["SnapshotId"]
+                     and s[0]["State"] == "completed", "the first snapshot was not retired by age")
+    assert later
+    # Copies without a retain rule of their own stay.
+    assert len(wait_for(ec2_copy, pid, completed(2), "the second copy is missing")) == 2
+    dlm.delete_lifecycle_policy(PolicyId=pid)
+
+
+def test_locked_snapshot_is_not_retired(dlm_server, az, run_tag):
+    """Retirement deletes through DeleteSnapshot: a locked snapshot past the count stays until unlocked."""
+    ec2 = dlm_server.client()
+    dlm = dlm_client(dlm_server)
+    vol = make_volume(ec2, az, run_tag, Size=1)["VolumeId"]
+    ec2.create_tags(Resources=[vol], Tags=[{"Key": "backup", "Value": run_tag}])
+    pid = dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description="locked", State="ENABLED",
+                                      PolicyDetails=details(run_tag, RetainRule={"Count": 1}))["PolicyId"]
+    dlm_server.advance_clock(3600)
+    first = wait_for(ec2, pid, completed(1), "no first run")[0]["SnapshotId"]
+    ec2.lock_snapshot(SnapshotId=first, LockMode="governance", LockDuration=1)
+    dlm_server.advance_clock(3600)
+    both = wait_for(ec2, pid, completed(2), "no second run")
+    time.sleep(0.6)  # ticks that try (and fail) to retire the locked one
+    assert [s["SnapshotId"] for s in policy_snapshots(ec2, pid)] == [s["SnapshotId"] for s in both]
+    ec2.unlock_snapshot(SnapshotId=first)
+    left = wait_for(ec2, pid, lambda s: [x["SnapshotId"] for x in s] == [both[1]["SnapshotId"]],
+                    "the unlocked snapshot was not retired")
+    assert left
+    dlm.delete_lifecycle_policy(PolicyId=pid)
+
+
 def test_instance_policy_takes_multi_volume_sets(dlm_server, az, image_id, run_tag):
     """A policy that targets instances takes one crash-consistent set of the instance's volumes
     (CreateSnapshots), minus data volumes carrying an excluded tag; variable tags name the instance."""
