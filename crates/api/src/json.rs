@@ -23,13 +23,20 @@ fn respond(status: StatusCode, body: String, request_id: &str) -> Response {
 
 /// `{"__type": code, "message": …}` as botocore's JSON parser reads it.
 pub fn error(e: &EngineError, request_id: &str) -> Response {
+    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    let body = serde_json::json!({ "__type": e.code(), "message": e.message() });
+    error_response(e, status, e.code(), &body, request_id)
+}
+
+/// The one JSON 1.1 error response, whatever the service: `status`, the error document `body`
+/// (`__type` and `message` at least; a service may add members), the request id and
+/// `x-amzn-ErrorType: <code>`. An internal error is logged here, once.
+pub fn error_response(e: &EngineError, status: StatusCode, code: &str, body: &Value, request_id: &str) -> Response {
     if matches!(e, EngineError::Internal(_)) {
         tracing::error!(error = %e, request_id, "internal error");
     }
-    let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
-    let body = serde_json::json!({ "__type": e.code(), "message": e.message() });
     let mut r = respond(status, body.to_string(), request_id);
-    if let Ok(v) = HeaderValue::from_str(e.code()) {
+    if let Ok(v) = HeaderValue::from_str(code) {
         r.headers_mut().insert("x-amzn-ErrorType", v);
     }
     r

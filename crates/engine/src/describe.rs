@@ -117,13 +117,11 @@ fn cut_page<T>(mut out: Vec<T>, page_size: Option<usize>, id_of: impl Fn(&T) -> 
 }
 
 pub(crate) fn encode_token(last_id: &str) -> String {
-    format!("bsnt1{}", hex::encode(last_id))
+    crate::page_token::encode(crate::page_token::EC2, last_id)
 }
 
 pub(crate) fn decode_token(t: &str) -> Result<String> {
-    t.strip_prefix("bsnt1")
-        .and_then(|h| hex::decode(h).ok())
-        .and_then(|b| String::from_utf8(b).ok())
+    crate::page_token::decode(crate::page_token::EC2, t)
         .ok_or_else(|| EngineError::client("InvalidPaginationToken", format!("The token '{t}' is invalid.")))
 }
 

@@ -1,5 +1,7 @@
-//! The engine's one error type. Each variant is one AWS error code; front ends render it their own way
-//! (EC2 XML, Lightsail JSON) but never invent codes of their own for engine outcomes.
+//! The engine's one error type. Each variant is one AWS error code, or a class of failure
+//! ([`ErrorClass`]) for protocols whose codes are classes; front ends render it their own way (EC2
+//! XML, Lightsail JSON: its front end names codes and classes) but never invent codes of their own
+//! for engine outcomes.
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -11,6 +13,10 @@ pub enum EngineError {
     /// `ValidationException` with `Reason: INVALID_BLOCK_TOKEN`, ...).
     #[error("{code} ({reason}): {message}")]
     Reasoned { code: &'static str, reason: &'static str, message: String },
+    /// A failure named by its class, for protocols whose error codes are classes rather than
+    /// cases (Lightsail: its front end names each class, e.g. `InvalidInputException`).
+    #[error("{class:?}: {message}")]
+    Classed { class: ErrorClass, message: String },
     /// The request would have succeeded; nothing was changed (EC2 `DryRun=true`).
     #[error("Request would have succeeded, but DryRun flag is set.")]
     DryRun,
@@ -18,7 +24,23 @@ pub enum EngineError {
     Internal(String),
 }
 
+/// What kind of failure an [`EngineError::Classed`] is; each front end names it in its protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request itself is wrong (a name, a size, a combination of members).
+    InvalidInput,
+    /// A named resource does not exist (for the caller).
+    NotFound,
+    /// The resource is not in a state that allows the operation.
+    OperationFailure,
+    /// The service cannot take the request now (a bounded wait ran out); retrying may succeed.
+    Busy,
+}
+
 impl EngineError {
+    pub fn classed(class: ErrorClass, message: impl Into<String>) -> Self {
+        EngineError::Classed { class, message: message.into() }
+    }
     pub fn client(code: &'static str, message: impl Into<String>) -> Self {
         EngineError::Client { code, message: message.into() }
     }
@@ -46,6 +68,13 @@ impl EngineError {
     pub fn code(&self) -> &'static str {
         match self {
             EngineError::Client { code, .. } | EngineError::Reasoned { code, .. } => code,
+            // The EC2 codes of the same meaning (Lightsail renders the class itself).
+            EngineError::Classed { class, .. } => match class {
+                ErrorClass::InvalidInput => "InvalidParameterValue",
+                ErrorClass::NotFound => "InvalidResource.NotFound",
+                ErrorClass::OperationFailure => "IncorrectState",
+                ErrorClass::Busy => "ServiceUnavailable",
+            },
             EngineError::DryRun => "DryRunOperation",
             EngineError::Internal(_) => "InternalError",
         }
@@ -53,7 +82,9 @@ impl EngineError {
 
     pub fn message(&self) -> String {
         match self {
-            EngineError::Client { message, .. } | EngineError::Reasoned { message, .. } => message.clone(),
+            EngineError::Client { message, .. }
+            | EngineError::Reasoned { message, .. }
+            | EngineError::Classed { message, .. } => message.clone(),
             other => other.to_string(),
         }
     }
@@ -63,6 +94,8 @@ impl EngineError {
         match self {
             EngineError::DryRun => 412,
             EngineError::Internal(_) => 500,
+            EngineError::Classed { class: ErrorClass::Busy, .. } => 503,
+            EngineError::Classed { .. } => 400,
             EngineError::Client { code, .. } | EngineError::Reasoned { code, .. } => match *code {
                 "AuthFailure"
                 | "UnauthorizedOperation"

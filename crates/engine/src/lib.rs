@@ -18,6 +18,7 @@ mod keys;
 mod kms;
 pub mod lightsail;
 pub mod model;
+pub mod page_token;
 pub mod regions;
 mod settings;
 mod snapshot_locks;
@@ -30,7 +31,7 @@ pub use credentials::{MAX_NBD_CREDENTIALS, NbdCredential, NbdCredentialInfo};
 pub use data::{SnapshotReader, StoreStats};
 pub use describe::{IMAGES as DESCRIBE_IMAGES_LIMITS, ListQuery, Page, page_of};
 pub use engine::{Engine, EngineConfig, ExportHooks, Storage};
-pub use error::{EngineError, Result};
+pub use error::{EngineError, ErrorClass, Result};
 pub use filter::{Filter, glob};
 pub use instances::{
     BlockDeviceMappingSpec, EbsSpec, InstanceView, MAX_INSTANCES_PER_CALL, Reservation, RunInstances, StateChange,

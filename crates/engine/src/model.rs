@@ -345,6 +345,23 @@ pub struct Snapshot {
     pub direct: Option<DirectWrite>,
 }
 
+impl Snapshot {
+    /// How far the snapshot is, in percent: 100 once completed, at most 99 before.
+    pub fn percent_done(&self) -> u8 {
+        if self.state == SnapshotState::Completed { 100 } else { self.progress.min(99) }
+    }
+
+    /// The progress as every API writes it (EC2's `progress` and its filter, Lightsail's): `"42%"`.
+    pub fn progress_text(&self) -> String {
+        progress_text(self.percent_done())
+    }
+}
+
+/// A percentage as the AWS APIs write progress: `"42%"`. The one implementation.
+pub fn progress_text(percent: u8) -> String {
+    format!("{percent}%")
+}
+
 /// A snapshot written through the EBS direct APIs: what its pending life needs.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DirectWrite {

@@ -76,7 +76,7 @@ impl Filterable for Snapshot {
             "encrypted" => vec![self.encrypted.to_string()],
             "owner-alias" => vec![],
             "owner-id" => vec![self.account.clone()],
-            "progress" => vec![format!("{}%", self.progress)],
+            "progress" => vec![self.progress_text()],
             "snapshot-id" => vec![self.id.clone()],
             "start-time" => vec![crate::volumes::format_time(self.start_time)],
             "status" => vec![self.state.as_str().into()],

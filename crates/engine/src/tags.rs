@@ -31,29 +31,75 @@ pub struct TagDescription {
     tags: Tags,
 }
 
+/// What a service accepts in a tag: the one implementation of the tag rules (EC2's and
+/// Lightsail's differ only in these numbers and the character set; each names a violation its own
+/// way). Keys starting with `aws:` (any case) are reserved everywhere.
+pub(crate) struct TagRules {
+    pub max_key_chars: usize,
+    pub max_value_chars: usize,
+    /// The characters keys and values may hold (`None`: any).
+    pub allowed: Option<fn(char) -> bool>,
+}
+
+/// EC2: keys of 1 to 127 characters, values of up to 256, any characters.
+pub(crate) const EC2_TAG_RULES: TagRules = TagRules { max_key_chars: 127, max_value_chars: 256, allowed: None };
+
+/// The first rule a tag breaks, in this order: key length, key characters, reserved key, value
+/// length, value characters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TagViolation {
+    EmptyKey,
+    KeyTooLong(usize),
+    KeyChar(char),
+    ReservedKey,
+    ValueTooLong(usize),
+    ValueChar(char),
+}
+
+pub(crate) fn tag_violation(rules: &TagRules, t: &Tag) -> Option<TagViolation> {
+    let klen = t.key.chars().count();
+    if klen == 0 {
+        return Some(TagViolation::EmptyKey);
+    }
+    if klen > rules.max_key_chars {
+        return Some(TagViolation::KeyTooLong(klen));
+    }
+    if let Some(ok) = rules.allowed
+        && let Some(c) = t.key.chars().find(|c| !ok(*c))
+    {
+        return Some(TagViolation::KeyChar(c));
+    }
+    if t.key.to_lowercase().starts_with("aws:") {
+        return Some(TagViolation::ReservedKey);
+    }
+    let vlen = t.value.chars().count();
+    if vlen > rules.max_value_chars {
+        return Some(TagViolation::ValueTooLong(vlen));
+    }
+    if let Some(ok) = rules.allowed
+        && let Some(c) = t.value.chars().find(|c| !ok(*c))
+    {
+        return Some(TagViolation::ValueChar(c));
+    }
+    None
+}
+
 pub(crate) fn check_tag(t: &Tag) -> Result<()> {
-    if t.key.is_empty() {
-        return Err(EngineError::invalid_value("Tag key cannot be empty."));
-    }
-    if t.key.chars().count() > 127 {
-        return Err(EngineError::invalid_value(format!(
-            "Tag key exceeds the maximum length of 127 characters: '{}'",
-            t.key
-        )));
-    }
-    if t.value.chars().count() > 256 {
-        return Err(EngineError::invalid_value(format!(
-            "Tag value exceeds the maximum length of 256 characters for key '{}'",
-            t.key
-        )));
-    }
-    if t.key.to_ascii_lowercase().starts_with("aws:") {
-        return Err(EngineError::invalid_value(format!(
-            "Tag key '{}' is invalid: tag keys starting with 'aws:' are reserved for internal use",
-            t.key
-        )));
-    }
-    Ok(())
+    let Some(v) = tag_violation(&EC2_TAG_RULES, t) else { return Ok(()) };
+    Err(EngineError::invalid_value(match v {
+        TagViolation::EmptyKey => "Tag key cannot be empty.".to_string(),
+        TagViolation::KeyTooLong(_) => {
+            format!("Tag key exceeds the maximum length of 127 characters: '{}'", t.key)
+        }
+        TagViolation::ValueTooLong(_) => {
+            format!("Tag value exceeds the maximum length of 256 characters for key '{}'", t.key)
+        }
+        TagViolation::ReservedKey => {
+            format!("Tag key '{}' is invalid: tag keys starting with 'aws:' are reserved for internal use", t.key)
+        }
+        // EC2 allows any character.
+        TagViolation::KeyChar(c) | TagViolation::ValueChar(c) => format!("Tag '{}' has the character '{c}'", t.key),
+    }))
 }
 
 /// The tags of TagSpecifications for a resource type; specifications of another type are an error.

@@ -1,6 +1,6 @@
 //! CreateSnapshot, CreateSnapshots, DescribeSnapshots, DeleteSnapshot and the snapshot attribute calls.
 
-use blocksnap_engine::model::{Ctx, Snapshot, SnapshotState};
+use blocksnap_engine::model::{Ctx, Snapshot};
 use blocksnap_engine::{
     CreateSnapshot, CreateSnapshots, DescribeSnapshots, Engine, EngineError, PermissionChange, Result, format_time,
 };
@@ -8,17 +8,13 @@ use blocksnap_engine::{
 use super::params::Params;
 use super::xml::Xml;
 
-fn progress(s: &Snapshot) -> String {
-    format!("{}%", if s.state == SnapshotState::Completed { 100 } else { s.progress.min(99) })
-}
-
 pub fn render_snapshot(x: &mut Xml, s: &Snapshot) {
     x.leaf("snapshotId", &s.id)
         .leaf("volumeId", &s.volume_id)
         .leaf("status", s.state.as_str())
         .opt("statusMessage", s.state_message.as_deref())
         .leaf("startTime", format_time(s.start_time))
-        .leaf("progress", progress(s))
+        .leaf("progress", s.progress_text())
         .leaf("ownerId", &s.account)
         .leaf("volumeSize", s.volume_size_gib)
         .leaf("description", &s.description)
@@ -77,7 +73,7 @@ pub fn create_snapshots(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) -> Resul
             .leaf("state", s.state.as_str())
             .leaf("volumeSize", s.volume_size_gib)
             .leaf("startTime", format_time(s.start_time))
-            .leaf("progress", progress(s))
+            .leaf("progress", s.progress_text())
             .leaf("ownerId", &s.account)
             .leaf("snapshotId", &s.id);
         if s.encrypted {

@@ -3,7 +3,7 @@
 //! keys by id, ARN, alias or alias ARN.
 
 use blocksnap_engine::model::{Ctx, KmsKey};
-use blocksnap_engine::{Engine, EngineError, Result};
+use blocksnap_engine::{Engine, EngineError, Result, page_token};
 use serde_json::{Value, json};
 
 use crate::json::{Body, epoch};
@@ -54,20 +54,15 @@ fn page<T>(
     };
     let next = if rest.len() > limit {
         rest.truncate(limit);
-        rest.last().map(|i| format!("{MARKER_PREFIX}{}", hex::encode(key(i))))
+        rest.last().map(|i| page_token::encode(page_token::KMS, &key(i)))
     } else {
         None
     };
     Ok((rest, next))
 }
 
-const MARKER_PREFIX: &str = "bskm1";
-
 fn decode_marker(m: &str) -> Result<String> {
-    m.strip_prefix(MARKER_PREFIX)
-        .and_then(|h| hex::decode(h).ok())
-        .and_then(|b| String::from_utf8(b).ok())
-        .ok_or_else(|| EngineError::client("InvalidMarkerException", "The request was rejected because the marker that specifies where pagination should next begin is not valid."))
+    page_token::decode(page_token::KMS, m).ok_or_else(|| EngineError::client("InvalidMarkerException", "The request was rejected because the marker that specifies where pagination should next begin is not valid."))
 }
 
 /// Every operation the built-in KMS serves: the one list (the CLI sweep in tests/e2e reads it). An

@@ -1,27 +1,26 @@
 //! The Lightsail JSON 1.1 front end (`X-Amz-Target: Lightsail_20161128.<Operation>`): disks,
 //! instances and disk snapshots by name, as faces of the engine's volumes, instances and snapshots.
 //! This module only parses request bodies into typed requests (required members, types) and renders
-//! the engine's typed results; every rule lives in `blocksnap_engine::lightsail`.
-//!
-//! Errors are Lightsail's: `{"__type", "message", "code", "docs", "tip"}` with its exception names and
-//! HTTP statuses (InvalidInput/NotFound/OperationFailure 400, AccessDenied/Unauthenticated 403,
-//! AccountSetupInProgress 428, Service 500).
+//! the engine's typed results; every rule lives in `blocksnap_engine::lightsail`, every wire name
+//! here: `errors.rs` (exception names, the EC2-code mapping, the error document), `render.rs`
+//! (JSON shapes, state strings, progress text, the answered status of operations, page tokens).
 
+mod errors;
 mod render;
 
-use axum::response::{IntoResponse, Response};
+pub use errors::respond;
+
 use blocksnap_engine::lightsail::{
     self as ls, CreateDisk, CreateDiskFromSnapshot, CreateDiskSnapshot, CreateInstanceSnapshot, CreateInstances,
 };
 use blocksnap_engine::model::{Ctx, Tag};
-use blocksnap_engine::{Engine, EngineError, Result};
-use http::{HeaderValue, StatusCode, header};
+use blocksnap_engine::{Engine, EngineError, ErrorClass, Result};
 use serde_json::{Value, json};
 
 use crate::json::Body;
 
 fn invalid(msg: impl Into<String>) -> EngineError {
-    EngineError::client(ls::INVALID_INPUT, msg)
+    EngineError::classed(ErrorClass::InvalidInput, msg)
 }
 
 /// A required string member: present and non-empty.
@@ -121,8 +120,10 @@ pub fn dispatch(engine: &Engine, ctx: &Ctx, op: &str, body: &Body) -> Result<Val
     }
     let l = engine.lightsail();
     let token = || optional(body, "pageToken");
+    // The key the page starts after, from the previous page's token.
+    let after = || token()?.map(|t| render::page_token_key(&t)).transpose();
     Ok(match op {
-        "CreateDisk" => render::operations(&l.create_disk(
+        "CreateDisk" => render::started(&l.create_disk(
             ctx,
             CreateDisk {
                 disk_name: required(body, "diskName")?,
@@ -132,7 +133,7 @@ pub fn dispatch(engine: &Engine, ctx: &Ctx, op: &str, body: &Body) -> Result<Val
                 add_ons: has_add_ons(body),
             },
         )?),
-        "CreateDiskFromSnapshot" => render::operations(&l.create_disk_from_snapshot(
+        "CreateDiskFromSnapshot" => render::started(&l.create_disk_from_snapshot(
             ctx,
             CreateDiskFromSnapshot {
                 disk_name: required(body, "diskName")?,
@@ -147,27 +148,27 @@ pub fn dispatch(engine: &Engine, ctx: &Ctx, op: &str, body: &Body) -> Result<Val
             },
         )?),
         "GetDisk" => json!({ "disk": render::disk(&l.get_disk(ctx, &required(body, "diskName")?)?) }),
-        "GetDisks" => render::page("disks", &l.get_disks(ctx, token()?.as_deref())?, render::disk),
+        "GetDisks" => render::page("disks", &l.get_disks(ctx, after()?.as_deref())?, render::disk),
         "DeleteDisk" => {
             bool_member(body, "forceDeleteAddOns")?;
             render::operations(&l.delete_disk(ctx, &required(body, "diskName")?)?)
         }
         "AttachDisk" => {
             bool_member(body, "autoMounting")?;
-            render::operations(&l.attach_disk(
+            render::started(&l.attach_disk(
                 ctx,
                 &required(body, "diskName")?,
                 &required(body, "instanceName")?,
                 &required(body, "diskPath")?,
             )?)
         }
-        "DetachDisk" => render::operations(&l.detach_disk(ctx, &required(body, "diskName")?)?),
+        "DetachDisk" => render::started(&l.detach_disk(ctx, &required(body, "diskName")?)?),
         "CreateInstances" => {
             let names = strings(body, "instanceNames")?;
             if names.is_empty() {
                 return Err(invalid("instanceNames is required."));
             }
-            render::operations(&l.create_instances(
+            render::started(&l.create_instances(
                 ctx,
                 CreateInstances {
                     instance_names: names,
@@ -185,12 +186,12 @@ pub fn dispatch(engine: &Engine, ctx: &Ctx, op: &str, body: &Body) -> Result<Val
         "GetInstance" => {
             json!({ "instance": render::instance(&l.get_instance(ctx, &required(body, "instanceName")?)?) })
         }
-        "GetInstances" => render::page("instances", &l.get_instances(ctx, token()?.as_deref())?, render::instance),
+        "GetInstances" => render::page("instances", &l.get_instances(ctx, after()?.as_deref())?, render::instance),
         "DeleteInstance" => {
             bool_member(body, "forceDeleteAddOns")?;
-            render::operations(&l.delete_instance(ctx, &required(body, "instanceName")?)?)
+            render::instance_deleted(&l.delete_instance(ctx, &required(body, "instanceName")?)?)
         }
-        "CreateDiskSnapshot" => render::operations(&l.create_disk_snapshot(
+        "CreateDiskSnapshot" => render::started(&l.create_disk_snapshot(
             ctx,
             CreateDiskSnapshot {
                 disk_snapshot_name: required(body, "diskSnapshotName")?,
@@ -203,10 +204,10 @@ pub fn dispatch(engine: &Engine, ctx: &Ctx, op: &str, body: &Body) -> Result<Val
             json!({ "diskSnapshot": render::disk_snapshot(&l.get_disk_snapshot(ctx, &required(body, "diskSnapshotName")?)?) })
         }
         "GetDiskSnapshots" => {
-            render::page("diskSnapshots", &l.get_disk_snapshots(ctx, token()?.as_deref())?, render::disk_snapshot)
+            render::page("diskSnapshots", &l.get_disk_snapshots(ctx, after()?.as_deref())?, render::disk_snapshot)
         }
         "DeleteDiskSnapshot" => render::operations(&l.delete_disk_snapshot(ctx, &required(body, "diskSnapshotName")?)?),
-        "CreateInstanceSnapshot" => render::operations(&l.create_instance_snapshot(
+        "CreateInstanceSnapshot" => render::started(&l.create_instance_snapshot(
             ctx,
             CreateInstanceSnapshot {
                 instance_name: required(body, "instanceName")?,
@@ -219,7 +220,7 @@ pub fn dispatch(engine: &Engine, ctx: &Ctx, op: &str, body: &Body) -> Result<Val
         }),
         "GetInstanceSnapshots" => render::page(
             "instanceSnapshots",
-            &l.get_instance_snapshots(ctx, token()?.as_deref())?,
+            &l.get_instance_snapshots(ctx, after()?.as_deref())?,
             render::instance_snapshot,
         ),
         "DeleteInstanceSnapshot" => {
@@ -229,11 +230,11 @@ pub fn dispatch(engine: &Engine, ctx: &Ctx, op: &str, body: &Body) -> Result<Val
             json!({ "operation": render::operation(&l.get_operation(ctx, &required(body, "operationId")?)?) })
         }
         "GetOperations" => {
-            render::page("operations", &l.get_operations(ctx, None, token()?.as_deref())?, render::operation)
+            render::page("operations", &l.get_operations(ctx, None, after()?.as_deref())?, render::operation)
         }
         "GetOperationsForResource" => {
             let name = required(body, "resourceName")?;
-            render::page("operations", &l.get_operations(ctx, Some(&name), token()?.as_deref())?, render::operation)
+            render::page("operations", &l.get_operations(ctx, Some(&name), after()?.as_deref())?, render::operation)
         }
         "TagResource" => {
             let t = tags(body)?;
@@ -279,65 +280,4 @@ pub fn dispatch(engine: &Engine, ctx: &Ctx, op: &str, body: &Body) -> Result<Val
             return Err(EngineError::Internal(format!("Lightsail operation {other} is listed but not dispatched")));
         }
     })
-}
-
-/// Lightsail's exception name and HTTP status for an error.
-fn exception(e: &EngineError) -> (&'static str, StatusCode) {
-    let code = match e {
-        EngineError::Internal(_) => ls::SERVICE,
-        EngineError::DryRun => ls::INVALID_INPUT,
-        EngineError::Client { .. } | EngineError::Reasoned { .. } => {
-            match ls::to_lightsail(EngineError::client(e.code(), "")) {
-                EngineError::Client { code, .. } => code,
-                _ => ls::INVALID_INPUT,
-            }
-        }
-    };
-    let status = match code {
-        "AccessDeniedException" | "UnauthenticatedException" => StatusCode::FORBIDDEN,
-        "AccountSetupInProgressException" => StatusCode::PRECONDITION_REQUIRED,
-        "ServiceException" => StatusCode::INTERNAL_SERVER_ERROR,
-        _ => StatusCode::BAD_REQUEST,
-    };
-    (code, status)
-}
-
-fn tip(code: &str) -> &'static str {
-    match code {
-        "NotFoundException" => "Check the name: Get* calls list the resources of this account and region.",
-        "InvalidInputException" => "Check the request's parameters against the Lightsail API reference.",
-        "OperationFailureException" => "The resource is not in a state that allows this operation; retry once it is.",
-        "ServiceException" => "An internal error occurred in blocksnap; see the server log.",
-        _ => "",
-    }
-}
-
-/// The Lightsail error document: `{"__type", "message", "code", "docs", "tip"}`.
-pub fn error(e: &EngineError, request_id: &str) -> Response {
-    if matches!(e, EngineError::Internal(_)) {
-        tracing::error!(error = %e, request_id, "internal error");
-    }
-    let (code, status) = exception(e);
-    let body = json!({
-        "__type": code,
-        "message": e.message(),
-        "code": code.trim_end_matches("Exception"),
-        "docs": "https://docs.aws.amazon.com/lightsail/2016-11-28/api-reference/",
-        "tip": tip(code),
-    });
-    let mut r = (status, body.to_string()).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(crate::json::CONTENT_TYPE));
-    if let Ok(v) = HeaderValue::from_str(request_id) {
-        r.headers_mut().insert("x-amzn-requestid", v);
-    }
-    r.headers_mut().insert("x-amzn-ErrorType", HeaderValue::from_static(code));
-    r
-}
-
-/// The HTTP response of a dispatched call (run on the blocking pool).
-pub fn respond(result: Result<Value>, request_id: &str) -> Response {
-    match result {
-        Ok(v) => crate::json::ok(v, request_id),
-        Err(e) => error(&e, request_id),
-    }
 }

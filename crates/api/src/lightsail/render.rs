@@ -1,12 +1,84 @@
-//! Lightsail JSON shapes (botocore's `lightsail/2016-11-28` model): typed engine results to JSON.
+//! Lightsail JSON shapes (botocore's `lightsail/2016-11-28` model): typed engine results to JSON,
+//! with every Lightsail wire string: resource and operation type names, operation statuses,
+//! disk/snapshot states, progress text and page tokens.
 
 use blocksnap_engine::lightsail::{
-    Blueprint, Bundle, Disk, DiskSnapshot, Instance, InstanceSnapshot, LsPage, Operation, RegionInfo,
+    Blueprint, Bundle, Disk, DiskSnapshot, DiskState, Instance, InstanceSnapshot, InstanceSnapshotState, LsPage,
+    Operation, OperationStatus, OperationType, RegionInfo, ResourceType,
 };
-use blocksnap_engine::model::Tags;
+use blocksnap_engine::model::{SnapshotState, Tags, progress_text};
+use blocksnap_engine::{EngineError, ErrorClass, page_token};
 use serde_json::{Map, Value, json};
 
 use crate::json::epoch;
+
+/// The key a `pageToken` continues after.
+pub fn page_token_key(token: &str) -> Result<String, EngineError> {
+    page_token::decode(page_token::LIGHTSAIL, token).ok_or_else(|| {
+        EngineError::classed(
+            ErrorClass::InvalidInput,
+            format!("The page token '{token}' is not valid: pass the nextPageToken of a previous call."),
+        )
+    })
+}
+
+fn resource_type(t: ResourceType) -> &'static str {
+    match t {
+        ResourceType::Disk => "Disk",
+        ResourceType::Instance => "Instance",
+        ResourceType::DiskSnapshot => "DiskSnapshot",
+        ResourceType::InstanceSnapshot => "InstanceSnapshot",
+    }
+}
+
+fn operation_type(t: OperationType) -> &'static str {
+    match t {
+        OperationType::CreateDisk => "CreateDisk",
+        OperationType::CreateDiskFromSnapshot => "CreateDiskFromSnapshot",
+        OperationType::DeleteDisk => "DeleteDisk",
+        OperationType::AttachDisk => "AttachDisk",
+        OperationType::DetachDisk => "DetachDisk",
+        OperationType::CreateInstance => "CreateInstance",
+        OperationType::DeleteInstance => "DeleteInstance",
+        OperationType::CreateDiskSnapshot => "CreateDiskSnapshot",
+        OperationType::DeleteDiskSnapshot => "DeleteDiskSnapshot",
+        OperationType::CreateInstanceSnapshot => "CreateInstanceSnapshot",
+        OperationType::DeleteInstanceSnapshot => "DeleteInstanceSnapshot",
+        OperationType::TagResource => "TagResource",
+        OperationType::UntagResource => "UntagResource",
+    }
+}
+
+fn operation_status(s: OperationStatus) -> &'static str {
+    match s {
+        OperationStatus::Started => "Started",
+        OperationStatus::Succeeded => "Succeeded",
+        OperationStatus::Failed => "Failed",
+    }
+}
+
+fn disk_state(s: DiskState) -> &'static str {
+    match s {
+        DiskState::Pending => "pending",
+        DiskState::Available => "available",
+        DiskState::InUse => "in-use",
+        DiskState::Error => "error",
+        DiskState::Unknown => "unknown",
+    }
+}
+
+/// A disk snapshot's state: Lightsail spells these as EC2 does.
+fn disk_snapshot_state(s: SnapshotState) -> &'static str {
+    s.as_str()
+}
+
+fn instance_snapshot_state(s: InstanceSnapshotState) -> &'static str {
+    match s {
+        InstanceSnapshotState::Pending => "pending",
+        InstanceSnapshotState::Available => "available",
+        InstanceSnapshotState::Error => "error",
+    }
+}
 
 pub fn tags(t: &Tags) -> Value {
     Value::Array(t.iter().map(|(k, v)| json!({"key": k, "value": v})).collect())
@@ -17,22 +89,32 @@ fn location(zone: &str, region: &str) -> Value {
 }
 
 pub fn operation(o: &Operation) -> Value {
+    render_operation(o, false)
+}
+
+/// An operation; `started`: as a creating call answers it, accepted and started (the documented
+/// responses) even when it is already done.
+fn render_operation(o: &Operation, started: bool) -> Value {
+    let (status, is_terminal) = match o.status {
+        OperationStatus::Succeeded if started => (OperationStatus::Started, false),
+        s => (s, o.is_terminal),
+    };
     let mut v = json!({
         "id": o.id,
         "resourceName": o.resource_name,
-        "resourceType": o.resource_type,
+        "resourceType": resource_type(o.resource_type),
         "createdAt": epoch(o.created_at),
         "location": location(&o.availability_zone, &o.region),
-        "isTerminal": o.is_terminal,
-        "operationType": o.operation_type,
-        "status": o.status,
+        "isTerminal": is_terminal,
+        "operationType": operation_type(o.operation_type),
+        "status": operation_status(status),
         "statusChangedAt": epoch(o.status_changed_at),
     });
     if let Some(d) = &o.operation_details {
         v["operationDetails"] = json!(d);
     }
-    if let Some(c) = &o.error_code {
-        v["errorCode"] = json!(c);
+    if o.error_code.is_some() {
+        v["errorCode"] = json!("OperationFailure");
     }
     if let Some(d) = &o.error_details {
         v["errorDetails"] = json!(d);
@@ -40,8 +122,21 @@ pub fn operation(o: &Operation) -> Value {
     v
 }
 
+/// The operations of a deleting or tagging call, as recorded.
 pub fn operations(ops: &[Operation]) -> Value {
     json!({ "operations": ops.iter().map(operation).collect::<Vec<_>>() })
+}
+
+/// The operations of a creating call (Create*, Attach, Detach): answered "Started".
+pub fn started(ops: &[Operation]) -> Value {
+    json!({ "operations": ops.iter().map(|o| render_operation(o, true)).collect::<Vec<_>>() })
+}
+
+/// DeleteInstance's operations: detaching its disks answers "Started" as the documented example
+/// does; the deletion itself is done.
+pub fn instance_deleted(ops: &[Operation]) -> Value {
+    let list = ops.iter().map(|o| render_operation(o, o.operation_type == OperationType::DetachDisk));
+    json!({ "operations": list.collect::<Vec<_>>() })
 }
 
 pub fn disk(d: &Disk) -> Value {
@@ -64,12 +159,12 @@ pub fn disk(d: &Disk) -> Value {
     if let Some(p) = &d.path {
         v.insert("path".into(), json!(p));
     }
-    v.insert("state".into(), json!(d.state));
+    v.insert("state".into(), json!(disk_state(d.state)));
     if let Some(a) = &d.attached_to {
         v.insert("attachedTo".into(), json!(a));
     }
     v.insert("isAttached".into(), json!(d.is_attached));
-    v.insert("attachmentState".into(), json!(d.attachment_state));
+    v.insert("attachmentState".into(), json!(if d.is_attached { "attached" } else { "detached" }));
     Value::Object(v)
 }
 
@@ -103,7 +198,7 @@ pub fn instance(i: &Instance) -> Value {
                 "cidrs": ["0.0.0.0/0"], "ipv6Cidrs": [], "cidrListAliases": [],
             }],
         },
-        "state": {"code": i.state_code, "name": i.state_name},
+        "state": {"code": i.state.code(), "name": i.state.as_str()},
         "username": i.blueprint.username,
     })
 }
@@ -118,8 +213,8 @@ pub fn disk_snapshot(s: &DiskSnapshot) -> Value {
         "resourceType": "DiskSnapshot",
         "tags": tags(&s.tags),
         "sizeInGb": s.size_in_gb,
-        "state": s.state,
-        "progress": s.progress,
+        "state": disk_snapshot_state(s.state),
+        "progress": progress_text(s.progress),
         "isFromAutoSnapshot": false,
     });
     for (k, val) in [
@@ -144,8 +239,8 @@ pub fn instance_snapshot(s: &InstanceSnapshot) -> Value {
         "location": location(&s.location.availability_zone, &s.location.region_name),
         "resourceType": "InstanceSnapshot",
         "tags": tags(&s.tags),
-        "state": s.state,
-        "progress": s.progress,
+        "state": instance_snapshot_state(s.state),
+        "progress": progress_text(s.progress),
         "fromAttachedDisks": s.from_attached_disks.iter().map(disk).collect::<Vec<_>>(),
         "fromInstanceName": s.from_instance_name,
         "fromInstanceArn": s.from_instance_arn,
@@ -160,8 +255,8 @@ pub fn instance_snapshot(s: &InstanceSnapshot) -> Value {
 pub fn page<T>(key: &str, p: &LsPage<T>, f: impl Fn(&T) -> Value) -> Value {
     let mut v = Map::new();
     v.insert(key.into(), Value::Array(p.items.iter().map(f).collect()));
-    if let Some(t) = &p.next_page_token {
-        v.insert("nextPageToken".into(), json!(t));
+    if let Some(k) = &p.next_after {
+        v.insert("nextPageToken".into(), json!(page_token::encode(page_token::LIGHTSAIL, k)));
     }
     Value::Object(v)
 }
@@ -210,4 +305,15 @@ pub fn region(r: &RegionInfo) -> Value {
         "availabilityZones": r.zones.iter().map(|z| json!({"zoneName": z, "state": "available"})).collect::<Vec<_>>(),
         "relationalDatabaseAvailabilityZones": [],
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_round_trip() {
+        assert_eq!(page_token_key(&page_token::encode(page_token::LIGHTSAIL, "Disk-1")).unwrap(), "Disk-1");
+        assert!(page_token_key("nope").is_err());
+    }
 }

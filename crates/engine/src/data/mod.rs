@@ -53,6 +53,8 @@ pub(crate) struct Jobs {
     pub(crate) gc_gate: tokio::sync::RwLock<()>,
     /// Snapshots being written block by block (EBS direct APIs), token key, listing caches.
     pub(crate) direct: crate::ebs::Direct,
+    /// Lightsail operations not terminal yet (the ones settling reads).
+    pub(crate) lightsail_operations: crate::lightsail::PendingOperations,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> EngineError {
