@@ -45,6 +45,25 @@ def test_unknown_access_key(server, ec2, run_tag):
     assert _none_created(ec2, run_tag)
 
 
+@pytest.mark.parametrize("service", ["lightsail", "kms"])
+def test_json_services_refuse_in_their_own_words(server, service):
+    """Lightsail and KMS answer a refused signature as JSON 1.1 services do, never with EC2's
+    AuthFailure: a wrong secret is InvalidSignatureException, an unknown key
+    UnrecognizedClientException (both 400, a `__type` document)."""
+    call = {"lightsail": lambda c: c.get_disks(), "kms": lambda c: c.list_keys()}[service]
+    cases = [(Creds(server.creds.access_key, server.creds.secret_key + "x"), "InvalidSignatureException"),
+             (Creds("AKIANOSUCHKEY0000000", "whatever"), "UnrecognizedClientException")]
+    for creds, code in cases:
+        c = server.session(creds).client(service, endpoint_url=server.endpoint)
+        with pytest.raises(ClientError) as e:
+            call(c)
+        assert client_error_code(e) == code, e.value.response
+        assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+        assert "AuthFailure" not in str(e.value.response)
+    # The same clients with the right secret are served.
+    call(server.session().client(service, endpoint_url=server.endpoint))
+
+
 @pytest.mark.parametrize("minutes", [-20, 20])
 def test_request_outside_15_minutes(server, ec2, run_tag, minutes):
     # CommonErrors: RequestExpired — "more than 15 minutes after the date stamp on the request ...
@@ -212,8 +231,8 @@ def test_unsigned_payload_refused_for_json(server):
                      headers={"Content-Type": "application/x-amz-json-1.1",
                               "X-Amz-Target": "Lightsail_20161128.GetDisks"})
     r = _send(p)
-    assert r.status_code in (400, 401), r.text
-    assert r.json()["__type"] == "IncompleteSignature", r.text
+    assert r.status_code == 400, r.text
+    assert r.json()["__type"] == "IncompleteSignatureException", r.text
     # The same request with its body hashed goes through.
     p = _signed_post(server, body, service="lightsail",
                      headers={"Content-Type": "application/x-amz-json-1.1",
@@ -231,7 +250,7 @@ def test_json_replay_with_changed_target_refused(server):
     h["X-Amz-Target"] = "Lightsail_20161128.GetInstances"
     r = _send(p, headers=h)
     assert r.status_code in (400, 401, 403), r.text
-    assert r.json()["__type"] in ("AuthFailure", "InvalidSignatureException"), r.text
+    assert r.json()["__type"] == "InvalidSignatureException", r.text
     # Changed body, same target: refused too.
     r = _send(p, body='{"pageToken":"x"}')
     assert r.status_code in (400, 401, 403), r.text

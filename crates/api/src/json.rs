@@ -42,6 +42,32 @@ pub fn error_response(e: &EngineError, status: StatusCode, code: &str, body: &Va
     r
 }
 
+/// A JSON 1.1 request refused by authentication, as the JSON services (KMS, Lightsail, ...) answer
+/// it: `UnrecognizedClientException` for an unknown key, `InvalidSignatureException` for a
+/// signature that does not match (or has expired, or names a region not served),
+/// `IncompleteSignatureException`, `MissingAuthenticationTokenException`; never EC2's `AuthFailure`.
+pub fn auth_error(r: &crate::auth::Rejected, request_id: &str) -> Response {
+    use crate::auth::AuthFailure;
+    let Some(failure) = r.failure else { return error(&r.error, request_id) };
+    let (code, status) = match failure {
+        AuthFailure::Missing => ("MissingAuthenticationTokenException", StatusCode::FORBIDDEN),
+        AuthFailure::Malformed => ("IncompleteSignatureException", StatusCode::BAD_REQUEST),
+        AuthFailure::UnknownKey => ("UnrecognizedClientException", StatusCode::BAD_REQUEST),
+        AuthFailure::BadSignature | AuthFailure::Expired | AuthFailure::Region => {
+            ("InvalidSignatureException", StatusCode::BAD_REQUEST)
+        }
+    };
+    let message = match failure {
+        AuthFailure::UnknownKey => "The security token included in the request is invalid.".to_string(),
+        AuthFailure::BadSignature => "The request signature we calculated does not match the signature you provided. \
+             Check your AWS Secret Access Key and signing method. Consult the service documentation for details."
+            .to_string(),
+        _ => r.error.message(),
+    };
+    let body = serde_json::json!({ "__type": code, "message": message });
+    error_response(&r.error, status, code, &body, request_id)
+}
+
 /// A request body's top-level object.
 pub struct Body(pub Map<String, Value>);
 

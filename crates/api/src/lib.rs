@@ -81,12 +81,16 @@ async fn handle(
     let authenticated = {
         let (engine, method, uri, headers, body) =
             (st.engine.clone(), method.clone(), uri.clone(), headers.clone(), body.clone());
-        run_blocking(move || auth::authenticate(&engine, &method, &uri, &headers, &body, protocol)).await
+        match run_blocking(move || Ok(auth::authenticate(&engine, &method, &uri, &headers, &body, protocol))).await {
+            Ok(r) => r,
+            Err(e) => Err(auth::Rejected::from(e)),
+        }
     };
     let caller = match authenticated {
         Ok(c) => c,
-        Err(e) if target.is_some() => return json::error(&e, &request_id),
-        Err(e) => match rest {
+        // JSON 1.1 services answer in their own words (not EC2's AuthFailure).
+        Err(r) if target.is_some() => return json::auth_error(&r, &request_id),
+        Err(auth::Rejected { error: e, .. }) => match rest {
             Some(RestService::Ebs) => return ebs::error(&e, &request_id),
             Some(RestService::Rbin) => return rbin::error(&e, &request_id),
             Some(RestService::Dlm) => return dlm::error(&e, &request_id),
