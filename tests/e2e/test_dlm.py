@@ -219,6 +219,9 @@ def test_policy_limit(dlm_server, run_tag):
                                     PolicyDetails=details(run_tag))
     code, status, r = error_of(e)
     assert (code, status) == ("LimitExceededException", 429) and r["ResourceType"] == "LifecyclePolicy"
+    rc, err = aws_dlm(dlm_server, "create-lifecycle-policy", "--execution-role-arn", ROLE, "--description", "cli",
+                      "--state", "DISABLED", "--policy-details", json.dumps(details(run_tag)), creds=creds)
+    assert rc != 0 and "LimitExceededException" in err, err
     # Another region has its own limit.
     dlm_client(dlm_server, creds, COPY_REGION).create_lifecycle_policy(
         ExecutionRoleArn=ROLE, Description="elsewhere", State="DISABLED", PolicyDetails=details(run_tag))

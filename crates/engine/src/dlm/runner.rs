@@ -20,6 +20,7 @@
 //!    the next tick. Disabled policies neither run nor retire (as AWS documents); deleted ones leave
 //!    their snapshots alone.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -287,21 +288,24 @@ impl Engine {
     fn dlm_copy(&self) -> usize {
         let policies: Vec<Policy> =
             Self::dlm_policies(&self.lock()).into_iter().filter(|p| !p.pending_copies.is_empty()).collect();
+        if policies.is_empty() {
+            return 0;
+        }
+        // The copies that exist, by account and source (`region/id`): one pass over the snapshots.
+        let mut copied: HashMap<(String, String), Vec<String>> = HashMap::new();
+        for s in self.lock().snapshots.values() {
+            if let Some(src) = &s.source_snapshot {
+                copied.entry((s.account.clone(), src.clone())).or_default().push(s.region.clone());
+            }
+        }
         let mut started = 0;
         for p in policies {
             for pc in &p.pending_copies {
-                let (source, existing) = {
-                    let st = self.lock();
-                    let source = st.snapshots.get(&pc.snapshot_id).cloned();
-                    let key = format!("{}/{}", p.region, pc.snapshot_id);
-                    let existing: Vec<String> = st
-                        .snapshots
-                        .values()
-                        .filter(|s| s.account == p.account && s.source_snapshot.as_deref() == Some(key.as_str()))
-                        .map(|s| s.region.clone())
-                        .collect();
-                    (source, existing)
-                };
+                let source = self.lock().snapshots.get(&pc.snapshot_id).cloned();
+                let existing = copied
+                    .get(&(p.account.clone(), format!("{}/{}", p.region, pc.snapshot_id)))
+                    .cloned()
+                    .unwrap_or_default();
                 let rules = p.schedule(&pc.schedule).map(|s| s.cross_region_copy_rules.clone()).unwrap_or_default();
                 let mut done: Vec<String> = Vec::new();
                 let mut error = None;
@@ -386,13 +390,22 @@ impl Engine {
         let doomed: Vec<(String, String, String)> = {
             let st = self.lock();
             let mut out = Vec::new();
-            for p in Self::dlm_policies(&st).into_iter().filter(|p| p.enabled) {
+            let policies: Vec<Policy> = Self::dlm_policies(&st).into_iter().filter(|p| p.enabled).collect();
+            if policies.is_empty() {
+                return 0;
+            }
+            // The snapshots (and copies) policies made, by policy id: one pass over the snapshots.
+            let mut made: HashMap<&str, Vec<&Snapshot>> = HashMap::new();
+            for s in st.snapshots.values() {
+                if let Some(id) = s.tags.get(TAG_POLICY_ID) {
+                    made.entry(id.as_str()).or_default().push(s);
+                }
+            }
+            for p in &policies {
+                let mine: &[&Snapshot] = made.get(p.id.as_str()).map_or(&[], Vec::as_slice);
                 // By age: the expiry written on the snapshot (and on copies, in any region).
-                for s in st.snapshots.values() {
-                    if s.account != p.account
-                        || s.tags.get(TAG_POLICY_ID) != Some(&p.id)
-                        || s.state == SnapshotState::Pending
-                    {
+                for s in mine {
+                    if s.account != p.account || s.state == SnapshotState::Pending {
                         continue;
                     }
                     if s.tags.get(TAG_EXPIRATION).and_then(|t| parse_time(t)).is_some_and(|t| t <= now) {
@@ -405,7 +418,7 @@ impl Engine {
                         continue;
                     };
                     let mut by_volume: BTreeMap<&str, Vec<&Snapshot>> = BTreeMap::new();
-                    for s in st.snapshots.values().filter(|s| is_run_snapshot(s, &p, name)) {
+                    for s in mine.iter().copied().filter(|s| is_run_snapshot(s, p, name)) {
                         by_volume.entry(s.volume_id.as_str()).or_default().push(s);
                     }
                     for mut list in by_volume.into_values() {
