@@ -284,3 +284,61 @@ def test_cli_lists_and_deletes(server, tmp_path):
     bad = type(acct)(acct.access_key, "wrong-secret", acct.account_id)
     p = fetch_credentials(server, bad, out=tmp_path / "never", check=False)
     assert p.returncode != 0 and not (tmp_path / "never" / "keys.psk").exists()
+
+
+def delete_account(server, account_id, creds=None) -> subprocess.CompletedProcess:
+    """`blocksnap admin delete-account` as `creds` (default: root), through the AWS credential chain."""
+    c = creds or server.creds
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"AWS_ACCESS_KEY_ID": c.access_key, "AWS_SECRET_ACCESS_KEY": c.secret_key,
+                "AWS_DEFAULT_REGION": server.region, "AWS_ENDPOINT_URL": server.endpoint.rstrip("/"),
+                "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+                "AWS_EC2_METADATA_DISABLED": "true"})
+    return subprocess.run([str(blocksnap_bin()), "admin", "delete-account", account_id], capture_output=True,
+                          text=True, env=env, timeout=60)
+
+
+def test_account_deletion_revokes_keys_and_cuts_connections(server, ec2, az, run_tag, tmp_path):
+    from botocore.exceptions import ClientError
+
+    vid = attached_volume(ec2, az, run_tag)
+    with_data(server, vid, tmp_path)
+    sid = completed_snapshot(ec2, vid)
+    other = server.create_account()
+    ec2.modify_snapshot_attribute(SnapshotId=sid, Attribute="createVolumePermission", OperationType="add",
+                                  UserIds=[other.account_id])
+    reader = MidRead(server, sid, creds=other)
+    other_key = credentials(server, other)
+
+    # Only root deletes accounts, and not itself.
+    p = delete_account(server, other.account_id, creds=other)
+    assert p.returncode != 0 and "AccessDeniedException" in p.stderr, p.stderr
+    root_id = server.client().describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]["OwnerId"]
+    p = delete_account(server, root_id)
+    assert p.returncode != 0 and "ValidationException" in p.stderr and "root" in p.stderr, p.stderr
+    p = delete_account(server, "12345")
+    assert p.returncode != 0 and "ValidationException" in p.stderr, p.stderr
+    # An account that owns something is refused and keeps working: nothing is lost by a mistake.
+    owner = server.create_account()
+    owned = server.client(owner).create_volume(Size=1, AvailabilityZone=az)["VolumeId"]
+    p = delete_account(server, owner.account_id)
+    assert p.returncode != 0 and "ConflictException" in p.stderr and "1 volume" in p.stderr, p.stderr
+    assert server.client(owner).describe_volumes(VolumeIds=[owned])["Volumes"]
+
+    # The deletion: the mid-read connection of the deleted account (on a snapshot shared with it) ends
+    # before the command returns; the owner's data is untouched.
+    p = delete_account(server, other.account_id)
+    assert p.returncode == 0 and "1 access key(s), 1 NBD credential(s)" in p.stdout, p.stdout + p.stderr
+    assert_cut(reader, 1 << 30)
+    with pytest.raises(ClientError) as e:
+        server.client(other).describe_volumes()
+    assert e.value.response["Error"]["Code"] == "AuthFailure"
+    # Its NBD credential is gone too: a new connection with it is refused.
+    assert other_key.identity
+    assert not pattern_ok(server, sid, 0, 4096, 0, creds=other)
+    # The owner reads the whole snapshot as before.
+    rc = MidRead(server, sid).finish()
+    assert rc[0] == 0 and rc[1] == 1 << 30, rc[2]
+    # Deleted once: a second deletion says so.
+    p = delete_account(server, other.account_id)
+    assert p.returncode != 0 and "ResourceNotFoundException" in p.stderr and "already deleted" in p.stderr, p.stderr

@@ -2,6 +2,7 @@
 //! (SigV4), routed by protocol (EC2 Query today), parsed into typed engine requests, and the typed
 //! results rendered back in the protocol's own format.
 
+mod admin;
 mod auth;
 pub mod dlm;
 pub mod ebs;
@@ -240,6 +241,7 @@ fn json_service(target_prefix: &str) -> Option<&'static str> {
         "Lightsail_20161128" => Some("lightsail"),
         nbd::TARGET => Some(nbd::SERVICE),
         test_clock::TARGET => Some(test_clock::SERVICE),
+        admin::TARGET => Some(admin::SERVICE),
         _ => None,
     }
 }
@@ -283,6 +285,13 @@ async fn handle_json(
             .await
         }
         test_clock::TARGET => run_blocking(move || test_clock::dispatch(&engine, &caller.ctx, &op, &parsed)).await,
+        admin::TARGET => {
+            run_blocking(move || {
+                let r = admin::dispatch(&engine, &caller.ctx, &op, &parsed);
+                engine.sync_pending().and(r)
+            })
+            .await
+        }
         "Lightsail_20161128" => {
             let r = run_blocking(move || {
                 let r = lightsail::dispatch(&engine, &caller.ctx, &op, &parsed);

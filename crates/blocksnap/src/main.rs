@@ -1,5 +1,6 @@
 //! The `blocksnap` binary: `serve` runs the service; `admin` manages accounts.
 
+mod api_client;
 mod catalog;
 mod config;
 mod datadir;
@@ -134,6 +135,16 @@ enum AdminCommand {
         /// The access key id to delete.
         access_key_id: String,
     },
+    /// Delete an account through the running server, with the root account's AWS credentials (the
+    /// standard chain, as `nbd-credentials`): its access keys and NBD credentials are revoked and its
+    /// live NBD connections closed before this returns. An account that still owns volumes,
+    /// instances or snapshots is refused (delete them first).
+    DeleteAccount {
+        /// The account (12 digits).
+        account: String,
+        #[command(flatten)]
+        api: api_client::ApiArgs,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -185,6 +196,20 @@ fn main() -> anyhow::Result<()> {
             let (_lock, engine) = admin_engine(&data)?;
             print_key(&engine.rotate_access_key(&access_key_id)?);
             eprintln!("# {access_key_id} is deleted");
+            Ok(())
+        }
+        Command::Admin { command: AdminCommand::DeleteAccount { account, api } } => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let v = runtime.block_on(api_client::call(
+                &api,
+                "BlocksnapAdmin_20261130",
+                "DeleteAccount",
+                serde_json::json!({ "AccountId": account }),
+            ))?;
+            println!(
+                "# deleted account {account}: {} access key(s), {} NBD credential(s) revoked",
+                v["DeletedAccessKeys"], v["RevokedNbdCredentials"]
+            );
             Ok(())
         }
         Command::Admin { command: AdminCommand::DeleteKey { data, access_key_id } } => {

@@ -86,8 +86,13 @@ fn of_account<'a>(st: &'a State, account: &'a str) -> impl Iterator<Item = NbdCr
         .filter_map(parse)
 }
 
+/// The identities of an account's NBD credentials.
+pub(crate) fn identities_of(st: &State, account: &str) -> Vec<String> {
+    of_account(st, account).map(|c| c.identity).collect()
+}
+
 /// May `account` use an export owned by `owner`? Its own, and its Lightsail principal's.
-fn owns(account: &str, owner: &str) -> bool {
+pub(crate) fn owns(account: &str, owner: &str) -> bool {
     owner == account || owner.strip_suffix(":lightsail") == Some(account)
 }
 
@@ -192,7 +197,7 @@ impl Engine {
             .collect()
     }
 
-    fn revoke_identities(&self, identities: &[String]) {
+    pub(crate) fn revoke_identities(&self, identities: &[String]) {
         if identities.is_empty() {
             return;
         }

@@ -382,7 +382,7 @@ impl Engine {
         let account = match &st.root_account {
             Some(a) => a.clone(),
             None => {
-                let a = Account { id: ids::new_account_id(), name: "root".into(), created: now_millis() };
+                let a = Account { id: ids::new_account_id(), name: "root".into(), created: now_millis(), closed: None };
                 recs.push(Rec::Account(a.clone()));
                 recs.push(Rec::RootAccount(a.id.clone()));
                 a.id
@@ -464,7 +464,7 @@ impl Engine {
         while st.accounts.contains_key(&id) {
             id = ids::new_account_id();
         }
-        let account = Account { id: id.clone(), name: name.into(), created: now_millis() };
+        let account = Account { id: id.clone(), name: name.into(), created: now_millis(), closed: None };
         let key =
             AccessKey { access_key_id: ids::new_access_key_id(), secret_access_key: ids::new_secret(), account: id };
         self.commit(&mut st, vec![Rec::Account(account.clone()), Rec::AccessKey(key.clone())])?;
@@ -488,6 +488,10 @@ impl Engine {
         if let Some(a) = account {
             let a: Account = serde_json::from_str(&a.doc)?;
             st.accounts.insert(a.id.clone(), a);
+        }
+        // A key of a deleted account (one made beside the server as it was being deleted) is no key.
+        if st.accounts.get(&key.account).is_some_and(|a| a.closed.is_some()) {
+            return Ok(None);
         }
         st.keys.insert(key.access_key_id.clone(), key.clone());
         Ok(Some(key))

@@ -45,8 +45,12 @@ impl Engine {
     /// A new key for an existing account (the first step of a two-step rotation).
     pub fn create_access_key(&self, account: &str) -> Result<AccessKey> {
         let mut st = self.lock();
-        if !st.accounts.contains_key(account) {
-            return Err(EngineError::client("NoSuchEntity", format!("The account {account} does not exist.")));
+        match st.accounts.get(account) {
+            None => return Err(EngineError::client("NoSuchEntity", format!("The account {account} does not exist."))),
+            Some(a) if a.closed.is_some() => {
+                return Err(EngineError::client("NoSuchEntity", format!("The account {account} was deleted.")));
+            }
+            Some(_) => {}
         }
         let key = new_key(&st.keys, account);
         self.commit(&mut st, vec![Rec::AccessKey(key.clone())])?;

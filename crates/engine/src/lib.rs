@@ -2,6 +2,7 @@
 //! keys, their state machines and the semantic validation of typed requests. It never sees HTTP,
 //! XML, JSON or NBD bytes; its errors are [`EngineError`]s that map 1:1 to AWS error codes.
 
+mod accounts;
 pub mod clock;
 mod copy;
 mod credentials;
@@ -26,6 +27,7 @@ mod snapshots;
 mod tags;
 mod volumes;
 
+pub use accounts::DeletedAccount;
 pub use copy::{COPY_VOLUME_ID, CopySnapshot, MAX_CONCURRENT_COPIES};
 pub use credentials::{MAX_NBD_CREDENTIALS, NbdCredential, NbdCredentialInfo};
 pub use data::{SnapshotReader, StoreStats};

@@ -21,6 +21,10 @@ pub struct Account {
     pub id: String,
     pub name: String,
     pub created: Millis,
+    /// When the account was deleted (`DeleteAccount`): it keeps its row (its id is never reused) but
+    /// has no keys or NBD credentials and none can be made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed: Option<Millis>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
