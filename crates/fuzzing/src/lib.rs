@@ -31,6 +31,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("store_chunk", store_chunk),
     ("ebs_rest", ebs_rest),
     ("store_blocklog", store_blocklog),
+    ("store_archive_index", store_archive_index),
 ];
 
 /// `METHOD URI\nname: value\n…\n\nbody` as the HTTP harnesses read it (`None`: the URI does not parse).
@@ -244,6 +245,13 @@ pub fn store_manifest(data: &[u8]) {
 pub fn store_segment(data: &[u8]) {
     let _ = decode::segment(&decode::segment_id(data), data);
     let _ = decode::segment(&blocksnap_store::SegmentId([0; 32]), data);
+}
+
+/// An archive index as stored (first byte even) or with its checksum made right, as a hostile
+/// writer would (odd): the structural checks past the SHA-256.
+pub fn store_archive_index(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let _ = if mode % 2 == 0 { decode::archive_index(SNAP, rest) } else { decode::archive_index_resealed(SNAP, rest) };
 }
 
 /// A block log as a crash or a hostile disk leaves it.

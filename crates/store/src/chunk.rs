@@ -16,11 +16,12 @@ const AEAD_AES256GCM: u8 = 1;
 const AAD_HEADER: usize = 16;
 pub(crate) const HEADER_LEN: usize = 20;
 /// zstd level 1: fast enough to stay off the critical path (PBS uses the same).
-const ZSTD_LEVEL: i32 = 1;
+pub(crate) const ZSTD_LEVEL: i32 = 1;
 
 thread_local! {
-    // One compressor context per blocking thread: avoids re-allocating zstd state per block.
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> = const { RefCell::new(None) };
+    // One compressor context per blocking thread and level: avoids re-allocating zstd state per
+    // block. The standard store uses `ZSTD_LEVEL`; the archive tier a stronger one.
+    static COMPRESSOR: RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> = const { RefCell::new(None) };
 }
 
 /// Slices of the block compressed first to predict whether the whole block compresses.
@@ -34,14 +35,14 @@ const SAMPLE_SLICE_LEN: usize = 4096;
 /// compressed together, and a sample that saves less than 1/32 means the block is stored raw
 /// without compressing the rest (incompressible data — media, ciphertext, already-compressed
 /// files — then costs 1/16 of a full attempt; a block of mixed content shows it in its slices).
-fn compress_if_smaller(data: &[u8], out: &mut [u8]) -> Option<usize> {
+fn compress_if_smaller(data: &[u8], out: &mut [u8], level: i32) -> Option<usize> {
     let room = data.len().saturating_sub(1).min(out.len());
     COMPRESSOR.with(|c| {
         let mut c = c.borrow_mut();
-        if c.is_none() {
-            *c = zstd::bulk::Compressor::new(ZSTD_LEVEL).ok();
+        if c.as_ref().is_none_or(|(l, _)| *l != level) {
+            *c = zstd::bulk::Compressor::new(level).ok().map(|comp| (level, comp));
         }
-        let comp = c.as_mut()?;
+        let (_, comp) = c.as_mut()?;
         if data.len() >= 4 * SAMPLE_SLICES * SAMPLE_SLICE_LEN {
             let stride = data.len() / SAMPLE_SLICES;
             let mut sample = [0u8; SAMPLE_SLICES * SAMPLE_SLICE_LEN];
@@ -75,8 +76,13 @@ pub(crate) fn max_encoded_len(raw_len: usize) -> usize {
 
 /// Encode a block for storage. `id` must be `codec`'s id for `plaintext`.
 pub(crate) fn encode(codec: &Codec, id: &BlockId, plaintext: &[u8]) -> Result<Vec<u8>> {
+    encode_at(codec, id, plaintext, ZSTD_LEVEL)
+}
+
+/// [`encode`] with another zstd level (the archive tier compresses harder).
+pub(crate) fn encode_at(codec: &Codec, id: &BlockId, plaintext: &[u8], level: i32) -> Result<Vec<u8>> {
     let mut out = vec![0u8; max_encoded_len(plaintext.len())];
-    let n = encode_into(codec, id, plaintext, &mut out)?;
+    let n = encode_into_at(codec, id, plaintext, &mut out, level)?;
     out.truncate(n);
     Ok(out)
 }
@@ -84,13 +90,17 @@ pub(crate) fn encode(codec: &Codec, id: &BlockId, plaintext: &[u8]) -> Result<Ve
 /// Encode a block into `out` (at least [`max_encoded_len`] bytes) and return the object's length.
 /// Compression and encryption work in place in `out`: the block is copied at most once.
 pub(crate) fn encode_into(codec: &Codec, id: &BlockId, plaintext: &[u8], out: &mut [u8]) -> Result<usize> {
+    encode_into_at(codec, id, plaintext, out, ZSTD_LEVEL)
+}
+
+fn encode_into_at(codec: &Codec, id: &BlockId, plaintext: &[u8], out: &mut [u8], level: i32) -> Result<usize> {
     let raw_len = u32::try_from(plaintext.len()).map_err(|_| StoreError::Invalid("block larger than 4 GiB".into()))?;
     if out.len() < max_encoded_len(plaintext.len()) {
         return Err(StoreError::Invalid("chunk buffer too small".into()));
     }
     let body_at = HEADER_LEN + if codec.is_encrypted() { GCM_NONCE_LEN } else { 0 };
     let mut flags = 0u8;
-    let body_len = match compress_if_smaller(plaintext, &mut out[body_at..]) {
+    let body_len = match compress_if_smaller(plaintext, &mut out[body_at..], level) {
         Some(n) => {
             flags |= FLAG_ZSTD;
             n

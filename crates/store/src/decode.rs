@@ -3,6 +3,7 @@
 //! error, never a panic, a loop or an allocation beyond what the format bounds (a chunk's raw length
 //! is at most the caller's `max_len`, a segment holds at most [`crate::SEGMENT_BLOCKS`] ids).
 
+use crate::archive::{self, ArchiveIndex};
 use crate::error::Result;
 use crate::id::{BlockId, SegmentId};
 use crate::manifest::ManifestHeader;
@@ -50,4 +51,22 @@ pub fn chunk(codec: &Codec, id: &BlockId, obj: &[u8], max_len: usize) -> Result<
 /// objects shorter than the header are left alone.
 pub fn fix_chunk_crc(obj: &mut [u8]) {
     chunk::set_crc(obj);
+}
+
+/// Parses and validates an archive index stored for the snapshot `name`.
+pub fn archive_index(name: &str, bytes: &[u8]) -> Result<ArchiveIndex> {
+    archive::decode_index(name, bytes)
+}
+
+/// Re-seals `body` with its true SHA-256 (as a hostile writer would) and decodes it as an archive
+/// index: reaches the structural checks past the checksum.
+pub fn archive_index_resealed(name: &str, body: &[u8]) -> Result<ArchiveIndex> {
+    let mut obj = body.to_vec();
+    obj.extend_from_slice(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, body).as_ref());
+    archive::decode_index(name, &obj)
+}
+
+/// The bytes of an archive index (for building fuzz seeds).
+pub fn encode_archive_index(ix: &ArchiveIndex) -> Result<Vec<u8>> {
+    archive::encode_index(ix)
 }

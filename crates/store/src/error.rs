@@ -18,6 +18,10 @@ pub enum StoreError {
     #[error("snapshot manifest {0} not found")]
     ManifestNotFound(String),
 
+    /// No committed archive for this snapshot id in the archive store.
+    #[error("archive of snapshot {0} not found")]
+    ArchiveNotFound(String),
+
     /// A different manifest already exists under this snapshot id.
     #[error("a different manifest for snapshot {0} already exists")]
     ManifestExists(String),

@@ -14,6 +14,9 @@
 //! <root>/quarantine/<id>.<unix ms>  corrupt chunks moved aside by `quarantine_block`
 //! ```
 //!
+//! The archive tier (a snapshot as one full, self-contained set of pack objects in another
+//! directory or bucket) has its own layout: see [`archive`].
+//!
 //! Every format carries its own version; a reader refuses versions it does not know.
 //!
 //! ### Block ids
@@ -89,6 +92,7 @@
 //! 0.45–0.95 GB/s (from disk: direct writes leave nothing in the page cache). Reproduce with
 //! `cargo test --release -p blocksnap-store --test bench -- --ignored --nocapture`.
 
+pub mod archive;
 pub mod blocklog;
 mod chunk;
 mod crypto;
@@ -102,6 +106,7 @@ mod retry;
 mod segment;
 mod store;
 
+pub use archive::{ArchiveIndex, ArchiveLocation, ArchiveStore};
 pub use blocklog::{BlockLog, LogRecord};
 pub use crypto::{Codec, DataKey, unwrap_key, wrap_key};
 pub use error::{Result, StoreError};

@@ -208,37 +208,8 @@ impl BlockStore {
     /// Open (creating if needed) a store in an S3 bucket.
     #[cfg(feature = "s3")]
     pub async fn open_s3(cfg: S3Config) -> Result<Self> {
-        use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
-        let mut b = if cfg.access_key_id.is_some() { AmazonS3Builder::new() } else { AmazonS3Builder::from_env() };
-        b = b
-            .with_bucket_name(&cfg.bucket)
-            .with_region(&cfg.region)
-            .with_allow_http(cfg.allow_http)
-            .with_virtual_hosted_style_request(cfg.virtual_hosted_style);
-        if let Some(e) = &cfg.endpoint {
-            b = b.with_endpoint(e);
-        }
-        if let Some(k) = &cfg.access_key_id {
-            b = b.with_access_key_id(k);
-        }
-        if let Some(s) = &cfg.secret_access_key {
-            b = b.with_secret_access_key(s);
-        }
-        if let Some(t) = &cfg.session_token {
-            b = b.with_token(t);
-        }
-        if !cfg.conditional_put {
-            b = b.with_conditional_put(S3ConditionalPut::Disabled);
-        }
-        // The HTTP client's own retries stay short: `Retrying` (over every backend) bounds the call.
-        b = b.with_retry(object_store::RetryConfig {
-            max_retries: 2,
-            retry_timeout: std::time::Duration::from_secs(20),
-            ..Default::default()
-        });
-        let s3 = b.build()?;
-        let prefix = Path::parse(cfg.prefix.trim_matches('/')).map_err(object_store::Error::from)?;
-        Self::open(Arc::new(s3), prefix).await
+        let (s3, prefix) = s3_backend(&cfg)?;
+        Self::open(s3, prefix).await
     }
 
     /// Open (creating if needed) a store under `prefix` of any object store.
@@ -836,6 +807,42 @@ impl BlockStore {
         );
         Ok(report)
     }
+}
+
+/// The S3 backend of a bucket/prefix (shared by the snapshot store and the archive tier).
+#[cfg(feature = "s3")]
+pub(crate) fn s3_backend(cfg: &S3Config) -> Result<(Arc<dyn ObjectStore>, Path)> {
+    use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
+    let mut b = if cfg.access_key_id.is_some() { AmazonS3Builder::new() } else { AmazonS3Builder::from_env() };
+    b = b
+        .with_bucket_name(&cfg.bucket)
+        .with_region(&cfg.region)
+        .with_allow_http(cfg.allow_http)
+        .with_virtual_hosted_style_request(cfg.virtual_hosted_style);
+    if let Some(e) = &cfg.endpoint {
+        b = b.with_endpoint(e);
+    }
+    if let Some(k) = &cfg.access_key_id {
+        b = b.with_access_key_id(k);
+    }
+    if let Some(s) = &cfg.secret_access_key {
+        b = b.with_secret_access_key(s);
+    }
+    if let Some(t) = &cfg.session_token {
+        b = b.with_token(t);
+    }
+    if !cfg.conditional_put {
+        b = b.with_conditional_put(S3ConditionalPut::Disabled);
+    }
+    // The HTTP client's own retries stay short: `Retrying` (over every backend) bounds the call.
+    b = b.with_retry(object_store::RetryConfig {
+        max_retries: 2,
+        retry_timeout: std::time::Duration::from_secs(20),
+        ..Default::default()
+    });
+    let s3 = b.build()?;
+    let prefix = Path::parse(cfg.prefix.trim_matches('/')).map_err(object_store::Error::from)?;
+    Ok((Arc::new(s3), prefix))
 }
 
 /// Read a local chunk file (see `direct::read_with`) and hand its bytes to `f`; a missing file is
