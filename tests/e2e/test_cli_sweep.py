@@ -226,6 +226,14 @@ class World:
         self.until(self.ec2.describe_snapshots, "SnapshotIds", sid, "Snapshots", lambda s: s["State"] == "completed")
         return sid
 
+    def archived_snapshot(self) -> str:
+        sid = self.new_snapshot()
+        self.ec2.modify_snapshot_tier(SnapshotId=sid, StorageTier="archive")
+        poll(lambda: self.ec2.describe_snapshot_tier_status(
+            Filters=[{"Name": "snapshot-id", "Values": [sid]}])["SnapshotTierStatuses"][0],
+            lambda t: t.get("LastTieringOperationStatus") == "archival-completed")
+        return sid
+
     # Lightsail
     def ls_wait_ops(self, ops):
         for op in ops:
@@ -386,6 +394,16 @@ def _ec2_recipes():
         "DescribeLockedSnapshots": (
             one_locked, lambda w, p, r: any(s["SnapshotId"] == w.locked and s["LockState"] == "governance"
                                             for s in r["Snapshots"]) or pytest.fail(str(r))),
+        "ModifySnapshotTier": (
+            lambda w: {"SnapshotId": w.new_snapshot(), "StorageTier": "archive"},
+            lambda w, p, r: (r["SnapshotId"] == p["SnapshotId"] and "TieringStartTime" in r) or pytest.fail(str(r))),
+        "RestoreSnapshotTier": (
+            lambda w: {"SnapshotId": w.archived_snapshot(), "TemporaryRestoreDays": 1},
+            lambda w, p, r: (r["SnapshotId"] == p["SnapshotId"] and r["RestoreDuration"] == 1
+                             and r["IsPermanentRestore"] is False) or pytest.fail(str(r))),
+        "DescribeSnapshotTierStatus": (
+            lambda w: {},
+            lambda w, p, r: w.snapshot in ids_in(r["SnapshotTierStatuses"], "SnapshotId") or pytest.fail(str(r))),
         "CreateTags": (lambda w: {"Resources": [w.new_volume()], "Tags": [{"Key": "k", "Value": "v"}]}, tagged),
         "DeleteTags": (lambda w: {"Resources": [_tagged_volume(w)]}, tagged),
         "DescribeTags": (

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 import cli_inproc
-from conftest import REPO_ROOT, wait_cfg
+from conftest import REPO_ROOT, poll, wait_cfg
 
 pytestmark = pytest.mark.blocksnap_only
 
@@ -76,6 +76,13 @@ def test_readme_commands_run(server):
             ec2 = server.client(creds, region=env.get("AWS_DEFAULT_REGION"))
             param = ids_flag[2:].replace("-", "_").title().replace("_", "")  # --snapshot-ids: SnapshotIds
             ec2.get_waiter(w.replace("-", "_")).wait(**{param: ids}, WaiterConfig=wait_cfg())
+        if argv[1:3] == ["ec2", "restore-snapshot-tier"]:
+            # Archiving and restoring take a moment: the README restores once the previous step is done.
+            ec2 = server.client(creds, region=env.get("AWS_DEFAULT_REGION"))
+            sid = argv[argv.index("--snapshot-id") + 1]
+            poll(lambda: ec2.describe_snapshot_tier_status(
+                Filters=[{"Name": "snapshot-id", "Values": [sid]}])["SnapshotTierStatuses"][0],
+                lambda t: not t.get("LastTieringOperationStatus", "").endswith("-in-progress"))
         if ran == 0:  # the first with the `aws` executable itself, the rest in-process (same code)
             p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
             rc, stdout, stderr = p.returncode, p.stdout, p.stderr

@@ -13,6 +13,10 @@ pub struct Config {
     /// here keep theirs under the data dir.
     #[serde(default)]
     pub stores: std::collections::BTreeMap<String, S3Store>,
+    /// Archive tiers by region (`[archives.us-west-2]`: `path = "/dir"` or a bucket); regions not
+    /// named here keep theirs in `DATA/archive/<region>`.
+    #[serde(default)]
+    pub archives: std::collections::BTreeMap<String, ArchiveStore>,
     /// The catalog (`--catalog` wins): `sqlite` or a PostgreSQL URL.
     pub catalog: Option<String>,
     /// HTTPS on `--listen` (`--tls-cert`/`--tls-key` win): PEM certificate chain and private key,
@@ -41,6 +45,50 @@ pub struct S3Store {
     pub virtual_hosted_style: bool,
     /// Set false for servers without `If-None-Match` on PUT.
     pub conditional_put: Option<bool>,
+}
+
+/// `[archives.<region>]`: where that region's archive tier lives, a directory or a bucket.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveStore {
+    /// A local directory (e.g. on cheaper disks).
+    pub path: Option<std::path::PathBuf>,
+    /// Or an S3-compatible bucket, with the same fields as `[stores.<region>]`.
+    pub bucket: Option<String>,
+    #[serde(default)]
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    #[serde(default)]
+    pub allow_http: bool,
+    #[serde(default)]
+    pub virtual_hosted_style: bool,
+    pub conditional_put: Option<bool>,
+}
+
+impl ArchiveStore {
+    pub fn to_location(&self) -> anyhow::Result<blocksnap_store::ArchiveLocation> {
+        match (&self.path, &self.bucket) {
+            (Some(p), None) => Ok(blocksnap_store::ArchiveLocation::Local(p.clone())),
+            (None, Some(bucket)) if !bucket.is_empty() => Ok(blocksnap_store::ArchiveLocation::S3(
+                S3Store {
+                    bucket: bucket.clone(),
+                    prefix: self.prefix.clone(),
+                    endpoint: self.endpoint.clone(),
+                    region: self.region.clone(),
+                    access_key_id: self.access_key_id.clone(),
+                    secret_access_key: self.secret_access_key.clone(),
+                    allow_http: self.allow_http,
+                    virtual_hosted_style: self.virtual_hosted_style,
+                    conditional_put: self.conditional_put,
+                }
+                .to_store_config(),
+            )),
+            _ => anyhow::bail!("an archive store needs either `path` or `bucket`"),
+        }
+    }
 }
 
 impl S3Store {
@@ -87,6 +135,21 @@ impl Config {
                 anyhow::bail!("config {}: [stores.{region}] names a region that is not served", path.display());
             }
         }
+        for (region, a) in &cfg.archives {
+            a.to_location().map_err(|e| anyhow::anyhow!("config {}: [archives.{region}]: {e}", path.display()))?;
+            if let Some(r) = &cfg.regions
+                && !r.contains(region)
+            {
+                anyhow::bail!("config {}: [archives.{region}] names a region that is not served", path.display());
+            }
+        }
         Ok(cfg)
+    }
+
+    /// The archive locations by region (checked at load).
+    pub fn archive_locations(
+        &self,
+    ) -> anyhow::Result<std::collections::HashMap<String, blocksnap_store::ArchiveLocation>> {
+        self.archives.iter().map(|(r, a)| Ok((r.clone(), a.to_location()?))).collect()
     }
 }

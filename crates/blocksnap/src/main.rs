@@ -285,6 +285,7 @@ fn verify(data: &DataDir, region: Option<String>, config: Option<&Path>) -> anyh
     };
     let cfg = EngineConfig {
         s3_stores: file_cfg.stores.iter().map(|(r, s)| (r.clone(), s.to_store_config())).collect(),
+        archive_stores: file_cfg.archive_locations()?,
         ..EngineConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
@@ -375,6 +376,7 @@ fn serve(
         cfg.regions = r.clone();
     }
     cfg.s3_stores = file_cfg.stores.iter().map(|(region, s)| (region.clone(), s.to_store_config())).collect();
+    cfg.archive_stores = file_cfg.archive_locations()?;
     // EBS direct APIs: block token lifetime, and (for tests) the length of a Timeout minute.
     let env_u64 = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
     if let Some(s) = env_u64("BLOCKSNAP_EBS_BLOCK_TOKEN_SECS") {

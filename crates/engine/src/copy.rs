@@ -107,6 +107,7 @@ impl Engine {
                 ),
             ));
         }
+        crate::archive::check_usable(&src)?;
         let running = st
             .snapshots
             .values()
@@ -199,6 +200,7 @@ impl Engine {
             stored_bytes: 0,
             blocks_total: 0,
             instance_set: None,
+            tiering: None,
             source_snapshot: Some(encode_source(&src.region, &src.id)),
             direct: None,
         };

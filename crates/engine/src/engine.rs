@@ -61,6 +61,8 @@ pub struct EngineConfig {
     pub ebs_max_inflight: usize,
     /// Serve AdvanceClock (tests only; see [`crate::clock`]).
     pub test_clock: bool,
+    /// Where each region's archive tier lives (default: `DATA/archive/<region>`).
+    pub archive_stores: HashMap<String, blocksnap_store::ArchiveLocation>,
 }
 
 impl Default for EngineConfig {
@@ -72,6 +74,7 @@ impl Default for EngineConfig {
             direct_minute: std::time::Duration::from_secs(60),
             ebs_max_inflight: 512,
             test_clock: false,
+            archive_stores: HashMap::new(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! XML, JSON or NBD bytes; its errors are [`EngineError`]s that map 1:1 to AWS error codes.
 
 mod accounts;
+pub mod archive;
 pub mod clock;
 mod copy;
 mod credentials;

@@ -347,6 +347,10 @@ pub struct Snapshot {
     /// For snapshots written block by block (EBS direct APIs `StartSnapshot`).
     #[serde(default)]
     pub direct: Option<DirectWrite>,
+    /// Archive tier: the last archive or restore and where the snapshot's blocks are (`None`:
+    /// never archived, standard tier).
+    #[serde(default)]
+    pub tiering: Option<crate::archive::Tiering>,
 }
 
 impl Snapshot {

@@ -80,7 +80,7 @@ impl Filterable for Snapshot {
             "snapshot-id" => vec![self.id.clone()],
             "start-time" => vec![crate::volumes::format_time(self.start_time)],
             "status" => vec![self.state.as_str().into()],
-            "storage-tier" => vec!["standard".into()],
+            "storage-tier" => vec![crate::archive::storage_tier(self).into()],
             "volume-id" => vec![self.volume_id.clone()],
             "volume-size" => vec![self.volume_size_gib.to_string()],
             "kms-key-id" => self.kms_key_id.clone().into_iter().collect(),
@@ -208,6 +208,7 @@ impl Engine {
             stored_bytes: 0,
             blocks_total: 0,
             instance_set: None,
+            tiering: None,
             source_snapshot: None,
             direct: None,
         }
@@ -437,6 +438,12 @@ impl Engine {
                     "Value ({who}) for parameter userId is invalid. Expected a 12-digit account id or the group 'all'."
                 )));
             }
+        }
+        if !change.add.is_empty() && !crate::archive::in_standard_tier(&s) {
+            return Err(EngineError::client(
+                "IncorrectState",
+                format!("The snapshot '{id}' is in the archive tier: archived snapshots cannot be shared."),
+            ));
         }
         if s.encrypted && change.add.iter().any(|w| w == "all") {
             return Err(EngineError::combination("Encrypted snapshots cannot be made public."));

@@ -7,6 +7,7 @@ pub mod params;
 mod snapshot_locks;
 mod snapshots;
 mod tags;
+mod tiers;
 mod volumes;
 pub mod xml;
 
@@ -46,6 +47,9 @@ const ACTIONS: &[(&str, Handler, bool)] = &[
     ("LockSnapshot", snapshot_locks::lock_snapshot, true),
     ("UnlockSnapshot", snapshot_locks::unlock_snapshot, true),
     ("DescribeLockedSnapshots", snapshot_locks::describe_locked_snapshots, false),
+    ("ModifySnapshotTier", tiers::modify_snapshot_tier, true),
+    ("RestoreSnapshotTier", tiers::restore_snapshot_tier, true),
+    ("DescribeSnapshotTierStatus", tiers::describe_snapshot_tier_status, false),
     ("CreateTags", tags::create_tags, true),
     ("DeleteTags", tags::delete_tags, true),
     ("DescribeTags", tags::describe_tags, false),

@@ -21,7 +21,8 @@ pub fn render_snapshot(x: &mut Xml, s: &Snapshot) {
         .leaf("encrypted", s.encrypted)
         .opt("kmsKeyId", s.kms_key_id.as_deref())
         .opt("dataEncryptionKeyId", s.data_encryption_key_id.as_deref())
-        .leaf("storageTier", "standard")
+        .leaf("storageTier", blocksnap_engine::archive::storage_tier(s))
+        .opt("restoreExpiryTime", blocksnap_engine::archive::restore_expiry_time(s).map(format_time))
         .opt("completionTime", s.completion_time.map(format_time));
     if s.encrypted {
         x.leaf("sseType", "sse-ebs");

@@ -30,6 +30,7 @@ impl Engine {
                 Err(e) => tracing::warn!(error = %e, "opening a store"),
             }
         });
+        self.forget_archive(s);
     }
 
     /// Garbage-collect every region store opened so far, forever, every `interval`; objects younger
@@ -41,6 +42,9 @@ impl Engine {
             loop {
                 tokio::time::sleep(interval).await;
                 let Some(engine) = me.upgrade() else { return };
+                // Temporary restores that ended leave the standard tier before the sweep.
+                engine.expire_restores().await;
+                engine.gc_archive_stores().await;
                 let regions: Vec<String> = engine.jobs.stores.lock().await.keys().cloned().collect();
                 for region in regions {
                     if let Err(e) = engine.gc_region(&region, grace).await {
@@ -85,14 +89,19 @@ impl Engine {
     }
 
     /// Manifests whose snapshot row is gone (a crash between a durable DeleteSnapshot and the
-    /// manifest's removal): removed, so the sweep can free their blocks. A manifest is only ever
-    /// written for a row that exists (pending) and rows never come back, so listing first and
+    /// manifest's removal), or whose row's standard copy is gone (archived: a crash between the
+    /// archival's commit and the manifest's removal, or a temporary restore that ended): removed, so
+    /// the sweep can free their blocks. A manifest is only ever written for a row that exists
+    /// (pending, or being restored from the archive) and rows never come back, so listing first and
     /// checking the rows after cannot drop a live manifest. The store belongs to this catalog.
     async fn drop_orphan_manifests(&self, region: &str, store: &BlockStore) -> Result<usize> {
         let listed = store.list_manifests().await.map_err(|e| internal("listing manifests", e))?;
         let orphans: Vec<String> = {
             let st = self.lock();
-            listed.into_iter().filter(|id| !st.snapshots.contains_key(id)).collect()
+            listed
+                .into_iter()
+                .filter(|id| st.snapshots.get(id).is_none_or(crate::archive::standard_copy_dropped))
+                .collect()
         };
         for id in &orphans {
             tracing::info!(region, snapshot_id = %id, "removing the manifest of a deleted snapshot");

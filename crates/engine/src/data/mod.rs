@@ -55,6 +55,8 @@ pub(crate) struct Jobs {
     pub(crate) direct: crate::ebs::Direct,
     /// Lightsail operations not terminal yet (the ones settling reads).
     pub(crate) lightsail_operations: crate::lightsail::PendingOperations,
+    /// Archive and restore jobs of the archive tier, and the archive stores.
+    pub(crate) tiering: crate::archive::TierJobs,
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> EngineError {
@@ -117,6 +119,7 @@ impl Engine {
             }
         }
         self.ebs_resume();
+        self.resume_tiering();
         for v in restoring {
             if let Some(sid) = v.snapshot_id.clone() {
                 let snap = self.lock().snapshots.get(&sid).cloned();
@@ -230,6 +233,11 @@ impl Engine {
 
     /// Is a background job reading this snapshot (restore, copy)?
     pub(crate) fn snapshot_busy(&self, id: &str) -> bool {
+        self.snapshot_busy_reading(id) || self.tiering_busy(id)
+    }
+
+    /// Is a background job reading this snapshot's standard copy (restore, copy)?
+    pub(crate) fn snapshot_busy_reading(&self, id: &str) -> bool {
         self.jobs.readers.lock().unwrap_or_else(|p| p.into_inner()).contains_key(id)
     }
 }

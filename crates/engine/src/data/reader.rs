@@ -16,7 +16,7 @@ impl Engine {
     /// loaded on the first read, on the caller's blocking thread.
     pub fn snapshot_reader(&self, snapshot_id: &str) -> Option<SnapshotReader> {
         let snap = self.lock().snapshots.get(snapshot_id).cloned()?;
-        if snap.state != SnapshotState::Completed {
+        if snap.state != SnapshotState::Completed || !crate::archive::in_standard_tier(&snap) {
             return None;
         }
         Some(SnapshotReader {

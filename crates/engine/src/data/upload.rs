@@ -33,8 +33,13 @@ impl Engine {
         });
     }
 
-    /// Wait until a parent snapshot is no longer pending; its manifest, or none.
-    async fn parent_manifest(&self, snap: &Snapshot, store: &BlockStore) -> Result<Option<Manifest>> {
+    /// Wait until a parent snapshot is no longer pending; its manifest, or none. A parent that left
+    /// the standard tier (archived) is answered as `Err(parent)`: its blocks come from its archive.
+    async fn parent_manifest(
+        &self,
+        snap: &Snapshot,
+        store: &BlockStore,
+    ) -> Result<Option<std::result::Result<Manifest, Snapshot>>> {
         let Some(parent) = snap.parent.clone() else { return Ok(None) };
         loop {
             let p = self.lock().snapshots.get(&parent).cloned();
@@ -45,10 +50,16 @@ impl Engine {
                     if p.wrapped_data_key != snap.wrapped_data_key {
                         return Ok(None);
                     }
+                    // A parent cannot leave the standard tier while this snapshot is pending (the
+                    // archival and the restore's expiry wait for its children), so what is read here
+                    // stays valid.
+                    if !crate::archive::in_standard_tier(&p) {
+                        return Ok(Some(Err(p)));
+                    }
                     return store
                         .read_manifest(&parent)
                         .await
-                        .map(Some)
+                        .map(|m| Some(Ok(m)))
                         .map_err(|e| internal("reading the parent manifest", e));
                 }
                 // The parent failed or is gone: this snapshot's changed set is not enough.
@@ -79,6 +90,27 @@ impl Engine {
         let _blocks_in_flight = self.jobs.gc_gate.read().await;
         let size = snap.volume_size_gib as u64 * GIB;
         let nblocks = size.div_ceil(BLOCK_SIZE) as usize;
+        // An archived parent: its block list from the archive, and the blocks this snapshot keeps
+        // from it put back into the standard store (under the GC gate), so it depends on nothing
+        // archived.
+        let parent = match parent {
+            None => None,
+            Some(Ok(m)) => Some(m),
+            Some(Err(p)) => {
+                let keep = |i: usize| i < nblocks && !set.contains(i as u32);
+                let blocks = self.parent_from_archive(&p, &store, &codec, keep).await?;
+                Some(Manifest {
+                    snapshot_id: p.id.clone(),
+                    volume_id: p.volume_id.clone(),
+                    volume_size: p.volume_size_gib as u64 * GIB,
+                    blocks,
+                    encryption: None,
+                    parent: None,
+                    created_unix_ms: p.start_time,
+                    description: String::new(),
+                })
+            }
+        };
         let mut blocks: Vec<BlockId> = vec![BlockId::UNWRITTEN; nblocks];
         let mut todo: RoaringBitmap = set.clone();
         // Without a usable parent every block written since the volume was created is in the set

@@ -10,11 +10,13 @@ impl Engine {
     /// Scrub: read every chunk of every completed snapshot of a region back, decrypt and re-derive
     /// its id (CRC, GCM tag and content id must all match).
     pub async fn verify_snapshots(&self, region: &str) -> Result<Vec<blocksnap_store::VerifyReport>> {
+        // Archived snapshots have no standard copy: their archives are verified instead.
         let snaps: Vec<Snapshot> = self
             .lock()
             .snapshots
             .values()
             .filter(|s| s.region == region && s.state == SnapshotState::Completed)
+            .filter(|s| crate::archive::in_standard_tier(s))
             .cloned()
             .collect();
         let store = self.store(region).await?;
@@ -27,6 +29,7 @@ impl Engine {
                 .map_err(|e| internal(&format!("verifying {}", s.id), e))?;
             out.push(report);
         }
+        out.extend(self.verify_archives(region).await?);
         Ok(out)
     }
 

@@ -302,6 +302,12 @@ impl Engine {
             return Err(denied("UNAUTHORIZED_ACCOUNT", format!("You are not authorized to access snapshot {id}.")));
         }
         Self::usable_key(st, ctx, s)?;
+        if !crate::archive::in_standard_tier(s) {
+            return Err(validation(
+                "INVALID_SNAPSHOT_ID",
+                format!("Snapshot {id} is in the archive tier; restore it with RestoreSnapshotTier first."),
+            ));
+        }
         Ok(s.clone())
     }
 
@@ -586,6 +592,7 @@ impl Engine {
             stored_bytes: 0,
             blocks_total: 0,
             instance_set: None,
+            tiering: None,
             source_snapshot: None,
             direct: Some(DirectWrite {
                 deadline: now + timeout * minute,

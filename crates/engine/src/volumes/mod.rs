@@ -158,6 +158,7 @@ impl Engine {
                         format!("Snapshot is in invalid state - {}", snap.state.as_str()),
                     ));
                 }
+                crate::archive::check_usable(&snap)?;
                 Some(snap)
             }
             None => None,
