@@ -64,3 +64,12 @@ pub fn json(engine: &Engine, ctx: &Ctx, target: &str, body: &[u8]) -> Result<ser
 pub fn ebs_request(method: &Method, uri: &Uri, headers: &http::HeaderMap, body: bytes::Bytes) -> Result<()> {
     crate::ebs::parse_only(method, uri, headers, body)
 }
+
+/// A Data Lifecycle Manager request past authentication: routing, the body's parse into the typed
+/// policy request and the engine's validation of it (nothing is created), read-only calls run.
+pub fn dlm_request(engine: &Engine, ctx: &Ctx, method: &Method, uri: &Uri, body: &[u8]) -> Result<()> {
+    crate::dlm::fuzz_request(engine, ctx, method, uri, body).map_err(|e| match e {
+        blocksnap_engine::dlm::DlmError::Engine(e) => e,
+        other => blocksnap_engine::EngineError::client(other.code(), other.to_string()),
+    })
+}

@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("ebs_rest", ebs_rest),
     ("store_blocklog", store_blocklog),
     ("store_archive_index", store_archive_index),
+    ("dlm_rest", dlm_rest),
 ];
 
 /// `METHOD URI\nname: value\n…\n\nbody` as the HTTP harnesses read it (`None`: the URI does not parse).
@@ -121,6 +122,15 @@ pub fn json(data: &[u8]) {
 pub fn ebs_rest(data: &[u8]) {
     let Some((method, uri, headers, body)) = http_request(data) else { return };
     let _ = blocksnap_api::fuzz::ebs_request(&method, &uri, &headers, bytes::Bytes::copy_from_slice(body));
+}
+
+/// A Data Lifecycle Manager request as `METHOD URI\n…\n\nbody` (as [`sigv4`]), past
+/// authentication: routing, the policy document's parse and the engine's validation (schedules,
+/// cron expressions, retention, copy rules), nothing created.
+pub fn dlm_rest(data: &[u8]) {
+    let Some((method, uri, _, body)) = http_request(data) else { return };
+    let a = api();
+    let _ = blocksnap_api::fuzz::dlm_request(&a.engine, &a.ctx, &method, &uri, body);
 }
 
 // ---- NBD: handshake and transmission through the real server ------------------------------------

@@ -337,6 +337,36 @@ fn get_policies_request(uri: &Uri) -> Result<GetPolicies, DlmError> {
     })
 }
 
+/// A request past authentication, for the fuzzers: routing, every parse, then the engine's
+/// validation of creates and updates (nothing is created) and the read-only calls.
+pub(crate) fn fuzz_request(
+    engine: &Engine,
+    ctx: &Ctx,
+    method: &Method,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<(), DlmError> {
+    match Endpoint::parse(method, uri)? {
+        Endpoint::CreateLifecyclePolicy => engine.dlm_validate_create(ctx, &create_request(body)?),
+        Endpoint::UpdateLifecyclePolicy { policy_id } => {
+            let req = update_request(policy_id, body)?;
+            let probe = CreatePolicy {
+                execution_role_arn: req.execution_role_arn.or(Some("arn:aws:iam::123456789012:role/r".into())),
+                description: req.description.or(Some("d".into())),
+                state: req.state.or(Some("DISABLED".into())),
+                details: req.details,
+                ..Default::default()
+            };
+            if probe.details.is_some() { engine.dlm_validate_create(ctx, &probe) } else { Ok(()) }
+        }
+        Endpoint::GetLifecyclePolicies => engine.dlm_get_policies(ctx, &get_policies_request(uri)?).map(drop),
+        Endpoint::GetLifecyclePolicy { policy_id } => engine.dlm_get_policy(ctx, &policy_id).map(drop),
+        Endpoint::ListTagsForResource { arn } => engine.dlm_list_tags(ctx, &arn).map(drop),
+        Endpoint::TagResource { .. } => tag_map(&body_json(body)?, "Tags").map(drop),
+        Endpoint::DeleteLifecyclePolicy { .. } | Endpoint::UntagResource { .. } => Ok(()),
+    }
+}
+
 // ---- rendering ----------------------------------------------------------------------------------
 
 fn tags_list(tags: &[KeyValue]) -> Value {

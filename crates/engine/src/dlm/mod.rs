@@ -616,20 +616,30 @@ impl Engine {
         Ok(out)
     }
 
-    pub fn dlm_create_policy(&self, ctx: &Ctx, req: CreatePolicy) -> DlmResult<String> {
+    /// Every rule CreateLifecyclePolicy checks, without creating anything.
+    pub fn dlm_validate_create(&self, ctx: &Ctx, req: &CreatePolicy) -> DlmResult<()> {
         if let Some(m) = req.default_policy_members.first() {
             return Err(invalid(format!(
                 "{m} is for default policies, which blocksnap does not implement; create a custom policy with PolicyDetails."
             )));
         }
-        let role = req.execution_role_arn.ok_or_else(|| required("ExecutionRoleArn"))?;
-        check_role(&role)?;
-        let description = req.description.ok_or_else(|| required("Description"))?;
-        check_name("Description", &description, 500)?;
-        let enabled = check_state(req.state.as_deref().ok_or_else(|| required("State"))?)?;
-        let details = req.details.ok_or_else(|| required("PolicyDetails"))?;
+        check_role(req.execution_role_arn.as_deref().ok_or_else(|| required("ExecutionRoleArn"))?)?;
+        check_name("Description", req.description.as_deref().ok_or_else(|| required("Description"))?, 500)?;
+        check_state(req.state.as_deref().ok_or_else(|| required("State"))?)?;
+        self.check_details(ctx, req.details.as_ref().ok_or_else(|| required("PolicyDetails"))?, now_millis())?;
+        Self::check_policy_tags(&req.tags)?;
+        Ok(())
+    }
+
+    pub fn dlm_create_policy(&self, ctx: &Ctx, req: CreatePolicy) -> DlmResult<String> {
+        self.dlm_validate_create(ctx, &req)?;
+        let (Some(role), Some(description), Some(state), Some(details)) =
+            (req.execution_role_arn, req.description, req.state, req.details)
+        else {
+            return Err(invalid("The request is incomplete."));
+        };
+        let enabled = check_state(&state)?;
         let now = now_millis();
-        self.check_details(ctx, &details, now)?;
         let tags = Self::check_policy_tags(&req.tags)?;
         let mut st = self.lock();
         let count = Self::policies_in(&st).filter(|p| p.account == ctx.account && p.region == ctx.region).count();
