@@ -2,6 +2,8 @@
 //! (SigV4), routed by protocol (EC2 Query today), parsed into typed engine requests, and the typed
 //! results rendered back in the protocol's own format.
 
+#![forbid(unsafe_code)]
+
 mod admin;
 mod auth;
 pub mod dlm;

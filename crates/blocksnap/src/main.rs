@@ -1,5 +1,7 @@
 //! The `blocksnap` binary: `serve` runs the service; `admin` manages accounts.
 
+#![forbid(unsafe_code)]
+
 mod api_client;
 mod catalog;
 mod config;

@@ -10,6 +10,8 @@
 //! [`PgCatalog`] keeps the same rows in a PostgreSQL database (asynchronous commits made durable by a
 //! group-committed WAL flush, an advisory lock for its one owner); see `postgres.rs`.
 
+#![forbid(unsafe_code)]
+
 mod group_commit;
 #[cfg(not(loom))]
 mod postgres;

@@ -136,6 +136,25 @@ pub(crate) const DOC_KINDS: &[&str] = &[
 pub struct Engine {
     pub(crate) catalog: Arc<dyn Catalog>,
     pub(crate) config: EngineConfig,
+    /// The engine lock: one for every call of every account. It guards the in-memory records
+    /// ([`State`]: accounts, keys, volumes, instances, snapshots, KMS keys, settings, module
+    /// documents) and makes "validate against the current state, commit, apply" one step, so two
+    /// calls never both pass a check that only one may pass (a name, a limit, a state).
+    ///
+    /// While it is held: validation, building records, one catalog commit, applying to memory.
+    /// Nothing that waits: no fsync (durability is [`Engine::sync_pending`], after the lock is
+    /// released), no volume file, object-store call, NBD close or claim, no sleeping or polling.
+    /// Work that needs any of these plans under the lock, does it without, then re-checks and
+    /// commits under it (the cut, ModifyVolume's resize). Bytes of a failed create are freed after
+    /// the lock is dropped.
+    ///
+    /// The commit itself is the one I/O under the lock. SQLite: a WAL append into the page cache
+    /// (no fsync; the automatic checkpoint, which fsyncs, is off and runs from `sync` instead), but
+    /// `BEGIN IMMEDIATE` waits up to SQLite's busy timeout (10 s) while a `blocksnap admin`
+    /// process beside the server holds the write lock, and a write to a frozen or failing disk
+    /// blocks until the kernel answers. PostgreSQL: one pipelined round trip to the server (no WAL
+    /// flush), bounded at 30 s. So a stalled catalog stalls every mutation, and the API's 60 s
+    /// call bound is what answers their clients; reads and NBD I/O go on.
     pub(crate) state: Mutex<State>,
     pub(crate) storage: Option<Storage>,
     pub(crate) exports: std::sync::OnceLock<Arc<dyn ExportHooks>>,

@@ -428,6 +428,7 @@ impl Engine {
             recs.push(Rec::Instance(inst));
         }
         if let Err(e) = self.commit(&mut st, recs) {
+            drop(st);
             for c in &created {
                 self.drop_volume_bytes(c);
             }

@@ -2,6 +2,8 @@
 //! keys, their state machines and the semantic validation of typed requests. It never sees HTTP,
 //! XML, JSON or NBD bytes; its errors are [`EngineError`]s that map 1:1 to AWS error codes.
 
+#![forbid(unsafe_code)]
+
 mod accounts;
 pub mod archive;
 pub mod clock;

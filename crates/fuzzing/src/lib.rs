@@ -6,6 +6,8 @@
 //! A harness must never panic, hang or allocate without bound on any input: the parsers it drives
 //! answer bad input with an error.
 
+#![forbid(unsafe_code)]
+
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};

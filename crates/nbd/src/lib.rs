@@ -12,6 +12,8 @@
 //! `blocksnap_nbd_request_duration_seconds` (histogram); gauge
 //! `blocksnap_nbd_connections` (label `export`).
 
+#![forbid(unsafe_code)]
+
 mod device;
 mod metrics;
 pub mod proto;

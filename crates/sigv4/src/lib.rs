@@ -31,6 +31,8 @@
 //! EC2 has no `SignatureDoesNotMatch` (that is S3/STS): EC2 answers a bad signature or an unknown
 //! access key with `AuthFailure` ("AWS was not able to validate the provided access credentials").
 
+#![forbid(unsafe_code)]
+
 use std::borrow::Cow;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::time::{Duration as StdDuration, SystemTime};

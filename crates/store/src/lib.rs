@@ -92,6 +92,8 @@
 //! 0.45–0.95 GB/s (from disk: direct writes leave nothing in the page cache). Reproduce with
 //! `cargo test --release -p blocksnap-store --test bench -- --ignored --nocapture`.
 
+#![forbid(unsafe_code)]
+
 pub mod archive;
 pub mod blocklog;
 mod chunk;

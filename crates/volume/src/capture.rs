@@ -325,6 +325,7 @@ fn read_full(f: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
 /// are loom cells, so a data read that is not ordered against a write to the same block fails the
 /// model, as does a read that returns anything but the bytes of the cut.
 #[cfg(all(test, loom))]
+#[allow(unsafe_code)]
 mod loom_tests {
     use super::*;
     use loom::cell::UnsafeCell;

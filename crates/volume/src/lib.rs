@@ -50,6 +50,10 @@
 //! active set), so a crash between the swap and the snapshot commit never
 //! loses changed blocks.
 
+// The only unsafe code is in the loom model check of the capture stripes (cfg(loom) tests),
+// which allows it there with a SAFETY comment on each block.
+#![deny(unsafe_code)]
+
 mod capture;
 mod cbt;
 mod cbt_commit;

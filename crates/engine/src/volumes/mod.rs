@@ -263,6 +263,7 @@ impl Engine {
         };
         recs.push(Rec::Volume(vol.clone()));
         if let Err(e) = self.commit(&mut st, recs) {
+            drop(st);
             self.drop_volume_bytes(&id);
             return Err(e);
         }
