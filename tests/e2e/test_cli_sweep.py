@@ -1,4 +1,4 @@
-"""Every `aws ec2|lightsail|kms|ebs|dlm` command the service serves, run through the real AWS CLI (v1) as people
+"""Every `aws ec2|lightsail|kms|ebs|dlm|rbin` command the service serves, run through the real AWS CLI (v1) as people
 use it.
 
 The command list comes from the server's own routing tables (EC2 `ACTIONS`, Lightsail and KMS
@@ -404,6 +404,14 @@ def _ec2_recipes():
         "DescribeSnapshotTierStatus": (
             lambda w: {},
             lambda w, p, r: w.snapshot in ids_in(r["SnapshotTierStatuses"], "SnapshotId") or pytest.fail(str(r))),
+        "ListSnapshotsInRecycleBin": (
+            lambda w: (w.__dict__.get("binned") or w.__dict__.setdefault("binned", _binned_snapshot(w)), {})[1],
+            lambda w, p, r: w.binned in ids_in(r["Snapshots"], "SnapshotId") or pytest.fail(str(r))),
+        "RestoreSnapshotFromRecycleBin": (
+            lambda w: {"SnapshotId": _binned_snapshot(w)},
+            lambda w, p, r: (r["SnapshotId"] == p["SnapshotId"] and r["State"] == "completed"
+                             and p["SnapshotId"] in ids_in(w.ec2.describe_snapshots(SnapshotIds=[p["SnapshotId"]])[
+                                 "Snapshots"], "SnapshotId")) or pytest.fail(str(r))),
         "CreateTags": (lambda w: {"Resources": [w.new_volume()], "Tags": [{"Key": "k", "Value": "v"}]}, tagged),
         "DeleteTags": (lambda w: {"Resources": [_tagged_volume(w)]}, tagged),
         "DescribeTags": (
@@ -629,8 +637,82 @@ def _dlm_recipes():
     }
 
 
+def _rbin(w):
+    if not hasattr(w, "rbin"):
+        w.rbin = w.server.session(w.creds).client("rbin", endpoint_url=w.server.endpoint)
+    return w.rbin
+
+
+RBIN_TAG = [{"ResourceTagKey": "rbin-sweep", "ResourceTagValue": "yes"}]
+RBIN_LOCK = {"UnlockDelay": {"UnlockDelayValue": 7, "UnlockDelayUnit": "DAYS"}}
+
+
+def _rbin_rule(w) -> str:
+    """A tag-level rule of the sweep's account (retains snapshots tagged rbin-sweep=yes)."""
+    if not hasattr(w, "rbin_rule"):
+        w.rbin_rule = _rbin(w).create_rule(ResourceType="EBS_SNAPSHOT", ResourceTags=RBIN_TAG,
+                                           RetentionPeriod={"RetentionPeriodValue": 1, "RetentionPeriodUnit": "DAYS"},
+                                           Description="sweep", Tags=[{"Key": "made-by", "Value": "sweep"}])["Identifier"]
+    return w.rbin_rule
+
+
+def _binned_snapshot(w) -> str:
+    _rbin_rule(w)
+    sid = w.new_snapshot()
+    w.ec2.create_tags(Resources=[sid], Tags=[{"Key": "rbin-sweep", "Value": "yes"}])
+    w.ec2.delete_snapshot(SnapshotId=sid)
+    return sid
+
+
+def _rbin_recipes():
+    days = {"RetentionPeriodValue": 1, "RetentionPeriodUnit": "DAYS"}
+
+    def region_rule(w) -> str:
+        return _rbin(w).create_rule(ResourceType="EC2_IMAGE", RetentionPeriod=days)["Identifier"]
+
+    def locked_rule(w) -> str:
+        return _rbin(w).create_rule(ResourceType="EC2_IMAGE", RetentionPeriod=days,
+                                    LockConfiguration=RBIN_LOCK)["Identifier"]
+
+    def arn(w) -> str:
+        return _rbin(w).get_rule(Identifier=_rbin_rule(w))["RuleArn"]
+
+    def tags(w) -> list:
+        return _rbin(w).list_tags_for_resource(ResourceArn=arn(w))["Tags"]
+
+    def gone(w, p, r):
+        with pytest.raises(Exception, match="ResourceNotFoundException"):
+            _rbin(w).get_rule(Identifier=p["Identifier"])
+
+    return {
+        "CreateRule": (lambda w: {"ResourceType": "EC2_IMAGE", "RetentionPeriod": days},
+                       lambda w, p, r: (len(r["Identifier"]) == 11 and r["Status"] == "available"
+                                        and r["ResourceType"] == "EC2_IMAGE") or pytest.fail(str(r))),
+        "GetRule": (lambda w: {"Identifier": _rbin_rule(w)},
+                    lambda w, p, r: (r["Identifier"] == p["Identifier"] and r["ResourceTags"] == RBIN_TAG)
+                    or pytest.fail(str(r))),
+        "ListRules": (lambda w: {"ResourceType": "EBS_SNAPSHOT"},
+                      lambda w, p, r: _rbin_rule(w) in [x["Identifier"] for x in r["Rules"]] or pytest.fail(str(r))),
+        "UpdateRule": (lambda w: {"Identifier": _rbin_rule(w), "Description": "swept " + uniq()},
+                       lambda w, p, r: _rbin(w).get_rule(Identifier=p["Identifier"])["Description"]
+                       == p["Description"] or pytest.fail(str(r))),
+        "DeleteRule": (lambda w: {"Identifier": region_rule(w)}, gone),
+        "LockRule": (lambda w: {"Identifier": region_rule(w), "LockConfiguration": RBIN_LOCK},
+                     lambda w, p, r: r["LockState"] == "locked" or pytest.fail(str(r))),
+        "UnlockRule": (lambda w: {"Identifier": locked_rule(w)},
+                       lambda w, p, r: (r["LockState"] == "pending_unlock" and "LockEndTime" in r)
+                       or pytest.fail(str(r))),
+        "TagResource": (lambda w: {"ResourceArn": arn(w), "Tags": [{"Key": "swept", "Value": "yes"}]},
+                        lambda w, p, r: {"Key": "swept", "Value": "yes"} in tags(w) or pytest.fail(str(r))),
+        "UntagResource": (lambda w: {"ResourceArn": arn(w), "TagKeys": ["swept"]},
+                          lambda w, p, r: all(t["Key"] != "swept" for t in tags(w)) or pytest.fail(str(r))),
+        "ListTagsForResource": (lambda w: {"ResourceArn": arn(w)},
+                                lambda w, p, r: r["Tags"] == tags(w) or pytest.fail(str(r))),
+    }
+
+
 RECIPES = {"ec2": _ec2_recipes(), "lightsail": _ls_recipes(), "kms": _kms_recipes(), "ebs": _ebs_recipes(),
-           "dlm": _dlm_recipes()}
+           "dlm": _dlm_recipes(), "rbin": _rbin_recipes()}
 # GetSnapshotBlock's block goes to a file the CLI takes as a positional argument.
 EBS_OUT = Path(tempfile.mkdtemp(prefix="sweep-ebs-out-")) / "block.out"
 OUTFILE = {("ebs", "GetSnapshotBlock"): [str(EBS_OUT)]}

@@ -453,6 +453,13 @@ fn serve(
             .and_then(|v| v.parse::<u64>().ok())
             .map_or(blocksnap_engine::dlm::runner::DEFAULT_TICK, std::time::Duration::from_millis),
     );
+    // The Recycle Bin's purge of expired snapshots (tests shorten it; expiry reads the engine's clock).
+    engine.start_recycle_bin(
+        std::env::var("BLOCKSNAP_RBIN_SWEEP_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(blocksnap_engine::recycle_bin::DEFAULT_SWEEP, std::time::Duration::from_millis),
+    );
     let env_key =
         match (std::env::var("BLOCKSNAP_ROOT_ACCESS_KEY_ID"), std::env::var("BLOCKSNAP_ROOT_SECRET_ACCESS_KEY")) {
             (Ok(a), Ok(s)) if !a.is_empty() && !s.is_empty() => Some((a, s)),

@@ -768,7 +768,14 @@ impl Engine {
         let listed = archive.list().await.map_err(|e| internal("listing archives", e))?;
         let orphans: Vec<String> = {
             let st = self.lock();
-            listed.into_iter().filter(|id| !st.snapshots.get(id).is_some_and(may_have_archive)).collect()
+            // A snapshot in the Recycle Bin keeps its archive until it is purged.
+            listed
+                .into_iter()
+                .filter(|id| {
+                    let binned = crate::recycle_bin::binned_snapshot(&st, id);
+                    !st.snapshots.get(id).or(binned.as_ref()).is_some_and(may_have_archive)
+                })
+                .collect()
         };
         for id in &orphans {
             tracing::info!(region, snapshot_id = %id, "removing an archive no snapshot owns");

@@ -131,6 +131,8 @@ pub(crate) const DOC_KINDS: &[&str] = &[
     crate::ebs::KIND_EBS_KEY,
     crate::dlm::KIND_DLM_POLICY,
     crate::snapshot_locks::KIND_SNAPSHOT_LOCK,
+    crate::recycle_bin::KIND_RBIN_RULE,
+    crate::recycle_bin::KIND_RBIN_SNAPSHOT,
 ];
 
 pub struct Engine {

@@ -23,6 +23,7 @@ mod kms;
 pub mod lightsail;
 pub mod model;
 pub mod page_token;
+pub mod recycle_bin;
 pub mod regions;
 mod settings;
 mod snapshot_locks;

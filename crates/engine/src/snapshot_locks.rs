@@ -399,3 +399,41 @@ impl Engine {
         describe::run(q, &["lock-state"], LOCKED_SNAPSHOTS, locks.iter(), |l| &l.snapshot_id)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lock(mode: LockMode, length: LockLength, cool_off_hours: Option<u32>) -> SnapshotLockDoc {
+        SnapshotLockDoc {
+            snapshot_id: "snap-0123456789abcdef0".into(),
+            account: "123456789012".into(),
+            mode,
+            length,
+            created: 0,
+            duration_start: Some(0),
+            cool_off_hours,
+            cool_off_until: cool_off_hours.map(|h| h as i64 * HOUR_MS),
+        }
+    }
+
+    #[test]
+    fn states_follow_the_clock() {
+        let g = lock(LockMode::Governance, LockLength::Days(1), None);
+        assert_eq!(g.state(None, 0), "governance");
+        assert_eq!(g.state(None, DAY_MS), "expired");
+        let c = lock(LockMode::Compliance, LockLength::Until(2 * DAY_MS), Some(2));
+        assert_eq!(c.state(None, HOUR_MS), "compliance-cooloff");
+        assert_eq!(c.state(None, 2 * HOUR_MS), "compliance");
+        assert_eq!(c.state(None, 2 * DAY_MS), "expired");
+        assert_eq!(c.info(None, 0).lock_duration_days, Some(2));
+    }
+
+    #[test]
+    fn a_days_lock_on_a_pending_snapshot_starts_at_completion() {
+        let mut l = lock(LockMode::Compliance, LockLength::Days(3), None);
+        l.duration_start = None;
+        assert_eq!(l.expires(None), None);
+        assert_eq!(l.state(None, 100 * DAY_MS), "compliance", "no expiry before completion");
+    }
+}

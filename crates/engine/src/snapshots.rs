@@ -402,6 +402,9 @@ impl Engine {
         }
         let mut recs: Vec<Rec> = gone.iter().map(|s| Rec::DeleteSnapshot(s.id.clone())).collect();
         recs.extend(released);
+        // Snapshots a Recycle Bin rule retains move to the bin in the same commit; their manifests stay.
+        let (binned, binned_ids) = self.recycle_bin_records(&st, ctx, &gone)?;
+        recs.extend(binned);
         recs.extend(extra);
         self.commit(&mut st, recs)?;
         drop(st);
@@ -411,7 +414,7 @@ impl Engine {
         }
         // The rows' deletion is durable before the manifests go.
         self.sync_pending()?;
-        for s in &gone {
+        for s in gone.iter().filter(|s| !binned_ids.contains(&s.id)) {
             self.forget_snapshot_data(s);
         }
         Ok(())

@@ -4,6 +4,7 @@
 mod account;
 mod instances;
 pub mod params;
+mod recycle_bin;
 mod snapshot_locks;
 mod snapshots;
 mod tags;
@@ -50,6 +51,8 @@ const ACTIONS: &[(&str, Handler, bool)] = &[
     ("ModifySnapshotTier", tiers::modify_snapshot_tier, true),
     ("RestoreSnapshotTier", tiers::restore_snapshot_tier, true),
     ("DescribeSnapshotTierStatus", tiers::describe_snapshot_tier_status, false),
+    ("ListSnapshotsInRecycleBin", recycle_bin::list_snapshots_in_recycle_bin, false),
+    ("RestoreSnapshotFromRecycleBin", recycle_bin::restore_snapshot_from_recycle_bin, true),
     ("CreateTags", tags::create_tags, true),
     ("DeleteTags", tags::delete_tags, true),
     ("DescribeTags", tags::describe_tags, false),

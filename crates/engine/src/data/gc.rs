@@ -92,14 +92,18 @@ impl Engine {
     /// manifest's removal), or whose row's standard copy is gone (archived: a crash between the
     /// archival's commit and the manifest's removal, or a temporary restore that ended): removed, so
     /// the sweep can free their blocks. A manifest is only ever written for a row that exists
-    /// (pending, or being restored from the archive) and rows never come back, so listing first and
-    /// checking the rows after cannot drop a live manifest. The store belongs to this catalog.
+    /// (pending, or being restored from the archive) and rows only come back from the Recycle Bin,
+    /// whose snapshots count as live here (the move between row and bin is one commit under the
+    /// state lock), so listing first and checking the rows after cannot drop a live manifest. The
+    /// store belongs to this catalog.
     async fn drop_orphan_manifests(&self, region: &str, store: &BlockStore) -> Result<usize> {
         let listed = store.list_manifests().await.map_err(|e| internal("listing manifests", e))?;
         let orphans: Vec<String> = {
             let st = self.lock();
+            // Snapshots in the Recycle Bin keep their manifests (and so their blocks) until purged.
             listed
                 .into_iter()
+                .filter(|id| !crate::recycle_bin::in_bin(&st, id))
                 .filter(|id| st.snapshots.get(id).is_none_or(crate::archive::standard_copy_dropped))
                 .collect()
         };
