@@ -6,6 +6,7 @@
 
 mod admin;
 mod auth;
+mod console_api;
 pub mod dlm;
 pub mod ebs;
 pub mod ec2;
@@ -244,6 +245,7 @@ fn json_service(target_prefix: &str) -> Option<&'static str> {
         nbd::TARGET => Some(nbd::SERVICE),
         test_clock::TARGET => Some(test_clock::SERVICE),
         admin::TARGET => Some(admin::SERVICE),
+        console_api::TARGET => Some(console_api::SERVICE),
         _ => None,
     }
 }
@@ -294,6 +296,8 @@ async fn handle_json(
             })
             .await
         }
+        // Reads only: nothing to sync.
+        console_api::TARGET => run_blocking(move || console_api::dispatch(&engine, &caller.ctx, &op, &parsed)).await,
         "Lightsail_20161128" => {
             let r = run_blocking(move || {
                 let r = lightsail::dispatch(&engine, &caller.ctx, &op, &parsed);

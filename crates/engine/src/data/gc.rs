@@ -55,8 +55,31 @@ impl Engine {
         });
     }
 
-    /// One mark-and-sweep of a region's store, then its statistics.
+    /// One mark-and-sweep of a region's store, then its statistics; how it went is recorded for
+    /// `GetStoreStats` (`usage.rs`).
     pub async fn gc_region(&self, region: &str, grace: Duration) -> Result<StoreStats> {
+        let started_at = crate::model::now_millis();
+        let started = std::time::Instant::now();
+        let r = self.gc_region_once(region, grace).await;
+        let (report, error) = match &r {
+            Ok((report, _)) => (report.clone(), None),
+            Err(e) => (Default::default(), Some(e.to_string())),
+        };
+        self.jobs.gc_statuses.record(
+            region,
+            super::GcStatus {
+                last_run: started_at,
+                duration_ms: started.elapsed().as_millis() as u64,
+                error,
+                chunks_removed: report.chunks_removed,
+                bytes_removed: report.chunk_bytes_removed + report.segment_bytes_removed,
+                kept_young: report.kept_young,
+            },
+        );
+        r.map(|(_, stats)| stats)
+    }
+
+    async fn gc_region_once(&self, region: &str, grace: Duration) -> Result<(blocksnap_store::GcReport, StoreStats)> {
         let store = self.store(region).await?;
         let report = {
             let _sweep = self.jobs.gc_gate.write().await;
@@ -85,7 +108,7 @@ impl Engine {
         metrics::gauge!("blocksnap_store_manifests", &labels).set(stats.manifests as f64);
         let ratio = if stats.stored_bytes == 0 { 1.0 } else { stats.logical_bytes as f64 / stats.stored_bytes as f64 };
         metrics::gauge!("blocksnap_store_dedup_ratio", &labels).set(ratio);
-        Ok(stats)
+        Ok((report, stats))
     }
 
     /// Manifests whose snapshot row is gone (a crash between a durable DeleteSnapshot and the

@@ -4,7 +4,7 @@
 //! One file per job: `cut.rs` (the cut), `upload.rs` (snapshot upload and its end states),
 //! `restore.rs` (lazy restore and hydration), `reader.rs` (the read-only snapshot reader behind
 //! `snap-…` NBD exports), `gc.rs` (manifest removal and mark-and-sweep), `stats.rs` (store
-//! statistics for the metrics), `verify.rs` (scrub). This file: the job registry, the per-region
+//! statistics for the metrics), `verify.rs` (scrub), `usage.rs` (per-region usage and the GC status). This file: the job registry, the per-region
 //! stores, lineage codecs and start-up.
 
 mod cut;
@@ -13,10 +13,12 @@ mod reader;
 mod restore;
 mod stats;
 mod upload;
+mod usage;
 mod verify;
 
 pub use reader::SnapshotReader;
 pub use stats::StoreStats;
+pub use usage::{GcStatus, RegionUsage, StoreUsage, UsageScope};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
@@ -51,6 +53,8 @@ pub(crate) struct Jobs {
     /// about to reference, whatever the grace window. Taken only after a job's waits (its parent,
     /// its source), so it never waits on a job queued behind the sweep.
     pub(crate) gc_gate: tokio::sync::RwLock<()>,
+    /// The last garbage collection of each region (`usage.rs`).
+    pub(crate) gc_statuses: usage::GcStatuses,
     /// Snapshots being written block by block (EBS direct APIs), token key, listing caches.
     pub(crate) direct: crate::ebs::Direct,
     /// Lightsail operations not terminal yet (the ones settling reads).

@@ -1,0 +1,132 @@
+//! What the store holds and saves, per region (`GetStoreStats`), and how its garbage collection
+//! went. Store-wide figures (logical and stored bytes, chunks, GC) describe every account's data,
+//! so only the root account sees them; any other account sees its own share: how many snapshots
+//! it has and the bytes they added to the store.
+//!
+//! The GC status is kept in memory by the process that runs the GC (a restart forgets it until the
+//! next run; the metrics keep the history).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use crate::credentials::owns;
+use crate::engine::Engine;
+use crate::error::{EngineError, Result};
+use crate::model::{Ctx, Millis, now_millis};
+
+use super::StoreStats;
+
+/// The last garbage collection of a region's store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcStatus {
+    /// When it started.
+    pub last_run: Millis,
+    pub duration_ms: u64,
+    /// `None` when it completed; the error otherwise (the next run retries).
+    pub error: Option<String>,
+    pub chunks_removed: u64,
+    pub bytes_removed: u64,
+    /// Unreferenced objects kept because they were younger than the grace window.
+    pub kept_young: u64,
+}
+
+/// The last GC of each region, by region.
+#[derive(Default)]
+pub(crate) struct GcStatuses(Mutex<HashMap<String, GcStatus>>);
+
+impl GcStatuses {
+    pub(crate) fn record(&self, region: &str, status: GcStatus) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(region.to_string(), status);
+    }
+
+    fn get(&self, region: &str) -> Option<GcStatus> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(region).cloned()
+    }
+}
+
+/// Whose figures a [`StoreUsage`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsageScope {
+    /// The whole store (the root account).
+    Store,
+    /// The caller's share only.
+    Account,
+}
+
+/// One region's figures.
+#[derive(Debug, Clone)]
+pub struct RegionUsage {
+    pub region: String,
+    /// The caller's snapshots in the region (with `Store` scope: everyone's).
+    pub snapshots: u64,
+    /// Bytes those snapshots added to the store when they were made (sum of each one's own).
+    pub snapshot_bytes_added: u64,
+    /// Store-wide statistics (`Store` scope only).
+    pub store: Option<StoreStats>,
+    /// The last garbage collection (`Store` scope only; `None` before the first).
+    pub gc: Option<GcStatus>,
+}
+
+impl RegionUsage {
+    /// Logical bytes over stored bytes: what deduplication and compression save together (1.0
+    /// for an empty store).
+    pub fn reduction_ratio(&self) -> Option<f64> {
+        let s = self.store.as_ref()?;
+        Some(if s.stored_bytes == 0 { 1.0 } else { s.logical_bytes as f64 / s.stored_bytes as f64 })
+    }
+}
+
+/// A `GetStoreStats` answer.
+#[derive(Debug, Clone)]
+pub struct StoreUsage {
+    pub scope: UsageScope,
+    /// When these figures were computed.
+    pub computed_at: Millis,
+    pub regions: Vec<RegionUsage>,
+}
+
+impl Engine {
+    /// Store usage per region (`regions`, or every served region; see the module docs). Regions
+    /// whose store was never used answer zeros without creating one.
+    pub async fn store_usage(&self, ctx: &Ctx, regions: &[String]) -> Result<StoreUsage> {
+        for r in regions {
+            if !self.config.regions.iter().any(|x| x == r) {
+                return Err(EngineError::client(
+                    "ValidationException",
+                    format!("The region '{r}' is not served by this endpoint."),
+                ));
+            }
+        }
+        let regions: Vec<String> = if regions.is_empty() { self.config.regions.clone() } else { regions.to_vec() };
+        let root = self.root_account().as_deref() == Some(ctx.account.as_str());
+        let scope = if root { UsageScope::Store } else { UsageScope::Account };
+        // Counts under the lock (memory only), the store walks after it.
+        let mut counted: HashMap<String, (u64, u64)> = HashMap::new();
+        {
+            let st = self.lock();
+            for s in st.snapshots.values().filter(|s| root || owns(&ctx.account, &s.account)) {
+                let c = counted.entry(s.region.clone()).or_default();
+                c.0 += 1;
+                c.1 += s.stored_bytes;
+            }
+        }
+        let opened: Vec<String> = self.jobs.stores.lock().await.keys().cloned().collect();
+        let mut out = Vec::with_capacity(regions.len());
+        for region in regions {
+            let (snapshots, added) = counted.get(&region).copied().unwrap_or_default();
+            let (store, gc) = if root {
+                let used = snapshots > 0 || opened.contains(&region) || self.local_store_exists(&region);
+                let stats = if used { self.store_stats(&region).await? } else { StoreStats::default() };
+                (Some(stats), self.jobs.gc_statuses.get(&region))
+            } else {
+                (None, None)
+            };
+            out.push(RegionUsage { region, snapshots, snapshot_bytes_added: added, store, gc });
+        }
+        Ok(StoreUsage { scope, computed_at: now_millis(), regions: out })
+    }
+
+    fn local_store_exists(&self, region: &str) -> bool {
+        self.storage.as_ref().is_some_and(|s| s.snapshot_root.join(region).is_dir())
+    }
+}
