@@ -1,5 +1,11 @@
 use super::*;
+use std::fs;
 use std::sync::Arc;
+use std::time::Instant;
+
+use roaring::RoaringBitmap;
+
+use crate::gate::WriterGuard;
 
 const MIB: u64 = 1 << 20;
 
