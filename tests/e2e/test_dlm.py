@@ -166,7 +166,9 @@ def test_documented_errors_boto3(dlm_server, run_tag):
         details(run_tag, CrossRegionCopyRules=[{"Target": "mars-north-1", "Encrypted": False}]),
         details(run_tag, CrossRegionCopyRules=[{"Target": dlm_server.region, "Encrypted": False}]),
         details(run_tag, VariableTags=[{"Key": "id", "Value": "$(instance-id)"}]),
-        details(run_tag, ShareRules=[{"TargetAccounts": ["123456789012"]}]),
+        details(run_tag, FastRestoreRule={"Count": 1, "AvailabilityZones": ["us-east-1a"]}),
+        details(run_tag, ShareRules=[{"TargetAccounts": ["not-an-account"]}]),
+        details(run_tag, ShareRules=[{"TargetAccounts": ["123456789012"], "UnshareInterval": 1}]),
         dict(details(run_tag), PolicyType="IMAGE_MANAGEMENT"),
     ]:
         invalid(PolicyDetails=bad)
@@ -357,6 +359,36 @@ def test_cron_policy_retires_by_age_and_copies_encrypted(dlm_server, az, run_tag
     assert later
     # Copies without a retain rule of their own stay.
     assert len(wait_for(ec2_copy, pid, completed(2), "the second copy is missing")) == 2
+    dlm.delete_lifecycle_policy(PolicyId=pid)
+
+
+def test_share_rule_shares_then_unshares(dlm_server, az, run_tag):
+    """ShareRules: each new snapshot is shared with the rule's account (which can then see it), and
+    unshared once UnshareInterval has passed."""
+    ec2 = dlm_server.client()
+    dlm = dlm_client(dlm_server)
+    friend = dlm_server.create_account()
+    friend_ec2 = dlm_server.client(friend)
+    vol = make_volume(ec2, az, run_tag, Size=1)["VolumeId"]
+    ec2.create_tags(Resources=[vol], Tags=[{"Key": "backup", "Value": run_tag}])
+    d = details(run_tag, ShareRules=[{"TargetAccounts": [friend.account_id], "UnshareInterval": 1,
+                                      "UnshareIntervalUnit": "DAYS"}])
+    pid = dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description="shared", State="ENABLED",
+                                      PolicyDetails=d)["PolicyId"]
+    assert dlm.get_lifecycle_policy(PolicyId=pid)["Policy"]["PolicyDetails"]["Schedules"][0]["ShareRules"] == \
+        d["Schedules"][0]["ShareRules"]
+    dlm_server.advance_clock(3600)
+    sid = wait_for(ec2, pid, completed(1), "no run")[0]["SnapshotId"]
+
+    def shared_with():
+        r = ec2.describe_snapshot_attribute(SnapshotId=sid, Attribute="createVolumePermission")
+        return [p.get("UserId") for p in r["CreateVolumePermissions"]]
+    assert poll(shared_with, lambda a: a == [friend.account_id], timeout=30)
+    assert friend_ec2.describe_snapshots(SnapshotIds=[sid])["Snapshots"][0]["OwnerId"] != friend.account_id
+    dlm_server.advance_clock(24 * 3600 + 60)
+    assert poll(shared_with, lambda a: a == [], timeout=30) == [], "not unshared after a day"
+    with pytest.raises(ClientError):
+        friend_ec2.describe_snapshots(SnapshotIds=[sid])
     dlm.delete_lifecycle_policy(PolicyId=pid)
 
 

@@ -12,7 +12,7 @@ use axum::body::Bytes;
 use axum::response::Response;
 use blocksnap_engine::dlm::{
     CopyRule, CreatePolicy, CreateRule, DlmError, GetPolicies, KeyValue, Parameters, Policy, PolicyDetails, RetainRule,
-    ScheduleSpec, UpdatePolicy,
+    ScheduleSpec, ShareRule, UpdatePolicy,
 };
 use blocksnap_engine::model::Ctx;
 use blocksnap_engine::{Engine, EngineError};
@@ -238,6 +238,15 @@ fn details(m: &Obj) -> Result<PolicyDetails, DlmError> {
                 deprecate_rule: child(c, "DeprecateRule")?.is_some(),
             });
         }
+        let mut share_rules = Vec::new();
+        for r in list(s, "ShareRules")? {
+            let r = object(r, "ShareRules")?;
+            share_rules.push(ShareRule {
+                target_accounts: strings(r, "TargetAccounts")?,
+                unshare_interval: int(r, "UnshareInterval")?,
+                unshare_interval_unit: string(r, "UnshareIntervalUnit")?,
+            });
+        }
         schedules.push(ScheduleSpec {
             name: string(s, "Name")?,
             copy_tags: boolean(s, "CopyTags")?,
@@ -246,7 +255,8 @@ fn details(m: &Obj) -> Result<PolicyDetails, DlmError> {
             create_rule,
             retain_rule,
             cross_region_copy_rules: copies,
-            unsupported: given(s, &["FastRestoreRule", "ShareRules", "DeprecateRule", "ArchiveRule"]),
+            share_rules,
+            unsupported: given(s, &["FastRestoreRule", "DeprecateRule", "ArchiveRule"]),
         });
     }
     let parameters = child(m, "Parameters")?
@@ -444,6 +454,20 @@ fn details_json(d: &PolicyDetails) -> Value {
                     })
                     .collect();
                 o.insert("CrossRegionCopyRules".into(), Value::Array(rules));
+            }
+            if !s.share_rules.is_empty() {
+                let rules: Vec<Value> = s
+                    .share_rules
+                    .iter()
+                    .map(|r| {
+                        let mut o = Map::new();
+                        o.insert("TargetAccounts".into(), json!(r.target_accounts));
+                        put(&mut o, "UnshareInterval", r.unshare_interval);
+                        put(&mut o, "UnshareIntervalUnit", r.unshare_interval_unit.clone());
+                        Value::Object(o)
+                    })
+                    .collect();
+                o.insert("ShareRules".into(), Value::Array(rules));
             }
             Value::Object(o)
         })
@@ -662,10 +686,10 @@ mod tests {
         );
         assert_eq!(back["PolicyType"], "EBS_SNAPSHOT_MANAGEMENT");
         assert_eq!(req.tags, vec![KeyValue { key: "team".into(), value: "x".into() }]);
-        let bad = create_request(br#"{"PolicyDetails": {"Schedules": [{"ShareRules": [{}]}], "EventSource": {}}}"#)?;
+        let bad = create_request(br#"{"PolicyDetails": {"Schedules": [{"FastRestoreRule": {}}], "EventSource": {}}}"#)?;
         let d = bad.details.ok_or_else(|| invalid("no details"))?;
         assert_eq!(d.unsupported, vec!["EventSource".to_string()]);
-        assert_eq!(d.schedules[0].unsupported, vec!["ShareRules".to_string()]);
+        assert_eq!(d.schedules[0].unsupported, vec!["FastRestoreRule".to_string()]);
         Ok(())
     }
 

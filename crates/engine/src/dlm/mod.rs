@@ -5,7 +5,7 @@
 //! the caller set (description, role, state, [`PolicyDetails`], tags) and the scheduler's own state
 //! (the slot claimed last per schedule, a run in progress, copies still to start, the last error).
 //! Custom snapshot policies (`EBS_SNAPSHOT_MANAGEMENT`) only: default policies, AMI and event
-//! policies, fast snapshot restore, sharing, archiving and scripts are refused with
+//! policies, fast snapshot restore, archiving and scripts are refused with
 //! `InvalidRequestException`. The scheduler is `runner.rs`; schedule arithmetic `schedule.rs`.
 
 pub mod runner;
@@ -120,6 +120,9 @@ pub struct ScheduleSpec {
     pub create_rule: Option<CreateRule>,
     pub retain_rule: Option<RetainRule>,
     pub cross_region_copy_rules: Vec<CopyRule>,
+    /// `ShareRules`: accounts the snapshots are shared with, and when they are unshared.
+    #[serde(default)]
+    pub share_rules: Vec<ShareRule>,
     /// Schedule members blocksnap does not implement that were given (refused by name).
     #[serde(default)]
     pub unsupported: Vec<String>,
@@ -154,6 +157,13 @@ pub struct CopyRule {
     pub retain_rule: Option<(Option<i64>, Option<String>)>,
     #[serde(default)]
     pub deprecate_rule: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ShareRule {
+    pub target_accounts: Vec<String>,
+    pub unshare_interval: Option<i64>,
+    pub unshare_interval_unit: Option<String>,
 }
 
 /// A policy as stored: the caller's settings and the scheduler's state.
@@ -451,7 +461,7 @@ impl Engine {
             }
             if let Some(m) = s.unsupported.first() {
                 return Err(invalid(format!(
-                    "Schedule '{name}': {m} is not supported by blocksnap (fast snapshot restore, sharing, archiving and AMI \
+                    "Schedule '{name}': {m} is not supported by blocksnap (fast snapshot restore, archiving and AMI \
                      deprecation are not implemented)."
                 )));
             }
@@ -511,6 +521,29 @@ impl Engine {
                 return Err(invalid("All schedules of a policy retain by count, or all by age."));
             }
             count_based = Some(by_count);
+            match s.share_rules.as_slice() {
+                [] => {}
+                [r] => {
+                    if r.target_accounts.is_empty() {
+                        return Err(required("TargetAccounts"));
+                    }
+                    for a in &r.target_accounts {
+                        if a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()) {
+                            return Err(invalid(format!(
+                                "ShareRules TargetAccounts {a} is not a 12-digit account id."
+                            )));
+                        }
+                    }
+                    if r.unshare_interval.is_some() || r.unshare_interval_unit.is_some() {
+                        check_age(
+                            "ShareRules UnshareInterval",
+                            r.unshare_interval,
+                            r.unshare_interval_unit.as_deref(),
+                        )?;
+                    }
+                }
+                _ => return Err(invalid(format!("Schedule '{name}': at most one ShareRule."))),
+            }
             if s.cross_region_copy_rules.len() > 3 {
                 return Err(invalid(format!("Schedule '{name}': at most 3 CrossRegionCopyRules.")));
             }

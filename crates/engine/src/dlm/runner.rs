@@ -14,7 +14,8 @@
 //!    (taken after the claim): nothing is taken again, a slot interrupted half-way stays half-done.
 //! 3. **Copy**: once a snapshot is `completed`, CopySnapshot into each rule's region (skipped if
 //!    a copy of it is already there, so a crash between the copy and its record copies once).
-//! 4. **Retire**: snapshots beyond a count-based rule's count (per volume, oldest first) and
+//!    Snapshots of a schedule with a `ShareRule` are shared with its accounts when taken.
+//! 4. **Retire**: snapshots past a `ShareRule`'s `UnshareInterval` are unshared; snapshots beyond a count-based rule's count (per volume, oldest first) and
 //!    snapshots or copies past their `aws:dlm:expirationTime` are deleted through DeleteSnapshot,
 //!    so whatever protects snapshots from deletion applies; a refused deletion is tried again at
 //!    the next tick. Disabled policies neither run nor retire (as AWS documents); deleted ones leave
@@ -26,7 +27,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::copy::CopySnapshot;
-use crate::snapshots::{CreateSnapshot, CreateSnapshots};
+use crate::snapshots::{CreateSnapshot, CreateSnapshots, PermissionChange};
 
 /// Real time between two ticks unless `BLOCKSNAP_DLM_TICK_MS` says otherwise (the binary reads it).
 pub const DEFAULT_TICK: Duration = Duration::from_secs(30);
@@ -211,6 +212,16 @@ impl Engine {
                 }
             }
         }
+        // ShareRules: the new snapshots are shared with the rule's accounts.
+        if let Some(rule) = p.schedule(&claim.schedule).and_then(|s| s.share_rules.first()) {
+            for id in &taken {
+                let change = PermissionChange { add: rule.target_accounts.clone(), remove: vec![] };
+                if let Err(e) = self.modify_snapshot_permissions(&ctx, id, change, false) {
+                    tracing::warn!(policy_id = p.id, snapshot_id = id, error = %e, "lifecycle policy could not share a snapshot");
+                    errors.push(format!("sharing {id}: {}", e.message()));
+                }
+            }
+        }
         let n = taken.len();
         fail::fail_point!("dlm.before_record", |_| n);
         let _ = self.dlm_update(&p.id, |q| {
@@ -387,6 +398,7 @@ impl Engine {
     /// Step 4: delete what the retention rules retire. Returns the snapshots deleted.
     fn dlm_retire(&self) -> usize {
         let now = now_millis();
+        let mut unshare: Vec<(String, String, String, Vec<String>)> = Vec::new();
         let doomed: Vec<(String, String, String)> = {
             let st = self.lock();
             let mut out = Vec::new();
@@ -412,6 +424,24 @@ impl Engine {
                         out.push((s.account.clone(), s.region.clone(), s.id.clone()));
                     }
                 }
+                // ShareRules' UnshareInterval: shared snapshots past it are unshared.
+                for sch in &p.details.schedules {
+                    let (Some(name), Some(rule)) = (&sch.name, sch.share_rules.first()) else { continue };
+                    let (Some(n), Some(u)) = (rule.unshare_interval, rule.unshare_interval_unit.as_deref()) else {
+                        continue;
+                    };
+                    for s in mine.iter().filter(|s| is_run_snapshot(s, p, name)) {
+                        let shared: Vec<String> = rule
+                            .target_accounts
+                            .iter()
+                            .filter(|a| s.create_volume_permissions.contains(a))
+                            .cloned()
+                            .collect();
+                        if !shared.is_empty() && expiry(s.start_time, n, u) <= now {
+                            unshare.push((s.account.clone(), s.region.clone(), s.id.clone(), shared));
+                        }
+                    }
+                }
                 // By count: per schedule and volume, the newest `count` stay.
                 for sch in &p.details.schedules {
                     let (Some(name), Some(count)) = (&sch.name, sch.retain_rule.as_ref().and_then(|r| r.count)) else {
@@ -435,6 +465,16 @@ impl Engine {
             out.dedup();
             out
         };
+        for (account, region, id, accounts) in unshare {
+            let ctx = Ctx { account, region };
+            let change = PermissionChange { add: vec![], remove: accounts };
+            match self.modify_snapshot_permissions(&ctx, &id, change, false).and_then(|()| self.sync_pending()) {
+                Ok(()) => tracing::info!(snapshot_id = id, "lifecycle policy unshared a snapshot"),
+                Err(e) => {
+                    tracing::debug!(snapshot_id = id, error = %e, "unsharing a snapshot failed; trying again later")
+                }
+            }
+        }
         let mut retired = 0;
         for (account, region, id) in doomed {
             let ctx = Ctx { account, region };
