@@ -414,6 +414,31 @@ def test_locked_snapshot_is_not_retired(dlm_server, az, run_tag):
     dlm.delete_lifecycle_policy(PolicyId=pid)
 
 
+def test_retired_snapshot_goes_to_the_recycle_bin(dlm_server, az, run_tag):
+    """Retirement deletes through DeleteSnapshot: with a Recycle Bin rule the retired snapshot goes to the
+    bin (and can be restored from it), as it does on AWS."""
+    creds = dlm_server.create_account()
+    ec2 = dlm_server.client(creds)
+    dlm = dlm_client(dlm_server, creds)
+    rbin = dlm_server.session(creds).client("rbin", endpoint_url=dlm_server.endpoint)
+    rbin.create_rule(ResourceType="EBS_SNAPSHOT", Description="keep deleted snapshots",
+                     RetentionPeriod={"RetentionPeriodValue": 7, "RetentionPeriodUnit": "DAYS"})
+    vol = make_volume(ec2, az, run_tag, Size=1)["VolumeId"]
+    ec2.create_tags(Resources=[vol], Tags=[{"Key": "backup", "Value": run_tag}])
+    pid = dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description="binned", State="ENABLED",
+                                      PolicyDetails=details(run_tag, RetainRule={"Count": 1}))["PolicyId"]
+    dlm_server.advance_clock(3600)
+    first = wait_for(ec2, pid, completed(1), "no first run")[0]["SnapshotId"]
+    dlm_server.advance_clock(3600)
+    wait_for(ec2, pid, lambda s: len(s) == 1 and s[0]["SnapshotId"] != first and s[0]["State"] == "completed",
+             "the first snapshot was not retired")
+    binned = poll(lambda: [s["SnapshotId"] for s in ec2.list_snapshots_in_recycle_bin()["Snapshots"]],
+                  lambda ids: first in ids, timeout=30)
+    assert binned and first in binned, binned
+    ec2.restore_snapshot_from_recycle_bin(SnapshotId=first)
+    dlm.delete_lifecycle_policy(PolicyId=pid)
+
+
 def test_instance_policy_takes_multi_volume_sets(dlm_server, az, image_id, run_tag):
     """A policy that targets instances takes one crash-consistent set of the instance's volumes
     (CreateSnapshots), minus data volumes carrying an excluded tag; variable tags name the instance."""
