@@ -543,6 +543,7 @@ impl Engine {
             .archive_from(&store, &manifest, &codec, &progress)
             .await
             .map_err(|e| internal("writing the archive", e))?;
+        fail::fail_point!("archive.before_commit");
         // The archive is durable. Commit once nothing reads the standard copy any more.
         let committed = loop {
             {
@@ -576,6 +577,7 @@ impl Engine {
             return Ok(());
         };
         self.sync_pending()?;
+        fail::fail_point!("archive.before_drop_manifest");
         // Readers of the export end before the standard copy goes.
         self.close_export_blocking(&row.id).await;
         self.drop_standard_copy(&row, &store).await;
@@ -624,6 +626,7 @@ impl Engine {
                 .map_err(|e| internal("restoring the archived blocks", e))?;
             store.write_manifest(&ix.manifest()).await.map_err(|e| internal("writing the manifest", e))?;
         }
+        fail::fail_point!("archive.restore_before_commit");
         let permanent = {
             let mut st = self.lock();
             let Some(mut row) = st.snapshots.get(&s.id).cloned() else { return Ok(()) };
@@ -644,6 +647,9 @@ impl Engine {
             permanent
         };
         self.sync_pending()?;
+        if permanent {
+            fail::fail_point!("archive.before_remove");
+        }
         if permanent && let Err(e) = archive.delete(&s.id).await {
             tracing::warn!(snapshot_id = s.id, error = %e, "removing a permanently restored archive (GC retries)");
         }
@@ -763,7 +769,7 @@ impl Engine {
     /// GC of a region's archive store: remove the archives no row wants (a crash between a row's
     /// deletion, failed archival or permanent restore and the removal). Listing first and checking
     /// the rows after is safe: an archive a job is writing belongs to an `archival-in-progress` row.
-    pub(crate) async fn gc_archives(&self, region: &str) -> Result<usize> {
+    pub async fn gc_archives(&self, region: &str) -> Result<usize> {
         let Some(archive) = self.jobs.tiering.archives.lock().await.get(region).cloned() else { return Ok(0) };
         let listed = archive.list().await.map_err(|e| internal("listing archives", e))?;
         let orphans: Vec<String> = {
