@@ -573,10 +573,11 @@ def test_describe_volumes_modifications_and_status(ec2, az, run_tag):
     m = ec2.modify_volume(VolumeId=vid, Size=10, Iops=4000)["VolumeModification"]
     assert m["ModificationState"] == "modifying" and m["TargetSize"] == 10 and m["OriginalSize"] == 2
     mods = ec2.describe_volumes_modifications(VolumeIds=[vid])["VolumesModifications"]
-    assert len(mods) == 1 and mods[0]["ModificationState"] == "completed" and mods[0]["Progress"] == 100
+    # modifying -> optimizing -> completed over time (test_fidelity.py walks it with the test clock).
+    assert len(mods) == 1 and mods[0]["ModificationState"] in ("modifying", "optimizing", "completed")
     assert mods[0]["TargetIops"] == 4000 and mods[0]["OriginalIops"] == 3000
     assert ec2.describe_volumes_modifications(
-        VolumeIds=[vid], Filters=[{"Name": "modification-state", "Values": ["optimizing"]}])["VolumesModifications"] == []
+        VolumeIds=[vid], Filters=[{"Name": "modification-state", "Values": ["failed"]}])["VolumesModifications"] == []
     st = ec2.describe_volume_status(VolumeIds=[vid])["VolumeStatuses"]
     assert st[0]["VolumeId"] == vid and st[0]["VolumeStatus"]["Status"] == "ok"
     assert {"Name": "io-enabled", "Status": "passed"} in st[0]["VolumeStatus"]["Details"]

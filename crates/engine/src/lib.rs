@@ -48,4 +48,6 @@ pub use kms::{AliasInfo, DEFAULT_EBS_ALIAS};
 pub use snapshot_locks::{LockMode, LockSnapshot, LockedSnapshotInfo};
 pub use snapshots::{CreateSnapshot, CreateSnapshots, DescribeSnapshots, MAX_PENDING_PER_VOLUME, PermissionChange};
 pub use tags::{TagDescription, TagSelector, TagSpec};
-pub use volumes::{AttachmentInfo, CreateVolume, DetachVolume, GIB, ModifyVolume, VolumeModification, format_time};
+pub use volumes::{
+    AttachmentInfo, CreateVolume, DetachVolume, GIB, ModifyVolume, VolumeModification, VolumeStatus, format_time,
+};

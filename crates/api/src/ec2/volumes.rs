@@ -168,14 +168,20 @@ pub fn describe_volume_status(e: &Engine, ctx: &Ctx, p: &Params, x: &mut Xml) ->
     }
     let page = e.describe_volume_status(ctx, &q)?;
     x.set("volumeStatusSet", &page.items, |x, v| {
-        x.leaf("volumeId", &v.id)
+        x.leaf("volumeId", &v.volume_id)
             .leaf("availabilityZone", &v.availability_zone)
             .leaf("availabilityZoneId", regions::zone_id(&v.availability_zone));
-        x.open("volumeStatus").leaf("status", "ok");
-        x.set("details", [("io-enabled", "passed"), ("io-performance", "not-applicable")], |x, (n, s)| {
+        x.open("volumeStatus").leaf("status", v.status);
+        x.set("details", &v.details, |x, (n, s)| {
             x.leaf("name", n).leaf("status", s);
         });
         x.close("volumeStatus");
+        if let Some(p) = v.initialization_progress {
+            x.open("initializationStatusDetails")
+                .leaf("initializationType", "default")
+                .leaf("progress", p)
+                .close("initializationStatusDetails");
+        }
         x.open("actionsSet").close("actionsSet");
         x.open("eventsSet").close("eventsSet");
     });

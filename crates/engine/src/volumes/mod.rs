@@ -10,6 +10,7 @@ mod files;
 mod modify;
 mod rules;
 mod status;
+pub use status::VolumeStatus;
 
 pub(crate) use attach::valid_device;
 pub use attach::{AttachmentInfo, DetachVolume};
@@ -173,7 +174,8 @@ impl Engine {
             (Some(s), _) => s,
             (None, Some(snap)) => snap.volume_size_gib as i64,
             (None, None) => {
-                return Err(EngineError::missing("The request must contain the parameter size or snapshotId"));
+                // EC2's own words for it.
+                return Err(EngineError::missing("The request must contain the parameter size/snapshot"));
             }
         };
         let vtype = req.volume_type.clone().unwrap_or_else(|| "gp2".into());

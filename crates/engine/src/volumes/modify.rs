@@ -1,4 +1,11 @@
 //! ModifyVolume and DescribeVolumesModifications.
+//!
+//! The new size, type and performance are in effect at once (the file grew before the commit), and
+//! the modification then moves through AWS's states over the engine's time ([`crate::clock`]),
+//! computed when read, no job: `modifying` for [`MODIFYING_MS`], then `optimizing` for one second
+//! per GiB of the target size (10 s to 6 h), then `completed`; `progress` grows with the elapsed
+//! share. A volume whose modification is still modifying or optimizing refuses another
+//! (`IncorrectModificationState`), as EC2 does.
 
 use crate::describe::{self, ListQuery, Page};
 use crate::engine::{Engine, Rec, State};
@@ -7,6 +14,13 @@ use crate::filter::Filterable;
 use crate::model::*;
 
 use super::{GIB, check_type, format_time};
+
+/// How long a modification is `modifying`.
+pub const MODIFYING_MS: i64 = 5_000;
+/// `optimizing` lasts this long per GiB of the target size, within the bounds below.
+const OPTIMIZING_MS_PER_GIB: i64 = 1_000;
+const OPTIMIZING_MIN_MS: i64 = 10_000;
+const OPTIMIZING_MAX_MS: i64 = 6 * 3600 * 1000;
 
 #[derive(Debug, Clone, Default)]
 pub struct ModifyVolume {
@@ -36,6 +50,34 @@ pub struct VolumeModification {
     pub progress: u32,
     pub start_time: Millis,
     pub end_time: Option<Millis>,
+    /// How long it is `modifying` and then `optimizing` (ms). `None`: a record written complete
+    /// (catalogs from before the phases).
+    #[serde(default)]
+    pub phases_ms: Option<(i64, i64)>,
+}
+
+impl VolumeModification {
+    /// The modification as it stands at `now`.
+    pub fn at(&self, now: Millis) -> VolumeModification {
+        let mut m = self.clone();
+        let Some((modifying, optimizing)) = self.phases_ms else { return m };
+        let elapsed = (now - self.start_time).max(0);
+        let total = (modifying + optimizing).max(1);
+        if elapsed >= total {
+            m.state = "completed".into();
+            m.progress = 100;
+            m.end_time = Some(self.start_time + total);
+        } else {
+            m.state = if elapsed < modifying { "modifying" } else { "optimizing" }.into();
+            m.progress = ((elapsed * 100 / total) as u32).min(99);
+            m.end_time = None;
+        }
+        m
+    }
+
+    pub fn in_progress(&self, now: Millis) -> bool {
+        self.at(now).state != "completed"
+    }
 }
 
 impl Filterable for VolumeModification {
@@ -69,6 +111,17 @@ impl Engine {
         // claimed); the file grows without the lock, so a slow disk stalls only this call.
         let plan = |st: &State| -> Result<(Volume, VolumeModification, u32)> {
             let v = self.volume_of(st, ctx, &req.volume_id)?.clone();
+            if let Some(m) = v.last_modification.as_ref().map(|m| m.at(now_millis()))
+                && m.state != "completed"
+            {
+                return Err(EngineError::client(
+                    "IncorrectModificationState",
+                    format!(
+                        "Volume {} is already being modified (state {}, {}% done); wait until the modification has completed.",
+                        v.id, m.state, m.progress
+                    ),
+                ));
+            }
             if req.size.is_none()
                 && req.volume_type.is_none()
                 && req.iops.is_none()
@@ -112,6 +165,10 @@ impl Engine {
                 progress: 0,
                 start_time: now,
                 end_time: None,
+                phases_ms: Some((
+                    MODIFYING_MS,
+                    (size * OPTIMIZING_MS_PER_GIB).clamp(OPTIMIZING_MIN_MS, OPTIMIZING_MAX_MS),
+                )),
             };
             let original = v.size_gib;
             let mut nv = v;
@@ -120,12 +177,8 @@ impl Engine {
             nv.iops = iops;
             nv.throughput = throughput;
             nv.multi_attach_enabled = multi;
-            // The change is in effect at once: the record DescribeVolumesModifications shows is done.
-            let mut done = modification.clone();
-            done.state = "completed".into();
-            done.progress = 100;
-            done.end_time = Some(now);
-            nv.last_modification = Some(done);
+            // The change is in effect at once; its record moves through the states over time.
+            nv.last_modification = Some(modification.clone());
             Ok((nv, modification, original))
         };
         let (mut nv, mut modification, mut original) = plan(&self.lock())?;
@@ -166,11 +219,12 @@ impl Engine {
         for id in &q.ids {
             self.volume_of(&st, ctx, id)?;
         }
+        let now = now_millis();
         let mods: Vec<VolumeModification> = st
             .volumes
             .values()
             .filter(|v| v.account == ctx.account && v.region == ctx.region)
-            .filter_map(|v| v.last_modification.clone())
+            .filter_map(|v| v.last_modification.as_ref().map(|m| m.at(now)))
             .collect();
         describe::run(
             q,
@@ -192,5 +246,50 @@ impl Engine {
             mods.iter(),
             |m| &m.volume_id,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn modification(phases: Option<(i64, i64)>) -> VolumeModification {
+        VolumeModification {
+            volume_id: "vol-0123456789abcdef0".into(),
+            state: "modifying".into(),
+            target_size: 20,
+            target_iops: None,
+            target_volume_type: "gp3".into(),
+            target_throughput: None,
+            target_multi_attach_enabled: false,
+            original_size: 2,
+            original_iops: None,
+            original_volume_type: "gp3".into(),
+            original_throughput: None,
+            original_multi_attach_enabled: false,
+            progress: 0,
+            start_time: 1_000,
+            end_time: None,
+            phases_ms: phases,
+        }
+    }
+
+    #[test]
+    fn states_and_progress_follow_the_clock() {
+        let m = modification(Some((5_000, 20_000)));
+        assert_eq!((m.at(1_000).state.as_str(), m.at(1_000).progress), ("modifying", 0));
+        let o = m.at(1_000 + 15_000);
+        assert_eq!((o.state.as_str(), o.progress, o.end_time), ("optimizing", 60, None));
+        let c = m.at(1_000 + 25_000);
+        assert_eq!((c.state.as_str(), c.progress, c.end_time), ("completed", 100, Some(26_000)));
+        assert!(m.in_progress(25_999) && !m.in_progress(26_000));
+    }
+
+    #[test]
+    fn records_without_phases_read_as_written() {
+        let mut m = modification(None);
+        m.state = "completed".into();
+        assert_eq!(m.at(i64::MAX).state, "completed");
+        assert!(!m.in_progress(0));
     }
 }

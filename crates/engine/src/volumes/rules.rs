@@ -89,10 +89,12 @@ pub(crate) fn check_type(
         (None, None) => None,
     };
     let throughput = match (rules.throughput, throughput) {
+        // Throughput depends on the volume type (gp3 only): EC2 says InvalidParameterDependency.
         (None, Some(_)) => {
-            return Err(EngineError::combination(format!(
-                "The parameter throughput is not supported for {vtype} volumes."
-            )));
+            return Err(EngineError::client(
+                "InvalidParameterDependency",
+                format!("The parameter throughput is only valid for gp3 volumes, not {vtype} volumes."),
+            ));
         }
         (Some((min, _)), None) => Some(min as u32),
         (Some((min, max)), Some(n)) => {
