@@ -260,6 +260,8 @@ impl Engine {
                     .values()
                     .filter(|s| s.id != dst.id && s.state == SnapshotState::Completed && s.region == dst.region)
                     .filter(|s| s.wrapped_data_key == dst.wrapped_data_key && s.wrapped_data_key.is_some())
+                    // An archived copy's blocks may be gone from the store: nothing to reuse from it.
+                    .filter(|s| crate::archive::in_standard_tier(s))
                     .filter_map(|s| {
                         let c = decode_source(s.source_snapshot.as_deref()?)?;
                         let p = st.snapshots.get(&c.snapshot_id)?;
