@@ -14,6 +14,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 
+import cli_inproc
 from conftest import Server, free_port, make_volume, poll, tagspec
 
 pytestmark = pytest.mark.blocksnap_only
@@ -22,9 +23,13 @@ EMPTY_SPEC = "Tag specification must have at least one tag"
 
 
 def cli_error(server, *args) -> str:
-    out = server.cli(*args, check=False)
-    assert out.returncode != 0, out.stdout
-    return out.stderr
+    """`aws ec2 …` (in-process: cli_inproc, the CLI's own code) must fail; its stderr."""
+    env = {"AWS_ACCESS_KEY_ID": server.creds.access_key, "AWS_SECRET_ACCESS_KEY": server.creds.secret_key,
+           "AWS_DEFAULT_REGION": server.region, "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_PAGER": "", "AWS_MAX_ATTEMPTS": "1"}
+    rc, out, err = cli_inproc.run(["ec2", *args, "--endpoint-url", server.endpoint, "--output", "json"], env)
+    assert rc != 0, out
+    return err
 
 
 # ------------------------------------------------------------------------------ empty TagSpecification

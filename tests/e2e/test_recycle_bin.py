@@ -19,6 +19,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+import cli_inproc
 from conftest import _make_server, poll
 
 pytestmark = pytest.mark.blocksnap_only
@@ -47,19 +48,25 @@ class Account:
                                config=Config(retries={"max_attempts": 1}, parameter_validation=False))
         self.ebs = sess.client("ebs", endpoint_url=srv.endpoint, config=cfg)
 
-    def cli(self, *args, check=True):
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-        env.update({"AWS_ACCESS_KEY_ID": self.creds.access_key, "AWS_SECRET_ACCESS_KEY": self.creds.secret_key,
-                    "AWS_DEFAULT_REGION": self.srv.region, "AWS_CONFIG_FILE": os.devnull,
-                    "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true",
-                    "AWS_PAGER": "", "AWS_MAX_ATTEMPTS": "1"})
-        out = subprocess.run(["aws", *args, "--endpoint-url", self.srv.endpoint, "--output", "json"],
-                             capture_output=True, text=True, env=env, timeout=120)
+    def cli(self, *args, check=True, executable=False):
+        """`aws …` as this account: in-process (cli_inproc, the CLI's own code), or the real
+        executable."""
+        env = {"AWS_ACCESS_KEY_ID": self.creds.access_key, "AWS_SECRET_ACCESS_KEY": self.creds.secret_key,
+               "AWS_DEFAULT_REGION": self.srv.region, "AWS_CONFIG_FILE": os.devnull,
+               "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true",
+               "AWS_PAGER": "", "AWS_MAX_ATTEMPTS": "1"}
+        argv = [*args, "--endpoint-url", self.srv.endpoint, "--output", "json"]
+        if executable:
+            full = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")} | env
+            p = subprocess.run(["aws", *argv], capture_output=True, text=True, env=full, timeout=120)
+            rc, out, err = p.returncode, p.stdout, p.stderr
+        else:
+            rc, out, err = cli_inproc.run(argv, env)
         if not check:
-            assert out.returncode != 0, out.stdout
-            return out.stderr
-        assert out.returncode == 0, out.stderr
-        return json.loads(out.stdout) if out.stdout.strip() else {}
+            assert rc != 0, out
+            return err
+        assert rc == 0, err
+        return json.loads(out) if out.strip() else {}
 
     def snapshot(self, data: bytes = b"", tags: dict | None = None) -> str:
         """A completed snapshot, written through the EBS direct APIs (block 0 = data, if any)."""
@@ -130,7 +137,7 @@ def test_rule_lifecycle_and_tags(srv):
     a.rbin.untag_resource(ResourceArn=arn, TagKeys=["team"])
     assert a.rbin.list_tags_for_resource(ResourceArn=arn)["Tags"] == [{"Key": "env", "Value": "test"}]
     # The CLI: same calls, same answers.
-    listed = a.cli("rbin", "list-rules", "--resource-type", "EBS_SNAPSHOT")
+    listed = a.cli("rbin", "list-rules", "--resource-type", "EBS_SNAPSHOT", executable=True)
     assert [x["Identifier"] for x in listed["Rules"]] == [rid] and listed["Rules"][0]["LockState"] == "unlocked"
     assert a.cli("rbin", "get-rule", "--identifier", rid)["RetentionPeriod"] == days(5)
     assert a.cli("rbin", "list-tags-for-resource", "--resource-arn", arn)["Tags"] == [{"Key": "env", "Value": "test"}]
@@ -142,6 +149,12 @@ def test_rule_lifecycle_and_tags(srv):
     e = rerr(lambda: a.rbin.get_rule(Identifier=rid))
     assert e == {**e, "code": "ResourceNotFoundException", "reason": "RULE_NOT_FOUND", "status": 404}
     assert "ResourceNotFoundException" in a.cli("rbin", "delete-rule", "--identifier", rid, check=False)
+
+
+@pytest.fixture(scope="module")
+def validation_account(srv):
+    """One account for the refused creations: none of them may leave a rule behind."""
+    return Account(srv)
 
 
 @pytest.mark.parametrize("kw", [
@@ -164,8 +177,8 @@ def test_rule_lifecycle_and_tags(srv):
     dict(ResourceType="EBS_SNAPSHOT", RetentionPeriod=days(1), Tags=[{"Key": "aws:x", "Value": "1"}]),
 ], ids=["zero-days", "366-days", "hours", "ebs-volume", "bad-type", "no-type", "no-retention", "tab",
         "tags-and-exclusions", "lock-tag-level", "unlock-delay-6", "six-exclusions", "aws-tag"])
-def test_create_rule_validation(srv, kw):
-    a = Account(srv)
+def test_create_rule_validation(validation_account, kw):
+    a = validation_account
     e = rerr(lambda: a.raw.create_rule(**kw))
     assert (e["code"], e["reason"], e["status"]) == ("ValidationException", "INVALID_PARAMETER_VALUE", 400), e
     assert a.rbin.list_rules(ResourceType="EBS_SNAPSHOT")["Rules"] == []

@@ -4,10 +4,13 @@ locked snapshot survives DeleteSnapshot by the root account; time moves with the
 from __future__ import annotations
 
 import datetime as dt
+import json
+import os
 
 import pytest
 from botocore.exceptions import ClientError
 
+import cli_inproc
 from conftest import poll
 
 pytestmark = pytest.mark.blocksnap_only
@@ -45,10 +48,21 @@ def lock_of(ec2, sid) -> dict:
     return info
 
 
+def cli(server, *args, check=True):
+    """`aws ec2 …` as root, in-process (cli_inproc: the CLI's own code without a Python start)."""
+    env = {"AWS_ACCESS_KEY_ID": server.creds.access_key, "AWS_SECRET_ACCESS_KEY": server.creds.secret_key,
+           "AWS_DEFAULT_REGION": server.region, "AWS_CONFIG_FILE": os.devnull,
+           "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_PAGER": "", "AWS_MAX_ATTEMPTS": "1"}
+    rc, out, err = cli_inproc.run(["ec2", *args, "--endpoint-url", server.endpoint, "--output", "json"], env)
+    if not check:
+        assert rc != 0, out
+        return err
+    assert rc == 0, err
+    return json.loads(out) if out.strip() else {}
+
+
 def cli_fails(server, *args) -> str:
-    out = server.cli(*args, check=False)
-    assert out.returncode != 0, out.stdout
-    return out.stderr
+    return cli(server, *args, check=False)
 
 
 def test_governance_lock_blocks_root_until_unlocked(ec2, clock_server, volume):
@@ -75,7 +89,7 @@ def test_governance_lock_blocks_root_until_unlocked(ec2, clock_server, volume):
 
 def test_compliance_lock_cooloff_then_only_extended(ec2, clock_server, volume):
     sid = snapshot(ec2, volume)
-    out = clock_server.cli("lock-snapshot", "--snapshot-id", sid, "--lock-mode", "compliance",
+    out = cli(clock_server, "lock-snapshot", "--snapshot-id", sid, "--lock-mode", "compliance",
                            "--cool-off-period", "2", "--lock-duration", "2")
     assert out["LockState"] == "compliance-cooloff" and out["CoolOffPeriod"] == 2, out
     assert "CoolOffPeriodExpiresOn" in out and "LockExpiresOn" in out
@@ -120,6 +134,12 @@ def test_lock_survives_restart(ec2, clock_server, volume):
     assert err(lambda: ec2.delete_snapshot(SnapshotId=sid))[0] == "SnapshotLocked"
 
 
+@pytest.fixture(scope="module")
+def unlocked(ec2, volume):
+    """A snapshot the refused locks must leave unlocked."""
+    return snapshot(ec2, volume)
+
+
 @pytest.mark.parametrize("kw,code", [
     (dict(LockMode="governance"), "MissingParameter"),
     (dict(LockMode="governance", LockDuration=1, ExpirationDate=dt.datetime(2100, 1, 1)),
@@ -132,8 +152,8 @@ def test_lock_survives_restart(ec2, clock_server, volume):
     (dict(LockMode="forever", LockDuration=1), "InvalidParameterValue"),
 ], ids=["no-length", "both-lengths", "zero-days", "too-many-days", "past-date", "cooloff-governance",
         "cooloff-73h", "bad-mode"])
-def test_lock_validation(ec2, clock_server, volume, kw, code):
-    sid = snapshot(ec2, volume)
+def test_lock_validation(ec2, clock_server, unlocked, kw, code):
+    sid = unlocked
     # The server checks what botocore would check itself too.
     raw = clock_server.client(parameter_validation=False)
     assert err(lambda: raw.lock_snapshot(SnapshotId=sid, **kw))[0] == code
@@ -180,7 +200,7 @@ def test_describe_locked_snapshots_pages(ec2, clock_server, volume):
     assert err(lambda: ec2.describe_locked_snapshots(
         Filters=[{"Name": "volume-id", "Values": [volume]}]))[0] == "InvalidParameterValue"
     # The CLI pages through them the same way.
-    listed = clock_server.cli("describe-locked-snapshots", "--max-results", "5")
+    listed = cli(clock_server, "describe-locked-snapshots", "--max-results", "5")
     assert len(listed["Snapshots"]) == 5 and "NextToken" in listed
     for s in sids:
         ec2.unlock_snapshot(SnapshotId=s)
