@@ -32,12 +32,16 @@ struct Node {
 }
 
 fn open(dir: &Path) -> Node {
+    open_with(dir, EngineConfig::default())
+}
+
+fn open_with(dir: &Path, config: EngineConfig) -> Node {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let volumes = blocksnap_volume::VolumeStore::open(dir.join("volumes")).unwrap();
     let storage =
         Storage { volumes: Arc::new(volumes), snapshot_root: dir.join("snapshots"), runtime: runtime.handle().clone() };
     let catalog = SqliteCatalog::open(&dir.join("catalog.db")).unwrap();
-    let engine = Arc::new(Engine::open(Arc::new(catalog), EngineConfig::default(), Some(storage)).unwrap());
+    let engine = Arc::new(Engine::open(Arc::new(catalog), config, Some(storage)).unwrap());
     // What `blocksnap serve` does at start.
     engine.remove_orphan_volumes().unwrap();
     engine.start().unwrap();
@@ -133,7 +137,7 @@ fn child() {
     let Ok(spec) = std::env::var(CHILD_ENV) else { return };
     let mut parts = spec.splitn(3, '|');
     let (case, dir, arg) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
-    let n = open(Path::new(dir));
+    let n = open_with(Path::new(dir), EngineConfig { test_clock: case == "purge-bin", ..Default::default() });
     let exit = || std::process::exit(CRASH_CODE);
     match case {
         "delete-volume" => {
@@ -151,6 +155,13 @@ fn child() {
         "delete-instance-snapshot" => {
             fail::cfg_callback("snapshot.before_delete_manifest", exit).unwrap();
             n.engine.lightsail().delete_instance_snapshot(&n.ctx, arg).unwrap();
+        }
+        "purge-bin" => {
+            // The binned snapshot's retention (one day) ends; the purge commits, then crashes
+            // before the manifest goes.
+            n.engine.advance_test_clock(&n.ctx, 2 * 24 * 3600).unwrap();
+            fail::cfg_callback("snapshot.before_delete_manifest", exit).unwrap();
+            n.engine.purge_recycle_bin().unwrap();
         }
         other => panic!("unknown case {other}"),
     }
@@ -234,7 +245,7 @@ fn delete_snapshot_crash_before_manifest_goes() {
 
 #[test]
 fn lightsail_delete_instance_snapshot_crash_before_manifests_go() {
-    use blocksnap_engine::lightsail::{CreateDisk, CreateInstanceSnapshot, CreateInstances};
+    use blocksnap_engine::lightsail::{CreateDisk, CreateInstanceSnapshot, CreateInstances, InstanceSnapshotState};
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let (snap_ids, kept) = {
@@ -270,7 +281,9 @@ fn lightsail_delete_instance_snapshot_crash_before_manifests_go() {
         }
         n.engine.sync_pending().unwrap();
         let deadline = Instant::now() + Duration::from_secs(60);
-        while ["web-snap", "db-snap"].iter().any(|s| ls.get_instance_snapshot(&n.ctx, s).unwrap().state != "available")
+        while ["web-snap", "db-snap"]
+            .iter()
+            .any(|s| ls.get_instance_snapshot(&n.ctx, s).unwrap().state != InstanceSnapshotState::Available)
         {
             assert!(Instant::now() < deadline, "instance snapshots not available after 60 s");
             std::thread::sleep(Duration::from_millis(20));
@@ -289,11 +302,62 @@ fn lightsail_delete_instance_snapshot_crash_before_manifests_go() {
     let ls = n.engine.lightsail();
     let err = ls.get_instance_snapshot(&n.ctx, "web-snap").unwrap_err();
     assert!(err.to_string().contains("does not exist"), "the deleted instance snapshot stays deleted: {err}");
-    assert_eq!(ls.get_instance_snapshot(&n.ctx, kept).unwrap().state, "available", "the other one is intact");
+    assert_eq!(
+        ls.get_instance_snapshot(&n.ctx, kept).unwrap().state,
+        InstanceSnapshotState::Available,
+        "the other one is intact"
+    );
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(n.engine.gc_region(REGION, Duration::ZERO)).unwrap();
     let left: Vec<&String> = snap_ids.iter().filter(|id| manifest(dir, id).exists()).collect();
     assert_eq!(left.len(), 1, "GC removed the deleted snapshots' manifests, kept the other: {left:?}");
     let reports = rt.block_on(n.engine.verify_snapshots(REGION)).unwrap();
     assert!(reports.len() == 1 && reports[0].is_ok(), "{reports:?}");
+}
+
+#[test]
+fn recycle_bin_purge_crash_before_manifest_goes() {
+    use blocksnap_engine::recycle_bin::{CreateRule, RetentionPeriod};
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (binned, kept) = {
+        let n = open(dir);
+        let rule = CreateRule {
+            resource_type: Some("EBS_SNAPSHOT".into()),
+            retention_period: Some(RetentionPeriod { value: Some(1), unit: Some("DAYS".into()) }),
+            ..Default::default()
+        };
+        n.engine.rbin_create_rule(&n.ctx, rule).unwrap();
+        let (_, vol) = instance_with_data(&n, 5);
+        let binned = snap(&n, &vol);
+        let v = n.engine.attached_volume(&vol).unwrap();
+        v.write_at(65536, &pattern(6), true).unwrap();
+        let kept = snap(&n, &vol);
+        n.engine.delete_snapshot(&n.ctx, &binned, false).unwrap();
+        assert_eq!(snapshot(&n, &binned), None, "a binned snapshot leaves DescribeSnapshots");
+        let listed = n.engine.list_snapshots_in_recycle_bin(&n.ctx, &ListQuery::default(), false).unwrap();
+        assert_eq!(listed.items.iter().map(|b| b.snapshot.id.clone()).collect::<Vec<_>>(), vec![binned.clone()]);
+        // GC keeps a binned snapshot's manifest.
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(n.engine.gc_region(REGION, Duration::ZERO)).unwrap();
+        assert!(manifest(dir, &binned).exists(), "GC keeps the manifest of a snapshot in the bin");
+        (binned, kept)
+    };
+    assert_eq!(crash_child("purge-bin", dir, ""), CRASH_CODE, "the child crashes at the failpoint");
+    assert!(manifest(dir, &binned).exists(), "the crash came before the manifest was removed");
+    let n = open(dir);
+    let listed = n.engine.list_snapshots_in_recycle_bin(&n.ctx, &ListQuery::default(), false).unwrap();
+    assert!(listed.items.is_empty(), "the purge's commit was durable: the bin is empty");
+    assert!(n.engine.restore_snapshot_from_recycle_bin(&n.ctx, &binned, false).is_err());
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(n.engine.gc_region(REGION, Duration::ZERO)).unwrap();
+    assert!(!manifest(dir, &binned).exists(), "GC removes the orphan manifest");
+    let reports = rt.block_on(n.engine.verify_snapshots(REGION)).unwrap();
+    assert_eq!(reports.len(), 1);
+    assert!(reports[0].is_ok(), "{:?}", reports[0]);
+    let reader = n.engine.snapshot_reader(&kept).unwrap();
+    let mut buf = vec![0u8; 131072];
+    reader.read_at(0, &mut buf).unwrap();
+    assert_eq!(&buf[..65536], &pattern(5)[..]);
+    assert_eq!(&buf[65536..], &pattern(6)[..]);
 }
