@@ -334,3 +334,36 @@ def test_killed_mid_archive_restarts_consistent(srv, run_tag):
     v = subprocess.run([str(blocksnap_bin()), "admin", "verify", "--data-dir", str(srv.data_dir)],
                        capture_output=True, text=True, timeout=120)
     assert v.returncode == 0 and f"{sid} ok" in v.stdout, v.stdout + v.stderr
+
+
+def test_recycle_bin_keeps_an_archived_snapshot(srv, run_tag):
+    """"If you delete an archived snapshot that matches a Recycle Bin retention rule, the archived snapshot
+    is retained in the Recycle Bin": its archive stays, it comes back archived, and is restored from there."""
+    ec2 = srv.client()
+    rbin = srv.session().client("rbin", endpoint_url=srv.endpoint)
+    rule = rbin.create_rule(ResourceType="EBS_SNAPSHOT",
+                            RetentionPeriod={"RetentionPeriodValue": 1, "RetentionPeriodUnit": "DAYS"},
+                            ResourceTags=[{"ResourceTagKey": "e2e-run", "ResourceTagValue": run_tag}])["Identifier"]
+    try:
+        inst, vid = attached(ec2, srv.region, run_tag)
+        qemu_io(srv, vid, "write -P 0x41 0 2M", "flush")
+        sid = completed_snapshot(ec2, vid, run_tag)
+        ec2.modify_snapshot_tier(SnapshotId=sid, StorageTier="archive")
+        wait_tier(ec2, sid, "archival-completed")
+        ec2.delete_snapshot(SnapshotId=sid)
+        assert [s["SnapshotId"] for s in ec2.list_snapshots_in_recycle_bin(SnapshotIds=[sid])["Snapshots"]] == [sid]
+        time.sleep(2.5)  # GC ticks every second: the binned snapshot's archive is not an orphan
+        index = srv.data_dir / "archive" / srv.region / sid / "index"
+        assert index.exists()
+        ec2.restore_snapshot_from_recycle_bin(SnapshotId=sid)
+        assert snap(ec2, sid)["StorageTier"] == "archive"
+        with pytest.raises(ClientError) as e:
+            ec2.create_volume(SnapshotId=sid, AvailabilityZone=srv.region + "a")
+        assert code(e) == "IncorrectState"
+        ec2.restore_snapshot_tier(SnapshotId=sid, TemporaryRestoreDays=1)
+        wait_tier(ec2, sid, "temporary-restore-completed")
+        new = ec2.create_volume(SnapshotId=sid, AvailabilityZone=srv.region + "a")["VolumeId"]
+        attach(ec2, inst, new, "/dev/sdg")
+        assert compare(srv, vid, new).returncode == 0
+    finally:
+        rbin.delete_rule(Identifier=rule)
