@@ -1,0 +1,361 @@
+//! Against a real PostgreSQL server: `BLOCKSNAP_TEST_PG` names a database whose user may create
+//! databases and, for the crash test, run programs (`tests/run` starts a throwaway cluster as its
+//! superuser through `tests/pg.sh`). Without it these tests fail: they never skip.
+
+use super::*;
+use tokio_postgres::NoTls;
+
+#[test]
+fn remote_catalogs_need_tls_unless_the_url_says_otherwise() {
+    let needs = |url: &str| needs_tls(url, &url.parse().unwrap());
+    assert!(needs("postgres://u:p@db.example:5432/blocksnap"));
+    assert!(needs("postgres://u@10.0.0.7/blocksnap"));
+    assert!(!needs("postgres://u@db.example/blocksnap?sslmode=disable"));
+    assert!(!needs("postgres://u@db.example/blocksnap?sslmode=prefer"));
+    assert!(!needs("postgres://u@localhost/blocksnap"));
+    assert!(!needs("postgres://u@127.0.0.1:5432/blocksnap"));
+    assert!(!needs("postgres://u@[::1]:5432/blocksnap"));
+    assert!(!needs("postgresql:///blocksnap?host=/var/run/postgresql"));
+    // Required TLS is really asked for: a server without it is refused.
+    let (url, _shared) = fresh_db_locked();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    match PgCatalog::open(&format!("{url}{sep}sslmode=require")) {
+        Err(CatalogError::Postgres(e)) => assert!(e.to_string().contains("TLS"), "{e}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("sslmode=require connected without TLS"),
+    }
+}
+
+fn admin_url() -> String {
+    std::env::var("BLOCKSNAP_TEST_PG").unwrap_or_else(|_| {
+        panic!(
+            "BLOCKSNAP_TEST_PG is not set: run tests/run, or start a throwaway cluster with \
+             `. tests/pg.sh && pg_start` and rerun with the BLOCKSNAP_TEST_PG it exports"
+        )
+    })
+}
+
+/// The URL of `admin_url` with another database name.
+fn url_for(db: &str) -> String {
+    let base = admin_url();
+    let (head, query) = match base.split_once('?') {
+        Some((h, q)) => (h.to_string(), format!("?{q}")),
+        None => (base.clone(), String::new()),
+    };
+    let cut = head.rfind('/').expect("a URL with a database path");
+    format!("{}/{db}{query}", &head[..cut])
+}
+
+fn admin<T>(f: impl AsyncFnOnce(&Client) -> T) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let cfg: tokio_postgres::Config = admin_url().parse().unwrap();
+        let (client, conn) = cfg.connect(NoTls).await.expect("connecting to BLOCKSNAP_TEST_PG");
+        tokio::spawn(conn);
+        f(&client).await
+    })
+}
+
+/// The crash test restarts every session of the server: it runs alone.
+static SERVER: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A new empty database; returns its URL. Tests hold `_shared` while they use the server.
+fn fresh_db_locked() -> (String, std::sync::RwLockReadGuard<'static, ()>) {
+    let guard = SERVER.read().unwrap_or_else(|p| p.into_inner());
+    (fresh_db(), guard)
+}
+
+fn fresh_db() -> String {
+    let name = format!(
+        "cat_{:016x}",
+        std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), std::time::SystemTime::now())
+    );
+    admin(async |c| c.batch_execute(&format!("CREATE DATABASE {name}")).await.unwrap());
+    url_for(&name)
+}
+
+fn db_sql<T>(url: &str, f: impl AsyncFnOnce(&Client) -> T) -> T {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let cfg: tokio_postgres::Config = url.parse().unwrap();
+        let (client, conn) = cfg.connect(NoTls).await.unwrap();
+        tokio::spawn(conn);
+        f(&client).await
+    })
+}
+
+fn row(id: &str, doc: &str) -> Row {
+    Row { kind: "volume".into(), id: id.into(), account: "1".into(), region: "r".into(), doc: doc.into() }
+}
+
+fn flushes(url: &str) -> i64 {
+    db_sql(url, async |c| c.query_one("SELECT n FROM blocksnap_flush", &[]).await.unwrap().get(0))
+}
+
+#[test]
+fn batch_is_atomic_and_persistent() {
+    let (url, _shared) = fresh_db_locked();
+    {
+        let c = PgCatalog::open(&url).unwrap();
+        c.commit(&[Change::Put(row("b", "2")), Change::Put(row("a", "1"))]).unwrap();
+        let s =
+            c.commit(&[Change::Put(row("a", "3")), Change::Delete { kind: "volume".into(), id: "b".into() }]).unwrap();
+        c.sync(s).unwrap();
+        // A batch that fails halfway leaves nothing (a NUL byte is not valid text in PostgreSQL).
+        let r = c.commit(&[Change::Put(row("c", "4")), Change::Put(row("d", "\0"))]);
+        assert!(matches!(r, Err(CatalogError::Refused(_))), "{r:?}");
+        assert_eq!(c.get("volume", "c").unwrap(), None);
+        // A refusal is definite: the writer goes on.
+        let s = c.commit(&[Change::Put(row("e", "5"))]).unwrap();
+        c.sync(s).unwrap();
+        c.commit(&[Change::Delete { kind: "volume".into(), id: "e".into() }]).unwrap();
+    }
+    let c = reopen_owner(&url);
+    assert_eq!(c.load_kind("volume").unwrap(), vec![row("a", "3")]);
+    assert_eq!(c.get("volume", "b").unwrap(), None);
+    assert_eq!(c.get("volume", "a").unwrap(), Some(row("a", "3")));
+}
+
+#[test]
+fn ids_sort_by_bytes() {
+    let (url, _shared) = fresh_db_locked();
+    let c = PgCatalog::open(&url).unwrap();
+    let ids = ["b", "B", "a-1", "a_1", "a", "vol-0f", "vol-0F"];
+    let s = c.commit(&ids.iter().map(|i| Change::Put(row(i, "{}"))).collect::<Vec<_>>()).unwrap();
+    c.sync(s).unwrap();
+    let mut want: Vec<&str> = ids.to_vec();
+    want.sort();
+    let got: Vec<String> = c.load_kind("volume").unwrap().into_iter().map(|r| r.id).collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn migrations_create_upgrade_and_refuse_newer() {
+    let (url, _shared) = fresh_db_locked();
+    // Non-owners never create.
+    assert!(matches!(PgCatalog::open_mode(&url, OpenMode::Shared), Err(CatalogError::NeedsUpgrade { found: 0, .. })));
+    assert!(matches!(PgCatalog::open_mode(&url, OpenMode::ReadOnly), Err(CatalogError::NeedsUpgrade { found: 0, .. })));
+    let id = {
+        let c = PgCatalog::open(&url).unwrap();
+        let s = c.commit(&[Change::Put(row("a", "1"))]).unwrap();
+        c.sync(s).unwrap();
+        c.catalog_id().to_string()
+    };
+    assert_eq!(id.len(), 36, "a UUID");
+    // A later migration that fails halfway: nothing of it stays, the version is unchanged.
+    let version = |url: &str| -> i32 {
+        db_sql(url, async |c| c.query_one("SELECT version FROM blocksnap_schema", &[]).await.unwrap().get(0))
+    };
+    assert_eq!(version(&url), 1);
+    let broken = [MIGRATIONS[0], "CREATE TABLE extra (x text); INSERT INTO nowhere VALUES (1);"];
+    let good = [MIGRATIONS[0], "ALTER TABLE rows ADD COLUMN note text NOT NULL DEFAULT '';"];
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let cfg: tokio_postgres::Config = url.parse().unwrap();
+        let (mut client, conn) = cfg.connect(NoTls).await.unwrap();
+        tokio::spawn(conn);
+        assert!(migrate(&mut client, &broken).await.is_err());
+        let extra: bool = client.query_one("SELECT to_regclass('extra') IS NOT NULL", &[]).await.unwrap().get(0);
+        assert!(!extra, "a failed upgrade left part of itself");
+        let v: i32 = client.query_one("SELECT version FROM blocksnap_schema", &[]).await.unwrap().get(0);
+        assert_eq!(v, 1);
+        // A good one: applied once, rows and id kept.
+        assert_eq!(migrate(&mut client, &good).await.unwrap(), id);
+        assert_eq!(migrate(&mut client, &good).await.unwrap(), id);
+    });
+    drop(rt);
+    assert_eq!(version(&url), 2);
+    // This binary (schema 1) now refuses it in every mode, and writes nothing.
+    for mode in [OpenMode::Owner, OpenMode::Shared, OpenMode::ReadOnly] {
+        let r = PgCatalog::open_mode(&url, mode);
+        assert!(matches!(r, Err(CatalogError::TooNew { found: 2, supported: 1 })), "{mode:?}: {:?}", r.err());
+    }
+    assert_eq!(version(&url), 2);
+    let doc: String =
+        db_sql(&url, async |c| c.query_one("SELECT doc FROM rows WHERE id = 'a'", &[]).await.unwrap().get(0));
+    assert_eq!(doc, "1");
+}
+
+#[test]
+fn one_owner_per_database() {
+    let (url, _shared) = fresh_db_locked();
+    let owner = PgCatalog::open(&url).unwrap();
+    match PgCatalog::open(&url) {
+        Err(CatalogError::OwnerHeld(holder)) => assert!(holder.contains("blocksnap"), "{holder}"),
+        Err(e) => panic!("second owner: unexpected error {e}"),
+        Ok(_) => panic!("a second owner of one database was accepted"),
+    }
+    // Writers beside the owner (admin commands) and readers are fine.
+    let shared = PgCatalog::open_mode(&url, OpenMode::Shared).unwrap();
+    let s = shared.commit(&[Change::Put(row("x", "1"))]).unwrap();
+    shared.sync(s).unwrap();
+    assert_eq!(owner.get("volume", "x").unwrap(), Some(row("x", "1")));
+    let ro = PgCatalog::open_mode(&url, OpenMode::ReadOnly).unwrap();
+    assert!(matches!(ro.commit(&[Change::Put(row("y", "1"))]), Err(CatalogError::ReadOnly)));
+    assert_eq!(ro.load_kind("volume").unwrap().len(), 1);
+    // The owner gone (its session ends with it), the next one gets in.
+    drop(owner);
+    reopen_owner(&url);
+}
+
+/// Open as owner once the previous owner's session (closed in the background) is gone.
+fn reopen_owner(url: &str) -> PgCatalog {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match PgCatalog::open(url) {
+            Ok(c) => return c,
+            Err(CatalogError::OwnerHeld(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(e) => panic!("owner after the previous one ended: {e}"),
+        }
+    }
+}
+
+#[test]
+fn one_flush_covers_every_commit_before_it() {
+    let (url, _shared) = fresh_db_locked();
+    let c = PgCatalog::open(&url).unwrap();
+    let before = flushes(&url);
+    let seqs: Vec<u64> = (0..3).map(|i| c.commit(&[Change::Put(row(&i.to_string(), "{}"))]).unwrap()).collect();
+    c.sync(seqs[2]).unwrap();
+    assert_eq!(flushes(&url), before + 1);
+    // Already durable: no more flushes.
+    c.sync(seqs[0]).unwrap();
+    c.sync(seqs[1]).unwrap();
+    assert_eq!(flushes(&url), before + 1);
+}
+
+#[test]
+fn concurrent_committers_share_flushes() {
+    let (url, _shared) = fresh_db_locked();
+    let c = Arc::new(PgCatalog::open(&url).unwrap());
+    let before = flushes(&url);
+    let (threads, each) = (8, 25);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                for i in 0..each {
+                    let s = c.commit(&[Change::Put(row(&format!("{t}-{i}"), "{}"))]).unwrap();
+                    c.sync(s).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    let used = flushes(&url) - before;
+    assert!(used >= 1 && used <= (threads * each) as i64, "{used} flushes");
+    drop(c);
+    let c = reopen_owner(&url);
+    assert_eq!(c.load_kind("volume").unwrap().len(), threads * each);
+}
+
+/// Called from inside async tasks of a multi-thread runtime (the engine does so for key reads and
+/// job steps): no panic, no deadlock; dropped inside one too.
+#[test]
+fn usable_and_droppable_inside_a_runtime() {
+    let (url, _shared) = fresh_db_locked();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async move {
+        let c = Arc::new(PgCatalog::open(&url).unwrap());
+        let tasks: Vec<_> = (0..4)
+            .map(|i| {
+                let c = c.clone();
+                tokio::spawn(async move {
+                    let s = c.commit(&[Change::Put(row(&i.to_string(), "{}"))]).unwrap();
+                    c.sync(s).unwrap();
+                    c.get("volume", &i.to_string()).unwrap().unwrap()
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(c.load_kind("volume").unwrap().len(), 4);
+        drop(c);
+    });
+}
+
+/// A server crash (a backend killed with SIGKILL: the server ends every session and replays its
+/// WAL) after durable commits keeps them; commits not yet flushed poison the catalog (their fate
+/// is unknown), and a catalog that saw no unflushed commit reconnects.
+#[test]
+fn durable_across_a_server_crash_and_poisoned_on_unflushed_loss() {
+    let _alone = SERVER.write().unwrap_or_else(|p| p.into_inner());
+    let url = fresh_db();
+    let crash = |url: &str, pid: i32| {
+        db_sql(url, async |c| {
+            // A checkpoint first keeps the replay short (the server may hold many test databases).
+            // Then SIGKILL from the server's OS user: the server restarts every session.
+            c.batch_execute("CHECKPOINT").await.unwrap();
+            let _ = c.batch_execute(&format!("COPY (SELECT 1) TO PROGRAM 'kill -9 {pid}'")).await;
+        });
+        // Wait for the crash recovery to finish: the server answers and the victim's entry is gone
+        // (right after the kill the server may still answer as if nothing happened).
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let up = rt.block_on(async {
+                let cfg: tokio_postgres::Config = url.parse().unwrap();
+                match cfg.connect(NoTls).await {
+                    Ok((c, conn)) => {
+                        tokio::spawn(conn);
+                        c.query_one("SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)", &[&pid])
+                            .await
+                            .is_ok_and(|r| r.get::<_, bool>(0))
+                    }
+                    Err(_) => false,
+                }
+            });
+            if up {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the server did not come back");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    let writer_pid = |c: &PgCatalog| -> i32 {
+        let inner = c.inner.clone();
+        c.run(async move { Ok(inner.writer.lock().await.client.as_ref().map(|w| w.ident.0).unwrap_or(0)) }).unwrap()
+    };
+    // 1. Durable commits survive; the catalog had nothing unflushed, so it carries on.
+    let c = PgCatalog::open(&url).unwrap();
+    let s = c.commit(&[Change::Put(row("kept", "1"))]).unwrap();
+    c.sync(s).unwrap();
+    crash(&url, writer_pid(&c));
+    let mut ok = false;
+    for _ in 0..20 {
+        // The first call may meet a connection the crash broke.
+        if let Ok(s) = c.commit(&[Change::Put(row("after", "1"))]) {
+            c.sync(s).unwrap();
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(ok, "the catalog did not reconnect after a crash with nothing unflushed");
+    drop(c);
+    let c = reopen_owner(&url);
+    assert_eq!(c.get("volume", "kept").unwrap(), Some(row("kept", "1")));
+    assert_eq!(c.get("volume", "after").unwrap(), Some(row("after", "1")));
+    // 2. A commit not yet flushed when the server crashes: never reported durable.
+    let s = c.commit(&[Change::Put(row("maybe", "1"))]).unwrap();
+    crash(&url, writer_pid(&c));
+    let mut last = None;
+    for _ in 0..3 {
+        match c.sync(s) {
+            Ok(()) => panic!("a commit made before the crash was reported durable"),
+            Err(e) => last = Some(e),
+        }
+    }
+    assert!(matches!(last, Some(CatalogError::Poisoned(_))), "{last:?}");
+    assert!(matches!(c.commit(&[Change::Put(row("no", "1"))]), Err(CatalogError::Poisoned(_))));
+    drop(c);
+    // A restart reloads whatever the server kept.
+    let c = reopen_owner(&url);
+    assert_eq!(c.get("volume", "kept").unwrap(), Some(row("kept", "1")));
+    assert_eq!(c.get("volume", "no").unwrap(), None);
+}
