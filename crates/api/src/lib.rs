@@ -6,6 +6,7 @@
 
 mod admin;
 mod auth;
+mod console;
 mod console_api;
 pub mod dlm;
 pub mod ebs;
@@ -33,10 +34,10 @@ pub struct AppState {
     pub engine: Arc<Engine>,
 }
 
-/// Every path is an AWS API call and needs SigV4: metrics and health are served on their own
-/// listener by the binary, never here.
+/// Every path but the web console's static files (`/console…`, no data: `console/`) is an AWS API
+/// call and needs SigV4: metrics and health are served on their own listener by the binary, never here.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new().fallback(handle).with_state(state)
+    Router::new().merge(console::routes()).fallback(handle).with_state(state)
 }
 
 fn new_request_id() -> String {

@@ -1,0 +1,203 @@
+"""The web console (`/console`) in a real browser: headless Chromium (Debian's `chromium`) driven by
+Playwright. The browser signs every call itself (SigV4 in Web Crypto), so these tests drive the same
+APIs the AWS CLI uses, through the pages a person sees. Screenshots of each page are saved under the
+test's tmp dir."""
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import requests
+
+import nbd
+from conftest import poll
+
+pytestmark = pytest.mark.blocksnap_only
+
+CHROMIUM = "/usr/bin/chromium"
+OTHER_REGION = "us-west-2"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("Playwright is missing: pip install playwright (tests/run installs it)")
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium (tests/run installs it)")
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = ctx.new_page()
+    errors = []
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    # prompt() and confirm() answers, in order (see answer_dialogs).
+    pg.answers = []
+    pg.on("dialog", lambda d: d.accept(*pg.answers.pop(0)) if pg.answers else d.dismiss())
+    pg.set_default_timeout(30_000)
+    yield pg
+    ctx.close()
+    assert not errors, f"script errors in the console: {errors}"
+
+
+def sign_in(page, server, creds, secret=None):
+    page.goto(f"{server.endpoint}console")
+    page.get_by_label("Access key ID").fill(creds.access_key)
+    page.get_by_label("Secret access key").fill(secret or creds.secret_key)
+    page.get_by_role("textbox", name="Region").fill(server.region)
+    page.get_by_label("NBD endpoint (host:port)").fill(f"127.0.0.1:{server.nbd_port}")
+    page.get_by_role("button", name="Sign in").click()
+
+
+def answer_dialogs(page, *answers):
+    """The next dialogs' answers: a text for a prompt, None to confirm; any other dialog is dismissed."""
+    page.answers.extend(() if a is None else (a,) for a in answers)
+
+
+def status_text(page, pattern: str) -> re.Match:
+    page.wait_for_function("p => new RegExp(p).test(document.querySelector('#status').textContent)", arg=pattern)
+    m = re.search(pattern, page.locator("#status").text_content())
+    assert m, page.locator("#status").text_content()
+    return m
+
+
+def test_static_pages_carry_no_data_and_are_locked_down(server):
+    r = requests.get(f"{server.endpoint}console", timeout=10, allow_redirects=False)
+    assert r.status_code == 308 and r.headers["location"] == "/console/"
+    r = requests.get(f"{server.endpoint}console/", timeout=10)
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    csp = r.headers["content-security-policy"]
+    assert "frame-ancestors 'none'" in csp and "script-src 'self'" in csp
+    assert r.headers["x-frame-options"] == "DENY"
+    assert not re.search(r"(vol|snap|i)-[0-9a-f]{8}|\d{12}|" + server.creds.access_key, r.text)
+    assert requests.get(f"{server.endpoint}console/nope.js", timeout=10).status_code == 404
+    # Everything else is still an AWS call: unsigned, refused.
+    assert requests.get(f"{server.endpoint}consoles", timeout=10).status_code in (400, 401, 403)
+
+
+def test_console_scenario(fresh_server, page, tmp_path):
+    srv = fresh_server
+    ec2 = srv.client()
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    ident = nbd.credentials(srv).identity
+
+    # A wrong secret is refused, and the sign-in page says so.
+    sign_in(page, srv, srv.creds, secret="not-the-secret")
+    err = page.locator("#signin-error")
+    err.wait_for()
+    page.wait_for_function("() => document.querySelector('#signin-error').textContent.length > 0")
+    assert "Sign-in refused" in err.text_content() and "AuthFailure" in err.text_content()
+    page.screenshot(path=str(shots / "signin-refused.png"))
+
+    sign_in(page, srv, srv.creds)
+    page.get_by_role("heading", name=f"Volumes in {srv.region}").wait_for()
+
+    # Create a volume through the form.
+    page.get_by_label("Size (GiB)").fill("1")
+    page.get_by_label("Name").fill("console-vol")
+    page.get_by_role("button", name="Create volume").click()
+    vid = status_text(page, r"Created (vol-[0-9a-f]+)").group(1)
+    row = page.locator(f'tr[data-id="{vid}"]')
+    row.wait_for()
+    assert "console-vol" in row.text_content() and "not attached" in row.text_content()
+    uri = row.locator(".nbd-uri").text_content()
+    assert uri == f"nbds://{ident}@127.0.0.1:{srv.nbd_port}/{vid}?tls-psk-file=keys.psk"
+    poll(lambda: ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]["State"], lambda s: s == "available")
+
+    # Attach it to an instance from the page: its NBD export is served while attached.
+    image = ec2.describe_images()["Images"][0]["ImageId"]
+    inst = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1,
+                             Placement={"AvailabilityZone": f"{srv.region}a"})["Instances"][0]["InstanceId"]
+    poll(lambda: ec2.describe_instances(InstanceIds=[inst])["Reservations"][0]["Instances"][0]["State"]["Name"],
+         lambda s: s == "running")
+    answer_dialogs(page, inst, "/dev/sdf")
+    page.get_by_role("button", name=f"Attach {vid}").click()
+    status_text(page, rf"Attach {vid}: done")
+    page.wait_for_function("id => /attached\)/.test(document.querySelector(`tr[data-id='${id}']`)?.textContent)", arg=vid)
+    assert inst in page.locator(f'tr[data-id="{vid}"]').text_content()
+
+    # Write over NBD, snapshot from the page, watch the progress bar reach 100 % on the Snapshots page.
+    nbd.qemu_io(srv, vid, "write -P 0xab 0 4M", "flush")
+    answer_dialogs(page, "first")
+    page.get_by_role("button", name=f"Create snapshot of {vid}").click()
+    s1 = status_text(page, r"Snapshot (snap-[0-9a-f]+) started").group(1)
+    page.screenshot(path=str(shots / "volumes.png"), full_page=True)
+    page.get_by_role("link", name="Snapshots").click()
+    page.get_by_role("heading", name=f"Snapshots in {srv.region}").wait_for()
+    page.wait_for_function(
+        "id => { const r = document.querySelector(`tr[data-id='${id}']`);"
+        " return r && r.dataset.state === 'completed' && r.querySelector('progress').value === 100; }", arg=s1)
+    assert "100%" in page.locator(f'tr[data-id="{s1}"] .progress').text_content()
+
+    # A second snapshot: the lineage shows it as a child of the first, with the bytes it added.
+    nbd.qemu_io(srv, vid, "write -P 0xcd 8M 2M", "flush")
+    s2 = ec2.create_snapshot(VolumeId=vid, Description="second")["SnapshotId"]
+    page.get_by_role("link", name="Volumes").click()
+    page.get_by_role("link", name="Snapshots").click()
+    page.wait_for_function(
+        "id => document.querySelector(`tr[data-id='${id}']`)?.dataset.state === 'completed'", arg=s2)
+    page.get_by_role("button", name=f"Lineage of {vid}").first.click()
+    child = page.locator(f'#lineage li[data-id="{s1}"] li[data-id="{s2}"]')
+    child.wait_for()
+    assert f"incremental on {s1}" in child.text_content() and "added" in child.text_content()
+
+    # Restore the second snapshot to a new volume.
+    answer_dialogs(page, f"{srv.region}a")
+    page.get_by_role("button", name=f"Restore {s2}").click()
+    restored = status_text(page, rf"Restored {s2} to (vol-[0-9a-f]+)").group(1)
+    assert ec2.describe_volumes(VolumeIds=[restored])["Volumes"][0]["SnapshotId"] == s2
+
+    # Copy it to another region: the copy appears in the lineage under s2 and completes there.
+    answer_dialogs(page, OTHER_REGION)
+    page.get_by_role("button", name=f"Copy {s2}").click()
+    copy = status_text(page, rf"Copying {s2} to {OTHER_REGION} as (snap-[0-9a-f]+)").group(1)
+    node = page.locator(f'#lineage li[data-id="{s2}"] li[data-id="{copy}"]')
+    node.wait_for()
+    assert OTHER_REGION in node.text_content() and f"copy of {s2} from {srv.region}" in node.text_content()
+    page.wait_for_function(
+        "id => document.querySelector(`#lineage li[data-id='${id}']`)?.dataset.state === 'completed'", arg=copy)
+    page.screenshot(path=str(shots / "snapshots.png"), full_page=True)
+
+    # Delete the restored volume, with the confirmation.
+    page.get_by_role("link", name="Volumes").click()
+    answer_dialogs(page, None)
+    page.get_by_role("button", name=f"Delete {restored}").click()
+    status_text(page, rf"Delete {restored}: done")
+    page.locator(f'tr[data-id="{restored}"]').wait_for(state="detached")
+
+    # The Store page: the region's numbers and a chart.
+    page.get_by_role("link", name="Store").click()
+    region_row = page.locator(f'tr[data-region="{srv.region}"]')
+    region_row.wait_for()
+    assert int(region_row.locator("td").nth(0).text_content()) == 2
+    assert "B" in region_row.locator(".stored").text_content()
+    assert ": 1" in region_row.locator(".ratio").text_content()
+    assert page.locator("svg.chart polyline").count() == 2
+    page.screenshot(path=str(shots / "store.png"), full_page=True)
+
+    # Another account sees none of this, and the root account none of its volume.
+    other = srv.create_account()
+    theirs = srv.client(creds=other).create_volume(AvailabilityZone=f"{srv.region}a", Size=1)["VolumeId"]
+    page.get_by_role("link", name="Volumes").click()
+    page.locator(f'tr[data-id="{vid}"]').wait_for()
+    assert page.locator(f'tr[data-id="{theirs}"]').count() == 0
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, srv, other)
+    page.locator(f'tr[data-id="{theirs}"]').wait_for()
+    assert page.locator(f'tr[data-id="{vid}"]').count() == 0
+    page.get_by_role("link", name="Snapshots").click()
+    page.get_by_role("heading", name=f"Snapshots in {srv.region}").wait_for()
+    page.get_by_role("table", name="EC2 snapshots (yours)").wait_for()
+    body = page.locator("main").text_content()
+    assert s1 not in body and s2 not in body
+    page.screenshot(path=str(shots / "other-account.png"), full_page=True)
+    assert len(list(shots.iterdir())) == 5
