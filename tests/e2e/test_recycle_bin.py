@@ -280,10 +280,14 @@ def test_deleted_snapshot_is_binned_restored_and_purged(srv):
     # and kept the binned snapshot's manifest and block.
     poll(lambda: chunks(srv), lambda c: chunk_name(junk) not in c, timeout=30)
     assert manifest(srv, kept).exists() and chunk_name(data) in chunks(srv)
-    # Restored: the same id, completed, and its bytes read back.
+    # Its tags may still change in the bin.
+    a.ec2.create_tags(Resources=[kept], Tags=[{"Key": "note", "Value": "binned"}])
+    # Restored: the same id, completed, its tags, and its bytes read back.
     r = a.ec2.restore_snapshot_from_recycle_bin(SnapshotId=kept)
     assert r["SnapshotId"] == kept and r["State"] == "completed" and r["VolumeSize"] == 1
     assert kept in a.described() and a.binned() == {}
+    tags = {t["Key"]: t["Value"] for t in a.ec2.describe_snapshots(SnapshotIds=[kept])["Snapshots"][0]["Tags"]}
+    assert tags == {"keep": "yes", "note": "binned"}
     token = a.ebs.list_snapshot_blocks(SnapshotId=kept)["Blocks"][0]["BlockToken"]
     got = a.ebs.get_snapshot_block(SnapshotId=kept, BlockIndex=0, BlockToken=token)["BlockData"].read()
     assert got == data

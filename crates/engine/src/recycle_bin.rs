@@ -377,6 +377,21 @@ fn check_identifier(id: &str) -> Result<()> {
     }
 }
 
+/// A snapshot of the caller in the bin (not past its exit time): the bin lets its tags change.
+pub(crate) fn own_binned(st: &State, ctx: &Ctx, id: &str) -> Result<Option<BinnedSnapshot>> {
+    let Some(row) = st.docs.get(KIND_RBIN_SNAPSHOT).and_then(|m| m.get(id)) else { return Ok(None) };
+    if row.account != ctx.account || row.region != ctx.region {
+        return Ok(None);
+    }
+    Ok(Some(parse_binned(row)?).filter(|b| b.exit > now_millis()))
+}
+
+/// The record that re-tags a binned snapshot.
+pub(crate) fn retag_binned(mut b: BinnedSnapshot, tags: Tags) -> Result<Rec> {
+    b.snapshot.tags = tags;
+    binned_rec(&b)
+}
+
 /// The record of a snapshot in the bin (expired or not), for GC's archive pass.
 pub(crate) fn binned_snapshot(st: &State, snapshot_id: &str) -> Option<Snapshot> {
     let row = st.docs.get(KIND_RBIN_SNAPSHOT)?.get(snapshot_id)?;

@@ -152,7 +152,12 @@ impl Engine {
         match ResourceType::from_id(id) {
             Some(ResourceType::Volume) => Ok(self.volume_of(st, ctx, id)?.tags.clone()),
             Some(ResourceType::Instance) => Ok(self.instance_of(st, ctx, id)?.tags.clone()),
-            Some(ResourceType::Snapshot) => Ok(self.own_snapshot(st, ctx, id)?.tags.clone()),
+            Some(ResourceType::Snapshot) => match self.own_snapshot(st, ctx, id) {
+                Ok(s) => Ok(s.tags.clone()),
+                // A snapshot in the Recycle Bin can still be tagged (AWS: "view it, restore it, or
+                // modify its tags").
+                Err(e) => crate::recycle_bin::own_binned(st, ctx, id)?.map(|b| b.snapshot.tags).ok_or(e),
+            },
             _ => Err(EngineError::client("InvalidID", format!("The ID '{id}' is not valid"))),
         }
     }
@@ -169,11 +174,17 @@ impl Engine {
                 i.tags = tags;
                 Rec::Instance(i)
             }
-            Some(ResourceType::Snapshot) => {
-                let mut s = self.own_snapshot(st, ctx, id)?.clone();
-                s.tags = tags;
-                Rec::Snapshot(s)
-            }
+            Some(ResourceType::Snapshot) => match self.own_snapshot(st, ctx, id) {
+                Ok(s) => {
+                    let mut s = s.clone();
+                    s.tags = tags;
+                    Rec::Snapshot(s)
+                }
+                Err(e) => match crate::recycle_bin::own_binned(st, ctx, id)? {
+                    Some(b) => crate::recycle_bin::retag_binned(b, tags)?,
+                    None => return Err(e),
+                },
+            },
             _ => return Err(EngineError::client("InvalidID", format!("The ID '{id}' is not valid"))),
         })
     }
