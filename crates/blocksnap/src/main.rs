@@ -4,6 +4,7 @@
 
 mod api_client;
 mod catalog;
+mod cli;
 mod config;
 mod datadir;
 mod exports;
@@ -72,6 +73,8 @@ enum Command {
     /// Get NBD credentials (a TLS pre-shared key) for the calling account through the HTTP API,
     /// signed with the standard AWS credential chain, and write the files NBD clients need.
     NbdCredentials(nbd_credentials::Args),
+    #[command(flatten)]
+    Operator(cli::Command),
     /// Administration.
     Admin {
         #[command(subcommand)]
@@ -161,6 +164,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::NbdCredentials(args) => nbd_credentials::run(args),
+        Command::Operator(cmd) => std::process::exit(cli::run(cmd)),
         Command::Serve {
             data,
             listen,
