@@ -175,6 +175,22 @@ impl Common {
         pb
     }
 
+    /// A spinner for work whose length is unknown (a qemu-img conversion).
+    pub fn spinner(&self, what: &str) -> ProgressBar {
+        let pb = if self.bars() {
+            ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        pb.set_message(what.to_string());
+        pb.enable_steady_tick(Duration::from_millis(120));
+        pb
+    }
+
     fn bar(&self, total: u64) -> ProgressBar {
         if self.bars() {
             let pb = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());

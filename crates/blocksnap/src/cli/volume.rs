@@ -117,7 +117,7 @@ fn qcow2_to_raw(common: &Common, image: &Path) -> anyhow::Result<tempfile::Named
         .tempfile_in(dir)
         .or_else(|_| tempfile::Builder::new().prefix("blocksnap-import-").suffix(".raw").tempfile())
         .map_err(|e| local(e, "cannot create a temporary file for the converted image".to_string()))?;
-    let pb = common.percent_bar("converting qcow2 to raw");
+    let pb = common.spinner(&format!("converting {} to raw with qemu-img", image.display()));
     let out = std::process::Command::new("qemu-img")
         .args(["convert", "-q", "-f", "qcow2", "-O", "raw"])
         .arg(image)
