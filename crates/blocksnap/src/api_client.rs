@@ -1,6 +1,7 @@
-//! The client side of blocksnap's own SigV4-signed JSON 1.1 calls (NBD credentials, account
-//! administration): the caller's AWS credentials, region and endpoint come from the standard AWS
-//! chain (`AWS_ACCESS_KEY_ID`/…, `AWS_PROFILE` and the shared config files, `AWS_ENDPOINT_URL` or a
+//! The client side of the running server's APIs: blocksnap's own SigV4-signed JSON 1.1 calls (NBD
+//! credentials, account administration, the store calls) and, through [`Conn::send`], any signed
+//! request of the operator CLI (EC2 Query, the EBS direct APIs). The caller's AWS credentials,
+//! region and endpoint come from the standard AWS chain (`AWS_ACCESS_KEY_ID`/…, `AWS_PROFILE` and the shared config files, `AWS_ENDPOINT_URL` or a
 //! profile's `endpoint_url`), as for the AWS CLI.
 
 use std::path::PathBuf;
