@@ -167,6 +167,11 @@ def test_documented_errors_boto3(dlm_server, run_tag):
         details(run_tag, CrossRegionCopyRules=[{"Target": dlm_server.region, "Encrypted": False}]),
         details(run_tag, VariableTags=[{"Key": "id", "Value": "$(instance-id)"}]),
         details(run_tag, FastRestoreRule={"Count": 1, "AvailabilityZones": ["us-east-1a"]}),
+        details(run_tag, ArchiveRule={"RetainRule": {"RetentionArchiveTier": {"Count": 3}}}),
+        details(run_tag, CreateRule={"CronExpression": "cron(0 0 1 * ? *)"},
+                ArchiveRule={"RetainRule": {"RetentionArchiveTier": {"Count": 2}}}),
+        details(run_tag, CreateRule={"CronExpression": "cron(0 0 1 * ? *)"},
+                ArchiveRule={"RetainRule": {"RetentionArchiveTier": {"Interval": 120, "IntervalUnit": "DAYS"}}}),
         details(run_tag, ShareRules=[{"TargetAccounts": ["not-an-account"]}]),
         details(run_tag, ShareRules=[{"TargetAccounts": ["123456789012"], "UnshareInterval": 1}]),
         dict(details(run_tag), PolicyType="IMAGE_MANAGEMENT"),
@@ -389,6 +394,33 @@ def test_share_rule_shares_then_unshares(dlm_server, az, run_tag):
     assert poll(shared_with, lambda a: a == [], timeout=30) == [], "not unshared after a day"
     with pytest.raises(ClientError):
         friend_ec2.describe_snapshots(SnapshotIds=[sid])
+    dlm.delete_lifecycle_policy(PolicyId=pid)
+
+
+def test_archive_rule_archives_then_deletes(dlm_server, az, run_tag):
+    """ArchiveRule: a monthly schedule keeping one standard snapshot archives the older ones
+    (ModifySnapshotTier) and keeps three in the archive tier, deleting the oldest beyond that."""
+    ec2 = dlm_server.client()
+    dlm = dlm_client(dlm_server)
+    vol = make_volume(ec2, az, run_tag, Size=1)["VolumeId"]
+    ec2.create_tags(Resources=[vol], Tags=[{"Key": "backup", "Value": run_tag}])
+    d = details(run_tag, CreateRule={"CronExpression": "cron(0 0 1 * ? *)"}, RetainRule={"Count": 1},
+                ArchiveRule={"RetainRule": {"RetentionArchiveTier": {"Count": 3}}})
+    pid = dlm.create_lifecycle_policy(ExecutionRoleArn=ROLE, Description="archive", State="ENABLED",
+                                      PolicyDetails=d)["PolicyId"]
+    got = dlm.get_lifecycle_policy(PolicyId=pid)["Policy"]["PolicyDetails"]["Schedules"][0]
+    assert got["ArchiveRule"] == d["Schedules"][0]["ArchiveRule"]
+    taken = []
+    for month in range(5):
+        dlm_server.advance_clock(32 * 24 * 3600)
+        snaps = wait_for(ec2, pid, lambda s: len({x["SnapshotId"] for x in s} - set(taken)) == 1
+                         and all(x["State"] == "completed" for x in s), f"no run in month {month}")
+        taken += [x["SnapshotId"] for x in snaps if x["SnapshotId"] not in taken]
+
+    def tiers():
+        return {s["SnapshotId"]: s.get("StorageTier") for s in policy_snapshots(ec2, pid)}
+    want = {taken[1]: "archive", taken[2]: "archive", taken[3]: "archive", taken[4]: "standard"}
+    assert poll(tiers, lambda t: t == want, timeout=60) == want, (tiers(), want)
     dlm.delete_lifecycle_policy(PolicyId=pid)
 
 

@@ -247,6 +247,26 @@ fn details(m: &Obj) -> Result<PolicyDetails, DlmError> {
                 unshare_interval_unit: string(r, "UnshareIntervalUnit")?,
             });
         }
+        let archive_rule = match child(s, "ArchiveRule")? {
+            None => None,
+            Some(a) => {
+                let retain = child(a, "RetainRule")?.ok_or_else(|| DlmError::InvalidRequest {
+                    message: "ArchiveRule needs a RetainRule.".into(),
+                    required: vec!["RetainRule".into()],
+                    exclusive: vec![],
+                })?;
+                let tier = child(retain, "RetentionArchiveTier")?.ok_or_else(|| DlmError::InvalidRequest {
+                    message: "ArchiveRule.RetainRule needs a RetentionArchiveTier.".into(),
+                    required: vec!["RetentionArchiveTier".into()],
+                    exclusive: vec![],
+                })?;
+                Some(RetainRule {
+                    count: int(tier, "Count")?,
+                    interval: int(tier, "Interval")?,
+                    interval_unit: string(tier, "IntervalUnit")?,
+                })
+            }
+        };
         schedules.push(ScheduleSpec {
             name: string(s, "Name")?,
             copy_tags: boolean(s, "CopyTags")?,
@@ -256,7 +276,8 @@ fn details(m: &Obj) -> Result<PolicyDetails, DlmError> {
             retain_rule,
             cross_region_copy_rules: copies,
             share_rules,
-            unsupported: given(s, &["FastRestoreRule", "DeprecateRule", "ArchiveRule"]),
+            archive_rule,
+            unsupported: given(s, &["FastRestoreRule", "DeprecateRule"]),
         });
     }
     let parameters = child(m, "Parameters")?
@@ -454,6 +475,13 @@ fn details_json(d: &PolicyDetails) -> Value {
                     })
                     .collect();
                 o.insert("CrossRegionCopyRules".into(), Value::Array(rules));
+            }
+            if let Some(a) = &s.archive_rule {
+                let mut t = Map::new();
+                put(&mut t, "Count", a.count);
+                put(&mut t, "Interval", a.interval);
+                put(&mut t, "IntervalUnit", a.interval_unit.clone());
+                o.insert("ArchiveRule".into(), json!({ "RetainRule": { "RetentionArchiveTier": Value::Object(t) } }));
             }
             if !s.share_rules.is_empty() {
                 let rules: Vec<Value> = s

@@ -5,7 +5,7 @@
 //! the caller set (description, role, state, [`PolicyDetails`], tags) and the scheduler's own state
 //! (the slot claimed last per schedule, a run in progress, copies still to start, the last error).
 //! Custom snapshot policies (`EBS_SNAPSHOT_MANAGEMENT`) only: default policies, AMI and event
-//! policies, fast snapshot restore, archiving and scripts are refused with
+//! policies, fast snapshot restore and scripts are refused with
 //! `InvalidRequestException`. The scheduler is `runner.rs`; schedule arithmetic `schedule.rs`.
 
 pub mod runner;
@@ -123,6 +123,10 @@ pub struct ScheduleSpec {
     /// `ShareRules`: accounts the snapshots are shared with, and when they are unshared.
     #[serde(default)]
     pub share_rules: Vec<ShareRule>,
+    /// `ArchiveRule`'s `RetentionArchiveTier`: snapshots the retain rule retires are archived
+    /// instead, and kept in the archive tier by this count or age.
+    #[serde(default)]
+    pub archive_rule: Option<RetainRule>,
     /// Schedule members blocksnap does not implement that were given (refused by name).
     #[serde(default)]
     pub unsupported: Vec<String>,
@@ -461,8 +465,8 @@ impl Engine {
             }
             if let Some(m) = s.unsupported.first() {
                 return Err(invalid(format!(
-                    "Schedule '{name}': {m} is not supported by blocksnap (fast snapshot restore, archiving and AMI \
-                     deprecation are not implemented)."
+                    "Schedule '{name}': {m} is not supported by blocksnap (fast snapshot restore and AMI deprecation \
+                     are not implemented)."
                 )));
             }
             if s.tags_to_add.len() > 45 || s.variable_tags.len() > 45 {
@@ -544,6 +548,9 @@ impl Engine {
                 }
                 _ => return Err(invalid(format!("Schedule '{name}': at most one ShareRule."))),
             }
+            if let Some(a) = &s.archive_rule {
+                self.check_archive_rule(name, instance, c, by_count, a, now)?;
+            }
             if s.cross_region_copy_rules.len() > 3 {
                 return Err(invalid(format!("Schedule '{name}': at most 3 CrossRegionCopyRules.")));
             }
@@ -596,6 +603,87 @@ impl Engine {
             }
         }
         Ok(())
+    }
+
+    /// An `ArchiveRule` as AWS documents it: volume policies only, schedules at least 28 days
+    /// apart (so cron), the same kind of retention as the schedule's, at least 90 days in the
+    /// archive tier.
+    fn check_archive_rule(
+        &self,
+        name: &str,
+        instance: bool,
+        create: &CreateRule,
+        by_count: bool,
+        a: &RetainRule,
+        now: Millis,
+    ) -> DlmResult<()> {
+        const DAY: i64 = 86_400_000;
+        if instance {
+            return Err(invalid(format!("Schedule '{name}': ArchiveRule is for policies that target volumes only.")));
+        }
+        if create.cron_expression.is_none() {
+            return Err(invalid(format!(
+                "Schedule '{name}': an ArchiveRule needs a creation frequency of at least 28 days (a CronExpression)."
+            )));
+        }
+        let sched = schedule_of(create, now, now)?;
+        // The runs of the coming year (and the one after it): their smallest and average gaps.
+        let (mut t, mut runs, mut min_gap) = (now, 0i64, i64::MAX);
+        let (mut first, mut prev): (Option<Millis>, Option<Millis>) = (None, None);
+        while let Some(next) = sched.next_after(t).filter(|n| *n <= now + 366 * DAY || runs < 2) {
+            if let Some(p) = prev {
+                min_gap = min_gap.min(next - p);
+            }
+            first.get_or_insert(next);
+            prev = Some(next);
+            runs += 1;
+            t = next;
+            if next > now + 366 * DAY {
+                break;
+            }
+        }
+        if runs == 0 || min_gap < 28 * DAY {
+            return Err(invalid(format!(
+                "Schedule '{name}': an ArchiveRule needs a creation frequency of at least 28 days."
+            )));
+        }
+        match (a.count, a.interval.is_some() || a.interval_unit.is_some()) {
+            (Some(_), true) => Err(exclusive(
+                "Count",
+                "Interval",
+                "RetentionArchiveTier takes either Count or Interval and IntervalUnit, not both.",
+            )),
+            (None, false) => Err(invalid("RetentionArchiveTier needs Count, or Interval and IntervalUnit.")),
+            (Some(_), false) if !by_count => Err(invalid(
+                "RetentionArchiveTier of an age-based schedule takes Interval and IntervalUnit, not Count.",
+            )),
+            (None, true) if by_count => Err(invalid(
+                "RetentionArchiveTier of a count-based schedule takes Count, not Interval and IntervalUnit.",
+            )),
+            (Some(n), false) => {
+                // Each snapshot must stay at least 90 days in the archive tier.
+                let average_gap = match (first, prev) {
+                    (Some(a), Some(b)) if runs > 1 => (b - a) / (runs - 1),
+                    _ => 366 * DAY,
+                };
+                if !(1..=1000).contains(&n) || n * average_gap < 90 * DAY {
+                    return Err(invalid(format!(
+                        "RetentionArchiveTier Count {n} keeps snapshots less than 90 days in the archive tier \
+                         at this schedule's frequency (or is not 1 to 1000)."
+                    )));
+                }
+                Ok(())
+            }
+            (None, true) => {
+                let (n, u) = check_age("RetentionArchiveTier", a.interval, a.interval_unit.as_deref())?;
+                if expiry(now, n, &u) - now < 90 * DAY {
+                    return Err(invalid(
+                        "RetentionArchiveTier must keep snapshots at least 90 days in the archive tier.",
+                    ));
+                }
+                Ok(())
+            }
+        }
     }
 
     fn policies_in<'a>(st: &'a State) -> impl Iterator<Item = Policy> + 'a {

@@ -15,7 +15,9 @@
 //! 3. **Copy**: once a snapshot is `completed`, CopySnapshot into each rule's region (skipped if
 //!    a copy of it is already there, so a crash between the copy and its record copies once).
 //!    Snapshots of a schedule with a `ShareRule` are shared with its accounts when taken.
-//! 4. **Retire**: snapshots past a `ShareRule`'s `UnshareInterval` are unshared; snapshots beyond a count-based rule's count (per volume, oldest first) and
+//! 4. **Retire**: snapshots past a `ShareRule`'s `UnshareInterval` are unshared; with an `ArchiveRule`
+//!    what the retain rule retires is archived (ModifySnapshotTier) and deleted once past the archive
+//!    tier's own count or age; otherwise snapshots beyond a count-based rule's count (per volume, oldest first) and
 //!    snapshots or copies past their `aws:dlm:expirationTime` are deleted through DeleteSnapshot,
 //!    so whatever protects snapshots from deletion applies; a refused deletion is tried again at
 //!    the next tick. Disabled policies neither run nor retire (as AWS documents); deleted ones leave
@@ -399,6 +401,7 @@ impl Engine {
     fn dlm_retire(&self) -> usize {
         let now = now_millis();
         let mut unshare: Vec<(String, String, String, Vec<String>)> = Vec::new();
+        let mut archive: Vec<(String, String, String)> = Vec::new();
         let doomed: Vec<(String, String, String)> = {
             let st = self.lock();
             let mut out = Vec::new();
@@ -415,13 +418,29 @@ impl Engine {
             }
             for p in &policies {
                 let mine: &[&Snapshot] = made.get(p.id.as_str()).map_or(&[], Vec::as_slice);
-                // By age: the expiry written on the snapshot (and on copies, in any region).
+                // The archive rule of the schedule that took a snapshot (copies have none).
+                let archive_rule = |s: &Snapshot| {
+                    let name = s.tags.get(TAG_SCHEDULE_NAME)?;
+                    is_run_snapshot(s, p, name).then(|| p.schedule(name)?.archive_rule.as_ref()).flatten()
+                };
+                // By age: the expiry written on the snapshot (and on copies, in any region); with an
+                // archive rule the snapshot is archived then, and deleted once its archive age passes.
                 for s in mine {
                     if s.account != p.account || s.state == SnapshotState::Pending {
                         continue;
                     }
-                    if s.tags.get(TAG_EXPIRATION).and_then(|t| parse_time(t)).is_some_and(|t| t <= now) {
-                        out.push((s.account.clone(), s.region.clone(), s.id.clone()));
+                    if s.tags.get(TAG_EXPIRATION).and_then(|t| parse_time(t)).is_none_or(|t| t > now) {
+                        continue;
+                    }
+                    let key = (s.account.clone(), s.region.clone(), s.id.clone());
+                    match archive_rule(s).map(|a| (a.interval, a.interval_unit.as_deref())) {
+                        None => out.push(key),
+                        Some((Some(n), Some(u))) => match archived_since(s) {
+                            None => archive.push(key),
+                            Some(t) if expiry(t, n, u) <= now => out.push(key),
+                            Some(_) => {}
+                        },
+                        Some(_) => {}
                     }
                 }
                 // ShareRules' UnshareInterval: shared snapshots past it are unshared.
@@ -451,12 +470,29 @@ impl Engine {
                     for s in mine.iter().copied().filter(|s| is_run_snapshot(s, p, name)) {
                         by_volume.entry(s.volume_id.as_str()).or_default().push(s);
                     }
+                    let archive_count = sch.archive_rule.as_ref().and_then(|a| a.count);
                     for mut list in by_volume.into_values() {
                         list.sort_by_key(|s| std::cmp::Reverse((s.start_time, s.id.clone())));
-                        for s in list.into_iter().skip(count.max(1) as usize) {
-                            if s.state != SnapshotState::Pending {
-                                out.push((s.account.clone(), s.region.clone(), s.id.clone()));
+                        let key = |s: &Snapshot| (s.account.clone(), s.region.clone(), s.id.clone());
+                        let Some(keep_archived) = archive_count else {
+                            for s in list.into_iter().skip(count.max(1) as usize) {
+                                if s.state != SnapshotState::Pending {
+                                    out.push(key(s));
+                                }
                             }
+                            continue;
+                        };
+                        // With an archive rule: beyond the count, standard snapshots are archived;
+                        // beyond the archive count, archived ones are deleted.
+                        let (archived, standard): (Vec<&Snapshot>, Vec<&Snapshot>) =
+                            list.into_iter().partition(|s| archived_since(s).is_some());
+                        for s in standard.into_iter().skip(count.max(1) as usize) {
+                            if s.state == SnapshotState::Completed {
+                                archive.push(key(s));
+                            }
+                        }
+                        for s in archived.into_iter().skip(keep_archived.max(1) as usize) {
+                            out.push(key(s));
                         }
                     }
                 }
@@ -472,6 +508,15 @@ impl Engine {
                 Ok(()) => tracing::info!(snapshot_id = id, "lifecycle policy unshared a snapshot"),
                 Err(e) => {
                     tracing::debug!(snapshot_id = id, error = %e, "unsharing a snapshot failed; trying again later")
+                }
+            }
+        }
+        for (account, region, id) in archive {
+            let ctx = Ctx { account, region };
+            match self.modify_snapshot_tier(&ctx, &id, Some("archive"), false) {
+                Ok(_) => tracing::info!(snapshot_id = id, "lifecycle policy archived a snapshot"),
+                Err(e) => {
+                    tracing::debug!(snapshot_id = id, error = %e, "archiving a snapshot failed; trying again later")
                 }
             }
         }
@@ -497,6 +542,15 @@ struct Target {
     tags: Tags,
     exclude_boot: bool,
     exclude_volumes: Vec<String>,
+}
+
+/// Since when a snapshot is in (or on its way to) the archive tier, if it is.
+fn archived_since(s: &Snapshot) -> Option<Millis> {
+    use crate::archive::TieringStatus;
+    s.tiering
+        .as_ref()
+        .filter(|t| t.archived || t.status == TieringStatus::ArchivalInProgress)
+        .map(|t| t.archival_complete_time.unwrap_or(t.start_time))
 }
 
 /// A snapshot a schedule of the policy took in the policy's region (not a copy).
