@@ -8,7 +8,7 @@
 //! [`SqliteCatalog`] is the embedded default (WAL, `synchronous=NORMAL` plus a
 //! group-committed fsync of the WAL, versioned migrations applied only by the data dir's owner).
 //! [`PgCatalog`] keeps the same rows in a PostgreSQL database (asynchronous commits made durable by a
-//! group-committed WAL flush, an advisory lock for its one owner); see `postgres.rs`.
+//! group-committed WAL flush, an advisory lock for its one owner); see `postgres/`.
 
 #![forbid(unsafe_code)]
 
