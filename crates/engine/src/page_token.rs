@@ -8,6 +8,7 @@
 //! | `bsnt1` | EC2 Describe*, EBS direct block listings  | last id (block listings: index)  | `describe.rs`    |
 //! | `lsnt1` | Lightsail Get*                            | last name (operations: row key)  | `api/lightsail`  |
 //! | `bskm1` | KMS ListKeys / ListAliases markers        | last key id / alias name         | `api/kms`        |
+//! | `rbin1` | Recycle Bin ListRules                     | last rule identifier             | `recycle_bin.rs` |
 
 /// EC2 (and the EBS direct APIs') `NextToken`.
 pub const EC2: &str = "bsnt1";
@@ -15,6 +16,8 @@ pub const EC2: &str = "bsnt1";
 pub const LIGHTSAIL: &str = "lsnt1";
 /// KMS's `NextMarker`.
 pub const KMS: &str = "bskm1";
+/// The Recycle Bin's `NextToken`.
+pub const RBIN: &str = "rbin1";
 
 /// The token that continues after `key`.
 pub fn encode(prefix: &str, key: &str) -> String {
@@ -32,7 +35,7 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for p in [EC2, LIGHTSAIL, KMS] {
+        for p in [EC2, LIGHTSAIL, KMS, RBIN] {
             assert_eq!(decode(p, &encode(p, "Disk-1")).as_deref(), Some("Disk-1"));
             assert_eq!(decode(p, "nope"), None);
         }

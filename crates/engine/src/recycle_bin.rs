@@ -513,18 +513,9 @@ impl Engine {
         }
         let after = match req.next_token.as_deref() {
             None => None,
-            Some(t) => Some(
-                hex::decode(t.strip_prefix("rbin1").unwrap_or("\u{0}"))
-                    .ok()
-                    .and_then(|b| String::from_utf8(b).ok())
-                    .ok_or_else(|| {
-                        EngineError::reasoned(
-                            VALIDATION,
-                            "INVALID_PAGE_TOKEN",
-                            "The NextToken is not one this service issued.",
-                        )
-                    })?,
-            ),
+            Some(t) => Some(crate::page_token::decode(crate::page_token::RBIN, t).ok_or_else(|| {
+                EngineError::reasoned(VALIDATION, "INVALID_PAGE_TOKEN", "The NextToken is not one this service issued.")
+            })?),
         };
         let st = self.lock();
         let now = now_millis();
@@ -543,7 +534,7 @@ impl Engine {
             .collect();
         let next = if out.len() > page {
             out.truncate(page);
-            out.last().map(|v| format!("rbin1{}", hex::encode(&v.rule.identifier)))
+            out.last().map(|v| crate::page_token::encode(crate::page_token::RBIN, &v.rule.identifier))
         } else {
             None
         };

@@ -20,6 +20,7 @@ use crate::engine::{Engine, Rec, State};
 use crate::error::EngineError;
 use crate::ids;
 use crate::model::*;
+use crate::tags::{TagRules, TagViolation, tag_violation};
 
 pub(crate) const KIND_DLM_POLICY: &str = "dlm_policy";
 /// Lifecycle policies per account and region.
@@ -319,17 +320,21 @@ fn check_name(what: &str, s: &str, max: usize) -> DlmResult<()> {
     Ok(())
 }
 
+/// DLM's tags: keys of 1 to 128 characters, values of up to 256, any characters (the engine's one
+/// tag checker with DLM's limits).
+const DLM_TAG_RULES: TagRules = TagRules { max_key_chars: 128, max_value_chars: 256, allowed: None };
+
 fn check_tag_kv(what: &str, t: &KeyValue) -> DlmResult<()> {
-    if t.key.is_empty() || t.key.chars().count() > 128 || t.value.chars().count() > 256 {
-        return Err(invalid(format!(
-            "{what}: tag key '{}' must be 1 to 128 characters and its value at most 256.",
-            t.key
-        )));
+    let tag = Tag { key: t.key.clone(), value: t.value.clone() };
+    match tag_violation(&DLM_TAG_RULES, &tag) {
+        None => Ok(()),
+        Some(TagViolation::ReservedKey) => {
+            Err(invalid(format!("{what}: tag key '{}' is reserved: keys starting with 'aws:' are AWS's.", t.key)))
+        }
+        Some(_) => {
+            Err(invalid(format!("{what}: tag key '{}' must be 1 to 128 characters and its value at most 256.", t.key)))
+        }
     }
-    if t.key.to_ascii_lowercase().starts_with("aws:") {
-        return Err(invalid(format!("{what}: tag key '{}' is reserved: keys starting with 'aws:' are AWS's.", t.key)));
-    }
-    Ok(())
 }
 
 fn check_state(s: &str) -> DlmResult<bool> {
