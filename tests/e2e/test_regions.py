@@ -75,6 +75,13 @@ allow_http = true
         cid = east.copy_snapshot(SourceRegion="eu-west-1", SourceSnapshotId=sid)["SnapshotId"]
         east.get_waiter("snapshot_completed").wait(SnapshotIds=[cid], WaiterConfig={"Delay": 1, "MaxAttempts": 60})
         assert compare(srv, sid, cid).returncode == 0
+        # GetStoreStats counts the bucket's chunks too (one listing of the bucket, not the data dir).
+        from test_store_api import ok as store_call
+        eu_stats = store_call(srv, "GetStoreStats", {"Regions": ["eu-west-1"]})["Regions"][0]
+        chunk_keys = [o for o in s3c.list_objects_v2(Bucket="snapstore", Prefix="eu-west-1/chunks/").get("Contents", [])]
+        assert eu_stats["Chunks"] == len(chunk_keys) > 0, (eu_stats, len(chunk_keys))
+        assert eu_stats["StoredBytes"] == sum(o["Size"] for o in chunk_keys), eu_stats
+        assert eu_stats["LogicalBytes"] >= 2 * MiB and eu_stats["Manifests"] == 1, eu_stats
         # Restart: the S3-backed snapshot is still readable.
         srv.restart()
         assert pattern_ok(srv, sid, 0, 2 * MiB, 0x5e)

@@ -55,6 +55,8 @@ pub(crate) struct Jobs {
     pub(crate) gc_gate: tokio::sync::RwLock<()>,
     /// The last garbage collection of each region (`usage.rs`).
     pub(crate) gc_statuses: usage::GcStatuses,
+    /// Each manifest's logical size, read once (`stats.rs`).
+    pub(crate) logical_sizes: stats::LogicalSizes,
     /// Snapshots being written block by block (EBS direct APIs), token key, listing caches.
     pub(crate) direct: crate::ebs::Direct,
     /// Lightsail operations not terminal yet (the ones settling reads).

@@ -152,6 +152,19 @@ impl BlockStore {
         Ok(())
     }
 
+    /// The bytes and the number of the chunk objects, from one listing (local directory or
+    /// bucket alike): what the store takes.
+    pub async fn chunk_usage(&self) -> Result<(u64, u64)> {
+        let prefix = self.dir("chunks");
+        let mut listing = self.inner.os.list(Some(&prefix));
+        let (mut bytes, mut count) = (0u64, 0u64);
+        while let Some(meta) = listing.next().await {
+            bytes += meta?.size;
+            count += 1;
+        }
+        Ok((bytes, count))
+    }
+
     /// Snapshot ids of all committed manifests, sorted.
     pub async fn list_manifests(&self) -> Result<Vec<String>> {
         let prefix = self.dir("snaps");
