@@ -169,4 +169,28 @@ import hashlib
 outer = {"format": 1, "kind": "blocksnap.manifest", "sha256": hashlib.sha256(body_bytes).hexdigest()}
 whole = json.dumps(outer, separators=(",", ":"))[:-1].encode() + b',"body":' + body_bytes + b"}\n"
 write("store_manifest", "whole", b"\x00" + whole)
+# Recycle Bin requests (past authentication): "METHOD URI\n\nbody".
+ARN = "arn%3Aaws%3Arbin%3Aus-east-1%3A123456789012%3Arule%2Fabcdefghijk"
+rbin = {
+    "create-tag-level": ("POST /rules", {"ResourceType": "EBS_SNAPSHOT", "Description": "keep",
+                                         "RetentionPeriod": {"RetentionPeriodValue": 7, "RetentionPeriodUnit": "DAYS"},
+                                         "ResourceTags": [{"ResourceTagKey": "keep", "ResourceTagValue": "yes"}],
+                                         "Tags": [{"Key": "team", "Value": "storage"}]}),
+    "create-locked": ("POST /rules", {"ResourceType": "EBS_SNAPSHOT",
+                                      "RetentionPeriod": {"RetentionPeriodValue": 1, "RetentionPeriodUnit": "DAYS"},
+                                      "ExcludeResourceTags": [{"ResourceTagKey": "temp"}],
+                                      "LockConfiguration": {"UnlockDelay": {"UnlockDelayValue": 7,
+                                                                            "UnlockDelayUnit": "DAYS"}}}),
+    "list": ("POST /list-rules", {"ResourceType": "EBS_SNAPSHOT", "LockState": "locked", "MaxResults": 5,
+                                  "NextToken": "rbin16162636465666768696a6b"}),
+    "update": ("PATCH /rules/abcdefghijk", {"Description": "d", "ResourceTags": []}),
+    "lock": ("PATCH /rules/abcdefghijk/lock", {"LockConfiguration": {"UnlockDelay": {"UnlockDelayValue": 30,
+                                                                                   "UnlockDelayUnit": "DAYS"}}}),
+    "get": ("GET /rules/abcdefghijk", None),
+    "tag": (f"POST /tags/{ARN}", {"Tags": [{"Key": "k", "Value": "v"}]}),
+    "untag": (f"DELETE /tags/{ARN}?tagKeys=k&tagKeys=j", None),
+    "list-tags": (f"GET /tags/{ARN}", None),
+}
+for name, (head, body) in rbin.items():
+    write("rbin_rest", name, head.encode() + b"\n\n" + (json.dumps(body).encode() if body is not None else b""))
 print("seeds written under", HERE / "corpus")

@@ -73,3 +73,9 @@ pub fn dlm_request(engine: &Engine, ctx: &Ctx, method: &Method, uri: &Uri, body:
         other => blocksnap_engine::EngineError::client(other.code(), other.to_string()),
     })
 }
+
+/// A Recycle Bin request past authentication: routing, the body's parse into the typed request,
+/// CreateRule's validation (nothing is created) and the read-only calls.
+pub fn rbin_request(engine: &Engine, ctx: &Ctx, method: &Method, uri: &Uri, body: &[u8]) -> Result<()> {
+    crate::rbin::fuzz_request(engine, ctx, method, uri, body)
+}

@@ -441,6 +441,20 @@ impl Engine {
         Ok(())
     }
 
+    /// CreateRule's checks alone (nothing is created): for the fuzzers.
+    pub fn rbin_validate_create(&self, req: &CreateRule) -> Result<()> {
+        let resource_type = check_resource_type(&req.resource_type)?;
+        retention_days(&req.retention_period, &resource_type)?;
+        check_description(&req.description)?;
+        check_resource_tags(&req.resource_tags, "ResourceTags", 50)?;
+        check_resource_tags(&req.exclude_resource_tags, "ExcludeResourceTags", 5)?;
+        check_rule_tags(&req.tags)?;
+        if let Some(l) = &req.lock {
+            check_lock(l)?;
+        }
+        Ok(())
+    }
+
     pub fn rbin_create_rule(&self, ctx: &Ctx, req: CreateRule) -> Result<RuleView> {
         let resource_type = check_resource_type(&req.resource_type)?;
         let retention_days = retention_days(&req.retention_period, &resource_type)?;

@@ -35,6 +35,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("store_blocklog", store_blocklog),
     ("store_archive_index", store_archive_index),
     ("dlm_rest", dlm_rest),
+    ("rbin_rest", rbin_rest),
 ];
 
 /// `METHOD URI\nname: value\n…\n\nbody` as the HTTP harnesses read it (`None`: the URI does not parse).
@@ -133,6 +134,14 @@ pub fn dlm_rest(data: &[u8]) {
     let Some((method, uri, _, body)) = http_request(data) else { return };
     let a = api();
     let _ = blocksnap_api::fuzz::dlm_request(&a.engine, &a.ctx, &method, &uri, body);
+}
+
+/// A Recycle Bin request as `METHOD URI\n…\n\nbody` (as [`sigv4`]), past authentication: routing,
+/// the rule document's parse and CreateRule's validation, the read-only calls; nothing is created.
+pub fn rbin_rest(data: &[u8]) {
+    let Some((method, uri, _, body)) = http_request(data) else { return };
+    let a = api();
+    let _ = blocksnap_api::fuzz::rbin_request(&a.engine, &a.ctx, &method, &uri, body);
 }
 
 // ---- NBD: handshake and transmission through the real server ------------------------------------

@@ -293,32 +293,78 @@ async fn blocking<T: Send + 'static>(
     .await
 }
 
+fn create_request(m: &Obj) -> Result<CreateRule, EngineError> {
+    Ok(CreateRule {
+        retention_period: retention_period(m)?,
+        description: string(m, "Description")?,
+        tags: tags(m, "Tags")?,
+        resource_type: string(m, "ResourceType")?,
+        resource_tags: resource_tags(m, "ResourceTags")?.unwrap_or_default(),
+        exclude_resource_tags: resource_tags(m, "ExcludeResourceTags")?.unwrap_or_default(),
+        lock: lock_configuration(m)?,
+    })
+}
+
+fn list_request(m: &Obj) -> Result<ListRules, EngineError> {
+    Ok(ListRules {
+        resource_type: string(m, "ResourceType")?,
+        resource_tags: resource_tags(m, "ResourceTags")?.unwrap_or_default(),
+        exclude_resource_tags: resource_tags(m, "ExcludeResourceTags")?.unwrap_or_default(),
+        lock_state: string(m, "LockState")?,
+        max_results: int(m, "MaxResults")?,
+        next_token: string(m, "NextToken")?,
+    })
+}
+
+fn update_request(id: String, m: &Obj) -> Result<UpdateRule, EngineError> {
+    Ok(UpdateRule {
+        identifier: id,
+        retention_period: retention_period(m)?,
+        description: string(m, "Description")?,
+        resource_type: string(m, "ResourceType")?,
+        resource_tags: resource_tags(m, "ResourceTags")?,
+        exclude_resource_tags: resource_tags(m, "ExcludeResourceTags")?,
+    })
+}
+
+/// A Recycle Bin request past authentication, for the fuzzers: routing, the body's parse into the
+/// typed request, CreateRule's validation (nothing is created) and the read-only calls.
+pub(crate) fn fuzz_request(
+    engine: &Engine,
+    ctx: &Ctx,
+    method: &Method,
+    uri: &Uri,
+    body: &[u8],
+) -> Result<(), EngineError> {
+    let ep = Endpoint::parse(method, uri)?;
+    let m = body_json(body)?;
+    match ep {
+        Endpoint::CreateRule => engine.rbin_validate_create(&create_request(&m)?),
+        Endpoint::GetRule { id } => engine.rbin_get_rule(ctx, &id).map(drop),
+        Endpoint::ListRules => engine.rbin_list_rules(ctx, &list_request(&m)?).map(drop),
+        Endpoint::UpdateRule { id } => update_request(id, &m).map(drop),
+        Endpoint::LockRule { .. } => lock_configuration(&m).map(drop),
+        Endpoint::TagResource { .. } => tags(&m, "Tags").map(drop),
+        Endpoint::UntagResource { .. } => {
+            tag_keys(uri);
+            Ok(())
+        }
+        Endpoint::ListTagsForResource { arn } => engine.rbin_list_tags(ctx, &arn).map(drop),
+        Endpoint::DeleteRule { .. } | Endpoint::UnlockRule { .. } => Ok(()),
+    }
+}
+
 async fn run(engine: Arc<Engine>, ctx: Ctx, ep: &Endpoint, uri: &Uri, body: Bytes) -> Result<Value, EngineError> {
     let m = body_json(&body)?;
     Ok(match ep.clone() {
         Endpoint::CreateRule => {
-            let req = CreateRule {
-                retention_period: retention_period(&m)?,
-                description: string(&m, "Description")?,
-                tags: tags(&m, "Tags")?,
-                resource_type: string(&m, "ResourceType")?,
-                resource_tags: resource_tags(&m, "ResourceTags")?.unwrap_or_default(),
-                exclude_resource_tags: resource_tags(&m, "ExcludeResourceTags")?.unwrap_or_default(),
-                lock: lock_configuration(&m)?,
-            };
+            let req = create_request(&m)?;
             let v = blocking(engine, move |e| e.rbin_create_rule(&ctx, req)).await?;
             rule_json(&v, true)
         }
         Endpoint::GetRule { id } => rule_json(&blocking(engine, move |e| e.rbin_get_rule(&ctx, &id)).await?, false),
         Endpoint::ListRules => {
-            let req = ListRules {
-                resource_type: string(&m, "ResourceType")?,
-                resource_tags: resource_tags(&m, "ResourceTags")?.unwrap_or_default(),
-                exclude_resource_tags: resource_tags(&m, "ExcludeResourceTags")?.unwrap_or_default(),
-                lock_state: string(&m, "LockState")?,
-                max_results: int(&m, "MaxResults")?,
-                next_token: string(&m, "NextToken")?,
-            };
+            let req = list_request(&m)?;
             let (rules, next) = blocking(engine, move |e| e.rbin_list_rules(&ctx, &req)).await?;
             let mut o = json!({ "Rules": rules.iter().map(summary_json).collect::<Vec<_>>() });
             if let Some(t) = next {
@@ -327,14 +373,7 @@ async fn run(engine: Arc<Engine>, ctx: Ctx, ep: &Endpoint, uri: &Uri, body: Byte
             o
         }
         Endpoint::UpdateRule { id } => {
-            let req = UpdateRule {
-                identifier: id,
-                retention_period: retention_period(&m)?,
-                description: string(&m, "Description")?,
-                resource_type: string(&m, "ResourceType")?,
-                resource_tags: resource_tags(&m, "ResourceTags")?,
-                exclude_resource_tags: resource_tags(&m, "ExcludeResourceTags")?,
-            };
+            let req = update_request(id, &m)?;
             rule_json(&blocking(engine, move |e| e.rbin_update_rule(&ctx, req)).await?, false)
         }
         Endpoint::DeleteRule { id } => {
