@@ -138,6 +138,20 @@ def test_console_scenario(fresh_server, page, tmp_path):
         " return r && r.dataset.state === 'completed' && r.querySelector('progress').value === 100; }", arg=s1)
     assert "100%" in page.locator(f'tr[data-id="{s1}"] .progress').text_content()
 
+    # Live, without a reload: a snapshot written through the EBS direct APIs stays pending until
+    # completed; its row on the open page turns completed at 100 % in place.
+    ebs = srv.session().client("ebs", endpoint_url=srv.endpoint)
+    live = ebs.start_snapshot(VolumeSize=1, Description="live")["SnapshotId"]
+    page.get_by_role("link", name="Volumes").click()
+    page.get_by_role("link", name="Snapshots").click()
+    page.wait_for_function(
+        "id => { const r = document.querySelector(`tr[data-id='${id}']`);"
+        " if (r && r.dataset.state === 'pending') { window.__row = r; return true; } return false; }", arg=live)
+    ebs.complete_snapshot(SnapshotId=live, ChangedBlocksCount=0)
+    page.wait_for_function(
+        "() => window.__row.isConnected && window.__row.dataset.state === 'completed'"
+        " && window.__row.querySelector('progress').value === 100")
+
     # A second snapshot: the lineage shows it as a child of the first, with the bytes it added.
     nbd.qemu_io(srv, vid, "write -P 0xcd 8M 2M", "flush")
     s2 = ec2.create_snapshot(VolumeId=vid, Description="second")["SnapshotId"]
@@ -178,7 +192,7 @@ def test_console_scenario(fresh_server, page, tmp_path):
     page.get_by_role("link", name="Store").click()
     region_row = page.locator(f'tr[data-region="{srv.region}"]')
     region_row.wait_for()
-    assert int(region_row.locator("td").nth(0).text_content()) == 2
+    assert int(region_row.locator("td").nth(0).text_content()) == 3
     assert "B" in region_row.locator(".stored").text_content()
     assert ": 1" in region_row.locator(".ratio").text_content()
     assert page.locator("svg.chart polyline").count() == 2

@@ -39,7 +39,7 @@ async function act(label, fn) {
   }
 }
 
-function every(ms, fn) {
+function every(ms, fn) { // fn every ms while this page is shown
   const g = generation;
   const t = setInterval(() => {
     if (g !== generation) clearInterval(t);
@@ -371,6 +371,7 @@ const HISTORY = "blocksnap-console-store-history";
 
 function chart(samples, region) {
   const pts = samples.map((x) => ({ t: x.t, r: x.regions.find((y) => y.Region === region) })).filter((x) => x.r);
+  if (pts.length === 1) pts.push(pts[0]); // one sample: a flat line, not an invisible point
   const W = 480, H = 140;
   const max = Math.max(1, ...pts.map((p) => Math.max(p.r.LogicalBytes || 0, p.r.StoredBytes || 0, p.r.SnapshotBytesAdded || 0)));
   const line = (f) => pts.map((p, i) => `${pts.length > 1 ? (i / (pts.length - 1)) * W : 0},${H - ((f(p.r) || 0) / max) * (H - 10)}`).join(" ");
@@ -381,7 +382,7 @@ function chart(samples, region) {
   svg.setAttribute("class", "chart");
   svg.setAttribute("role", "img");
   const last = pts[pts.length - 1]?.r || {};
-  svg.setAttribute("aria-label", `Store of ${region} over the last ${pts.length} samples: logical ${bytes(last.LogicalBytes)} (solid line), stored ${bytes(last.StoredBytes)} (dashed line)`);
+  svg.setAttribute("aria-label", `Store of ${region} over the last ${samples.length} samples: logical ${bytes(last.LogicalBytes)} (solid line), stored ${bytes(last.StoredBytes)} (dashed line)`);
   for (const [f, dash, colour] of [[(r) => r.LogicalBytes ?? r.SnapshotBytesAdded, "", "#246"], [(r) => r.StoredBytes, "6 4", "#a40"]]) {
     const pl = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
     pl.setAttribute("points", line(f));
@@ -391,7 +392,7 @@ function chart(samples, region) {
     if (dash) pl.setAttribute("stroke-dasharray", dash);
     svg.append(pl);
   }
-  return h("figure", {}, svg, h("figcaption", {}, `Solid: logical bytes; dashed: stored bytes (scale up to ${bytes(max)}), one sample every 5 s.`));
+  return h("figure", {}, svg, h("figcaption", {}, `Solid: logical bytes; dashed: stored bytes (scale up to ${bytes(max)}), sampled every 5 s or more while this page is open.`));
 }
 
 async function storePage(main) {
@@ -421,8 +422,20 @@ async function storePage(main) {
       table("Store usage per region (regions in use)", ["Region", "Snapshots", "Logical bytes", "Stored bytes", "Dedup + compression", "Chunks", "Bytes your snapshots added", "Last GC"], rows),
       h("h2", {}, `Over time in ${s.region}`), chart(hist, s.region));
   }
-  await sample();
-  every(5000, () => sample().catch(() => {}));
+  // GetStoreStats walks the store (its cost grows with the snapshots it holds): one call at a time,
+  // the next one 5 s after the last answer or four times its duration, whichever is longer.
+  const g = generation;
+  box.append(h("p", {}, "Measuring the store…"));
+  async function loop() {
+    const t0 = performance.now();
+    try {
+      await sample();
+    } catch (e) {
+      status(`Store statistics failed: ${e.message}`, true);
+    }
+    if (g === generation) timers.push(setTimeout(loop, Math.max(5000, 4 * (performance.now() - t0))));
+  }
+  loop();
 }
 
 // --- routing ------------------------------------------------------------------------------------
@@ -430,7 +443,7 @@ async function storePage(main) {
 const PAGES = { "#/volumes": volumesPage, "#/snapshots": snapshotsPage, "#/store": storePage };
 
 async function route() {
-  timers.forEach(clearInterval);
+  timers.forEach((t) => { clearInterval(t); clearTimeout(t); });
   timers = [];
   const g = ++generation;
   const main = h("div");
