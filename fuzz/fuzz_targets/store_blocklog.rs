@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: \&[u8]| blocksnap_fuzzing::store_blocklog(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| blocksnap_fuzzing::store_blocklog(data));
