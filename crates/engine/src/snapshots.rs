@@ -177,7 +177,9 @@ impl Engine {
             .filter(|s| s.volume_id == volume.id && s.account == volume.account && s.state != SnapshotState::Error)
             .max_by_key(|s| (s.start_time, s.epoch))
             .map(|s| s.id.clone())
-            .or_else(|| volume.snapshot_id.clone())
+            // The snapshot it was restored from, while it exists (deleted, its blocks may be gone:
+            // the deletion marked the whole volume changed, see `delete_snapshots_with`).
+            .or_else(|| volume.snapshot_id.clone().filter(|id| st.snapshots.contains_key(id)))
     }
 
     fn new_snapshot(&self, st: &State, v: &Volume, description: String, tags: Tags, now: Millis) -> Snapshot {
@@ -363,6 +365,39 @@ impl Engine {
         self.delete_snapshots_with(ctx, &[id.to_string()], Vec::new(), dry_run)
     }
 
+    /// A volume's next snapshot is incremental against its newest snapshot, and the volume's change
+    /// tracking holds only what changed since that snapshot's cut. Deleting that snapshot would leave
+    /// the next one built on an older snapshot (or none) with too small a changed set: the blocks
+    /// changed between the two would be lost. So before such a deletion the whole volume is marked
+    /// changed, durably (holes cost a seek at upload, not a read): the next snapshot reads every
+    /// block it needs. Done first, outside the state lock (it writes the change map); if the
+    /// deletion is then refused, the next snapshot only reads more than it had to.
+    fn mark_lineage_bases_changed(&self, ids: &[String]) -> Result<()> {
+        let Some(storage) = &self.storage else { return Ok(()) };
+        let bases: Vec<String> = {
+            let st = self.lock();
+            st.volumes
+                .values()
+                .filter(|v| Self::lineage_parent(&st, v).is_some_and(|p| ids.contains(&p)))
+                .map(|v| v.id.clone())
+                .collect()
+        };
+        for vid in bases {
+            match storage.volumes.open_volume(&vid) {
+                Ok(vol) => vol.mark_all_changed().map_err(|e| {
+                    EngineError::Internal(format!(
+                        "marking volume {vid} changed before deleting its base snapshot: {e}"
+                    ))
+                })?,
+                // Deleted meanwhile: nothing will be snapshotted from it.
+                Err(blocksnap_volume::Error::NotFound(_)) => {}
+                Err(e) => return Err(EngineError::Internal(format!("opening volume {vid}: {e}"))),
+            }
+            tracing::info!(volume = %vid, "its newest snapshot is being deleted: its next snapshot reads every block");
+        }
+        Ok(())
+    }
+
     /// Delete snapshots, committing `extra` rows (e.g. Lightsail names) in the same transaction: all
     /// or nothing, and durable before any manifest goes (GC drops manifests without rows).
     pub(crate) fn delete_snapshots_with(
@@ -372,6 +407,9 @@ impl Engine {
         extra: Vec<Rec>,
         dry_run: bool,
     ) -> Result<()> {
+        if !dry_run {
+            self.mark_lineage_bases_changed(ids)?;
+        }
         let mut st = self.lock();
         let mut gone = Vec::with_capacity(ids.len());
         for id in ids {

@@ -257,6 +257,16 @@ impl Volume {
         Ok(out)
     }
 
+    /// Marks every block changed, durably (returns once the change map is on disk): the next cut's
+    /// frozen set is the whole volume. For when the snapshot the change map is relative to goes away.
+    pub fn mark_all_changed(&self) -> Result<()> {
+        let n = self.cbt.nblocks();
+        if n > 0 {
+            self.cbt.mark(0, n - 1)?;
+        }
+        Ok(())
+    }
+
     /// Grows the volume (under the gate). New blocks read as zeros and start
     /// unchanged.
     pub fn resize(&self, new_size: u64) -> Result<()> {
