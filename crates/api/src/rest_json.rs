@@ -54,3 +54,53 @@ pub fn common_status(e: &EngineError) -> StatusCode {
         },
     }
 }
+
+/// A REST-JSON request body's top-level object.
+pub type Obj = serde_json::Map<String, Value>;
+
+// Typed readers of a body's members, shared by the REST-JSON services. Each service refuses a
+// malformed member in its own words: `invalid` makes its error from the message.
+
+/// The body as an object (an empty body is an empty object).
+pub fn body_object<E>(body: &[u8], invalid: impl Fn(String) -> E) -> Result<Obj, E> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Obj::new());
+    }
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(invalid("The request body must be a JSON object.".to_string())),
+        Err(e) => Err(invalid(format!("The request body is not valid JSON: {e}"))),
+    }
+}
+
+pub fn string<E>(m: &Obj, k: &str, invalid: impl Fn(String) -> E) -> Result<Option<String>, E> {
+    match m.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(invalid(format!("{k} must be a string."))),
+    }
+}
+
+pub fn int<E>(m: &Obj, k: &str, invalid: impl Fn(String) -> E) -> Result<Option<i64>, E> {
+    match m.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) if n.is_i64() => Ok(n.as_i64()),
+        Some(_) => Err(invalid(format!("{k} must be an integer."))),
+    }
+}
+
+pub fn list<'a, E>(m: &'a Obj, k: &str, invalid: impl Fn(String) -> E) -> Result<Option<&'a [Value]>, E> {
+    match m.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => Ok(Some(a)),
+        Some(_) => Err(invalid(format!("{k} must be a list."))),
+    }
+}
+
+pub fn child<'a, E>(m: &'a Obj, k: &str, invalid: impl Fn(String) -> E) -> Result<Option<&'a Obj>, E> {
+    match m.get(k) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(o)) => Ok(Some(o)),
+        Some(_) => Err(invalid(format!("{k} must be an object."))),
+    }
+}

@@ -91,33 +91,18 @@ impl Endpoint {
 
 // ---- reading the request -----------------------------------------------------------------------
 
-type Obj = Map<String, Value>;
+use crate::rest_json::{self, Obj};
 
 fn body_json(body: &[u8]) -> Result<Obj, DlmError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(invalid("The request body must be a JSON object.")),
-        Err(e) => Err(invalid(format!("The request body is not valid JSON: {e}"))),
-    }
+    rest_json::body_object(body, invalid)
 }
 
 fn string(m: &Obj, k: &str) -> Result<Option<String>, DlmError> {
-    match m.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(invalid(format!("{k} must be a string."))),
-    }
+    rest_json::string(m, k, invalid)
 }
 
 fn int(m: &Obj, k: &str) -> Result<Option<i64>, DlmError> {
-    match m.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| invalid(format!("{k} must be an integer."))),
-        Some(_) => Err(invalid(format!("{k} must be an integer."))),
-    }
+    rest_json::int(m, k, invalid)
 }
 
 fn boolean(m: &Obj, k: &str) -> Result<Option<bool>, DlmError> {
@@ -129,11 +114,7 @@ fn boolean(m: &Obj, k: &str) -> Result<Option<bool>, DlmError> {
 }
 
 fn list<'a>(m: &'a Obj, k: &str) -> Result<&'a [Value], DlmError> {
-    match m.get(k) {
-        None | Some(Value::Null) => Ok(&[]),
-        Some(Value::Array(a)) => Ok(a),
-        Some(_) => Err(invalid(format!("{k} must be a list."))),
-    }
+    Ok(rest_json::list(m, k, invalid)?.unwrap_or_default())
 }
 
 fn object<'a>(v: &'a Value, what: &str) -> Result<&'a Obj, DlmError> {
@@ -141,10 +122,7 @@ fn object<'a>(v: &'a Value, what: &str) -> Result<&'a Obj, DlmError> {
 }
 
 fn child<'a>(m: &'a Obj, k: &str) -> Result<Option<&'a Obj>, DlmError> {
-    match m.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => object(v, k).map(Some),
-    }
+    rest_json::child(m, k, invalid)
 }
 
 fn strings(m: &Obj, k: &str) -> Result<Vec<String>, DlmError> {

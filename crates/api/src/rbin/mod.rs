@@ -16,7 +16,7 @@ use blocksnap_engine::recycle_bin::{
 };
 use blocksnap_engine::{Engine, EngineError};
 use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 /// The SigV4 service name of the Recycle Bin.
 pub const SERVICE: &str = "rbin";
@@ -107,53 +107,30 @@ pub fn error(e: &EngineError, request_id: &str) -> Response {
 
 // ---- reading the request -----------------------------------------------------------------------
 
-type Obj = Map<String, Value>;
+use crate::rest_json::{self, Obj};
 
 fn invalid(message: impl Into<String>) -> EngineError {
     EngineError::reasoned("ValidationException", "INVALID_PARAMETER_VALUE", message)
 }
 
 fn body_json(body: &[u8]) -> Result<Obj, EngineError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
-    }
-    match serde_json::from_slice::<Value>(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(invalid("The request body must be a JSON object.")),
-        Err(e) => Err(invalid(format!("The request body is not valid JSON: {e}"))),
-    }
+    rest_json::body_object(body, invalid)
 }
 
 fn string(m: &Obj, k: &str) -> Result<Option<String>, EngineError> {
-    match m.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s.clone())),
-        Some(_) => Err(invalid(format!("{k} must be a string."))),
-    }
+    rest_json::string(m, k, invalid)
 }
 
 fn int(m: &Obj, k: &str) -> Result<Option<i64>, EngineError> {
-    match m.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(n)) => n.as_i64().map(Some).ok_or_else(|| invalid(format!("{k} must be an integer."))),
-        Some(_) => Err(invalid(format!("{k} must be an integer."))),
-    }
+    rest_json::int(m, k, invalid)
 }
 
 fn child<'a>(m: &'a Obj, k: &str) -> Result<Option<&'a Obj>, EngineError> {
-    match m.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(o)) => Ok(Some(o)),
-        Some(_) => Err(invalid(format!("{k} must be an object."))),
-    }
+    rest_json::child(m, k, invalid)
 }
 
 fn list<'a>(m: &'a Obj, k: &str) -> Result<Option<&'a [Value]>, EngineError> {
-    match m.get(k) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Array(a)) => Ok(Some(a)),
-        Some(_) => Err(invalid(format!("{k} must be a list."))),
-    }
+    rest_json::list(m, k, invalid)
 }
 
 fn objects<'a>(m: &'a Obj, k: &str) -> Result<Option<Vec<&'a Obj>>, EngineError> {
