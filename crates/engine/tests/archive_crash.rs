@@ -9,7 +9,6 @@
 //! Run: `cargo test -p blocksnap-engine --features failpoints --test archive_crash`
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,8 @@ use blocksnap_catalog::SqliteCatalog;
 use blocksnap_engine::archive::TieringStatus;
 use blocksnap_engine::model::{Ctx, Snapshot, SnapshotState};
 use blocksnap_engine::{CreateSnapshot, DescribeSnapshots, Engine, EngineConfig, ListQuery, RunInstances, Storage};
+
+mod common;
 
 const CHILD_ENV: &str = "BLOCKSNAP_ARCHIVE_CRASH_CHILD";
 const CRASH_CODE: i32 = 17;
@@ -125,18 +126,7 @@ fn read_snapshot(n: &Node, id: &str) -> Vec<u8> {
 }
 
 fn crash_child(case: &str, dir: &Path, arg: &str) -> i32 {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, format!("{case}|{}|{arg}", dir.display()))
-        .output()
-        .unwrap();
-    let code = out.status.code().unwrap_or(-1);
-    if code != CRASH_CODE {
-        eprintln!("child stdout: {}", String::from_utf8_lossy(&out.stdout));
-        eprintln!("child stderr: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    code
+    common::run_child(CHILD_ENV, CRASH_CODE, format!("{case}|{}|{arg}", dir.display()))
 }
 
 /// The child: arm the failpoint to exit the process, start the step, wait for the crash.

@@ -11,7 +11,6 @@
 //! Run: `cargo test -p blocksnap-engine --features failpoints --test dlm_crash`
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +20,8 @@ use blocksnap_engine::dlm::{
 };
 use blocksnap_engine::model::{Ctx, Snapshot, SnapshotState, Tag};
 use blocksnap_engine::{CreateVolume, DescribeSnapshots, Engine, EngineConfig, ListQuery, Storage, TagSpec};
+
+mod common;
 
 const CHILD_ENV: &str = "BLOCKSNAP_DLM_CRASH_CHILD";
 const CRASH_CODE: i32 = 19;
@@ -137,18 +138,7 @@ fn crash_child(case: &str, dir: &Path) -> i32 {
         let n = open(dir);
         advance(&n, 0) + (HOUR as i64) * 1000
     };
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, format!("{case}|{}|{target}", dir.display()))
-        .output()
-        .unwrap();
-    let code = out.status.code().unwrap_or(-1);
-    if code != CRASH_CODE {
-        eprintln!("child stdout: {}", String::from_utf8_lossy(&out.stdout));
-        eprintln!("child stderr: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    code
+    common::run_child(CHILD_ENV, CRASH_CODE, format!("{case}|{}|{target}", dir.display()))
 }
 
 /// The child: move the clock, arm the failpoint to exit the process, tick until it is reached.

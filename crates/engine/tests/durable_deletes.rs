@@ -10,7 +10,6 @@
 //! Run: `cargo test -p blocksnap-engine --features failpoints --test durable_deletes`
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +18,8 @@ use blocksnap_engine::model::{Ctx, SnapshotState};
 use blocksnap_engine::{
     CreateSnapshot, CreateVolume, DescribeSnapshots, Engine, EngineConfig, ListQuery, RunInstances, Storage,
 };
+
+mod common;
 
 const CHILD_ENV: &str = "BLOCKSNAP_DURABLE_DELETES_CHILD";
 const CRASH_CODE: i32 = 17;
@@ -116,18 +117,7 @@ fn read_back(n: &Node, vol: &str) -> Vec<u8> {
 
 /// Re-run this test binary as the child for `case`, in `dir`; returns its exit code.
 fn crash_child(case: &str, dir: &Path, arg: &str) -> i32 {
-    let exe = std::env::current_exe().unwrap();
-    let out = Command::new(exe)
-        .args(["--exact", "child", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, format!("{case}|{}|{arg}", dir.display()))
-        .output()
-        .unwrap();
-    let code = out.status.code().unwrap_or(-1);
-    if code != CRASH_CODE {
-        eprintln!("child stdout: {}", String::from_utf8_lossy(&out.stdout));
-        eprintln!("child stderr: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    code
+    common::run_child(CHILD_ENV, CRASH_CODE, format!("{case}|{}|{arg}", dir.display()))
 }
 
 /// The child: arm the failpoint to exit the process, then delete. Returning normally means the
