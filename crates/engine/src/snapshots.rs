@@ -376,8 +376,15 @@ impl Engine {
         let Some(storage) = &self.storage else { return Ok(()) };
         let bases: Vec<String> = {
             let st = self.lock();
+            // Only the deleted snapshots' own volumes and the volumes restored from them can have
+            // one as their base: no lineage walk for every volume.
+            let of_deleted: Vec<&str> =
+                ids.iter().filter_map(|id| st.snapshots.get(id)).map(|s| s.volume_id.as_str()).collect();
             st.volumes
                 .values()
+                .filter(|v| {
+                    of_deleted.contains(&v.id.as_str()) || v.snapshot_id.as_ref().is_some_and(|s| ids.contains(s))
+                })
                 .filter(|v| Self::lineage_parent(&st, v).is_some_and(|p| ids.contains(&p)))
                 .map(|v| v.id.clone())
                 .collect()
