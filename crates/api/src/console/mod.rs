@@ -19,6 +19,8 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("index.html", "text/html; charset=utf-8", include_str!("assets/index.html")),
     ("app.js", "text/javascript; charset=utf-8", include_str!("assets/app.js")),
     ("api.js", "text/javascript; charset=utf-8", include_str!("assets/api.js")),
+    ("ui.js", "text/javascript; charset=utf-8", include_str!("assets/ui.js")),
+    ("lightsail.js", "text/javascript; charset=utf-8", include_str!("assets/lightsail.js")),
     ("sigv4.js", "text/javascript; charset=utf-8", include_str!("assets/sigv4.js")),
     ("style.css", "text/css; charset=utf-8", include_str!("assets/style.css")),
 ];
@@ -74,5 +76,16 @@ mod tests {
         // The CSP allows scripts from files only; an inline handler would be refused by the browser.
         let html = ASSETS[0].2;
         assert!(!html.contains("onclick=") && !html.contains("<script>"));
+    }
+
+    #[test]
+    fn no_action_goes_through_the_browsers_modal_boxes() {
+        // prompt()/alert()/confirm() are neither labelled nor stylable and block the page: every
+        // action is a form (ui.js: actionForm, dialog, confirmDialog).
+        for (name, _, body) in ASSETS.iter().filter(|(n, _, _)| n.ends_with(".js")) {
+            for call in ["prompt(", "alert(", "confirm("] {
+                assert!(!body.contains(call), "{name} calls {call}");
+            }
+        }
     }
 }

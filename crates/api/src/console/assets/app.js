@@ -1,65 +1,12 @@
 // The blocksnap web console: hash-routed pages built from the APIs' answers. Every value from the
-// server goes into the page as text (textContent), never as markup.
-import { ApiError, bytes, ec2, lightsail, list, nbd, saveSession, session, signOut, store } from "./api.js";
+// server goes into the page as text (textContent), never as markup; every action is a labelled form
+// (inline or in a dialog) whose errors are shown next to the field they are about.
+import { bytes, ec2, lightsail, list, nbd, saveSession, session, signOut, store } from "./api.js";
+import { diskSnapshotsSection, disksSection } from "./lightsail.js";
+import { $, act, actionForm, confirmDialog, current, dialog, every, h, later, newPage, pager, progressCell, status, table } from "./ui.js";
 
-const $ = (sel) => document.querySelector(sel);
 const PAGE = 50;
-let timers = [];
-let generation = 0; // a page built for an older route is dropped
-
-/// h("tag", {attrs}, ...children): a DOM element; strings become text nodes.
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (v === undefined || v === null || v === false) continue;
-    if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
-    else if (k === "dataset") Object.assign(el.dataset, v);
-    else el.setAttribute(k, v === true ? "" : String(v));
-  }
-  for (const c of children.flat()) if (c !== undefined && c !== null && c !== false) el.append(c instanceof Node ? c : String(c));
-  return el;
-}
-
-function status(msg, isError = false) {
-  const s = $("#status");
-  s.textContent = msg;
-  s.className = isError ? "error" : "";
-}
-
-/// Runs an action, reporting its outcome (errors named by their AWS code).
-async function act(label, fn) {
-  status(`${label}…`);
-  try {
-    const r = await fn();
-    status(`${label}: done.`);
-    return r;
-  } catch (e) {
-    status(`${label} failed: ${e instanceof ApiError ? e.message : e}`, true);
-    return undefined;
-  }
-}
-
-function every(ms, fn) { // fn every ms while this page is shown
-  const g = generation;
-  const t = setInterval(() => {
-    if (g !== generation) clearInterval(t);
-    else fn();
-  }, ms);
-  timers.push(t);
-}
-
-function table(caption, headers, rows) {
-  return h("table", {}, h("caption", {}, caption),
-    h("thead", {}, h("tr", {}, headers.map((x) => h("th", { scope: "col" }, x)))),
-    h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: headers.length }, "None."))));
-}
-
-function progressCell(state, progress, message) {
-  const pct = parseInt(progress, 10) || (state === "completed" || state === "available" ? 100 : 0);
-  return h("td", { class: "progress" },
-    h("progress", { max: 100, value: pct, "aria-label": `${pct}%` }), ` ${pct}%`,
-    message ? h("div", { class: state === "error" ? "error" : "", role: state === "error" ? "alert" : undefined }, message) : null);
-}
+const VOLUME_TYPES = ["gp3", "gp2", "io1", "io2", "st1", "sc1", "standard"];
 
 function tags(t) {
   return list(t).map((x) => `${x.key}=${x.value}`).join(", ");
@@ -69,31 +16,33 @@ function nameOf(t) {
   return list(t).find((x) => x.key === "Name")?.value || "";
 }
 
-/// A pager over a NextToken API: `load(token)` answers {rows, next}.
-function pager(container, load) {
-  const tokens = [null];
-  let page = 0;
-  const body = h("div");
-  const info = h("span");
-  const prev = h("button", { type: "button", onclick: () => go(page - 1) }, "Previous page");
-  const next = h("button", { type: "button", onclick: () => go(page + 1) }, "Next page");
-  container.append(body, h("div", { class: "pager" }, prev, info, next));
-  async function go(p) {
-    try {
-      const r = await load(tokens[p]);
-      page = p;
-      tokens[p + 1] = r.next || undefined;
-      body.replaceChildren(r.node);
-      info.textContent = `Page ${p + 1}`;
-      prev.disabled = p === 0;
-      next.disabled = !r.next;
-    } catch (e) {
-      status(`Loading failed: ${e.message}`, true);
-    }
-  }
-  go(0);
-  return { reload: () => go(page) };
+/// Updates the saved session (read afresh: another part of the page may have saved since).
+function updateSession(f) {
+  const s = session();
+  f(s);
+  saveSession(s);
+  return s;
 }
+
+const zoneCache = new Map();
+async function zones(region) {
+  if (!zoneCache.has(region)) {
+    zoneCache.set(region, list((await ec2("DescribeAvailabilityZones")).availabilityZoneInfo).map((z) => z.zoneName));
+  }
+  return zoneCache.get(region);
+}
+
+/// The EC2 form field an API error is about, from its code and message.
+function ec2Field(map) {
+  return (e) => {
+    for (const [name, re] of Object.entries(map)) if (re.test(`${e.code} ${e.message}`)) return name;
+    return null;
+  };
+}
+
+const nameTag = (resource, name) => (name
+  ? { "TagSpecification.1.ResourceType": resource, "TagSpecification.1.Tag.1.Key": "Name", "TagSpecification.1.Tag.1.Value": name }
+  : {});
 
 // --- sign-in ------------------------------------------------------------------------------------
 
@@ -131,20 +80,95 @@ function signInPage() {
 async function nbdIdentity() {
   const s = session();
   if (s.nbdIdentity) return s.nbdIdentity;
+  let identity = "";
   try {
     const r = await nbd("ListNbdCredentials", {});
-    s.nbdIdentity = r.Credentials?.[0]?.Identity || "";
-    saveSession(s);
-  } catch {
-    s.nbdIdentity = "";
-  }
-  return s.nbdIdentity;
+    identity = r.Credentials?.[0]?.Identity || "";
+  } catch { /* no key yet, or not allowed: the page offers to create one */ }
+  updateSession((x) => { x.nbdIdentity = identity; });
+  return identity;
+}
+
+function createVolumeForm(azs, onCreated) {
+  const f = actionForm({
+    label: "Create volume",
+    className: "inline",
+    submitLabel: "Create volume",
+    fields: [
+      { name: "size", label: "Size (GiB)", type: "number", min: 1, max: 65536, value: 1, required: true, inputmode: "numeric" },
+      { name: "type", label: "Type", type: "select", options: VOLUME_TYPES, value: "gp3" },
+      { name: "az", label: "Availability Zone", type: "select", options: azs, required: true },
+      { name: "name", label: "Name" },
+      { name: "encrypted", label: "Encrypted", type: "checkbox" },
+    ],
+    fieldFor: ec2Field({ size: /\bsize\b|Size/, type: /Iops|Throughput|VolumeType/, az: /zone/i, name: /tag/i }),
+    onSubmit: (v) => {
+      const p = { Size: v.size, VolumeType: v.type, AvailabilityZone: v.az, ...nameTag("volume", v.name) };
+      if (v.type === "io1" || v.type === "io2") p.Iops = 3000;
+      if (v.encrypted) p.Encrypted = "true";
+      return ec2("CreateVolume", p);
+    },
+    done: (r) => onCreated(r),
+  });
+  return f.form;
+}
+
+async function instancesIn(az) {
+  const r = await ec2("DescribeInstances", { "Filter.1.Name": "availability-zone", "Filter.1.Value.1": az,
+    "Filter.2.Name": "instance-state-name", "Filter.2.Value.1": "running", "Filter.2.Value.2": "stopped" });
+  return list(r.reservationSet).flatMap((x) => list(x.instancesSet))
+    .map((i) => [i.instanceId, nameOf(i.tagSet) ? `${i.instanceId} (${nameOf(i.tagSet)})` : i.instanceId]);
+}
+
+function volumeActions(v, reload) {
+  const id = v.volumeId;
+  const att = list(v.attachmentSet)[0];
+  const snapshot = () => dialog({
+    title: `Create a snapshot of ${id}`,
+    submitLabel: "Create snapshot",
+    fields: [{ name: "description", label: "Description" }, { name: "name", label: "Name" }],
+    fieldFor: ec2Field({ description: /description/i, name: /tag/i }),
+    onSubmit: (x) => ec2("CreateSnapshot", { VolumeId: id, Description: x.description, ...nameTag("snapshot", x.name) }),
+  }).then((r) => { if (r) status(`Snapshot ${r.snapshotId} started; follow it on the Snapshots page.`); });
+  const attach = async () => {
+    const instances = await instancesIn(v.availabilityZone).catch(() => []);
+    const r = await dialog({
+      title: `Attach ${id}`,
+      submitLabel: "Attach",
+      fields: [
+        { name: "instance", label: "Instance", type: "select", options: instances, required: true,
+          hint: instances.length ? `Instances in ${v.availabilityZone}.` : `No instance runs in ${v.availabilityZone}: start one there first.` },
+        { name: "device", label: "Device name", value: "/dev/sdf", required: true, pattern: "/dev/[a-z0-9]+", invalid: "A device name such as /dev/sdf." },
+      ],
+      fieldFor: ec2Field({ instance: /InstanceID|instance|zone/i, device: /device/i }),
+      onSubmit: (x) => ec2("AttachVolume", { VolumeId: id, InstanceId: x.instance, Device: x.device }),
+    });
+    if (r) { status(`Attached ${id} to ${r.instanceId} as ${r.device}.`); reload(); }
+  };
+  const detach = () => confirmDialog({
+    title: `Detach ${id}?`,
+    text: `Detach ${id} from ${att.instanceId}: its NBD export stops being served.`,
+    confirmLabel: "Detach",
+    run: () => ec2("DetachVolume", { VolumeId: id }),
+  }).then((r) => { if (r) { status(`Detaching ${id}.`); reload(); } });
+  const remove = () => confirmDialog({
+    title: `Delete ${id}?`,
+    text: `Delete ${id}? Its data is gone for good (its snapshots stay).`,
+    confirmLabel: "Delete volume",
+    run: () => ec2("DeleteVolume", { VolumeId: id }),
+  }).then((r) => { if (r) { status(`Deleted ${id}.`); reload(); } });
+  return h("td", {},
+    h("button", { type: "button", "aria-label": `Create snapshot of ${id}`, onclick: snapshot }, "Snapshot"),
+    att
+      ? h("button", { type: "button", "aria-label": `Detach ${id}`, onclick: detach }, "Detach")
+      : h("button", { type: "button", "aria-label": `Attach ${id}`, onclick: attach }, "Attach"),
+    h("button", { type: "button", "aria-label": `Delete ${id}`, onclick: remove }, "Delete"));
 }
 
 async function volumesPage(main) {
   const s = session();
   const identity = await nbdIdentity();
-  const azs = list((await ec2("DescribeAvailabilityZones")).availabilityZoneInfo).map((z) => z.zoneName);
+  const azs = await zones(s.region);
   main.append(h("h1", { tabindex: -1 }, `Volumes in ${s.region}`));
   const uri = (v) => (identity ? `nbds://${identity}@${s.nbd}/${v}?tls-psk-file=keys.psk` : `nbds://<identity>@${s.nbd}/${v}?tls-psk-file=keys.psk`);
   const keyBox = h("div");
@@ -154,31 +178,12 @@ async function volumesPage(main) {
         const r = await act("Create NBD key", () => nbd("CreateNbdCredential", {}));
         if (!r) return;
         const c = r.Credential;
-        s.nbdIdentity = c.Identity;
-        saveSession(s);
+        updateSession((x) => { x.nbdIdentity = c.Identity; });
         keyBox.replaceChildren(h("p", {}, "Save this line as keys.psk (shown once): ", h("code", { id: "psk-line" }, `${c.Identity}:${c.Key}`)));
       } }, "Create NBD key")));
   }
   main.append(keyBox);
-
-  const form = h("form", { class: "inline", "aria-label": "Create volume" },
-    h("label", {}, "Size (GiB)", h("input", { name: "size", type: "number", min: 1, value: 1, required: true })),
-    h("label", {}, "Type", h("select", { name: "type" }, ["gp3", "gp2", "io1", "io2", "st1", "sc1", "standard"].map((t) => h("option", {}, t)))),
-    h("label", {}, "Availability Zone", h("select", { name: "az" }, azs.map((z) => h("option", {}, z)))),
-    h("label", {}, "Name", h("input", { name: "name" })),
-    h("label", {}, h("span", {}, "Encrypted"), h("input", { name: "encrypted", type: "checkbox" })),
-    h("button", { type: "submit" }, "Create volume"));
-  form.addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    const f = new FormData(form);
-    const p = { Size: f.get("size"), VolumeType: f.get("type"), AvailabilityZone: f.get("az") };
-    if (f.get("type") === "io1" || f.get("type") === "io2") p.Iops = 3000;
-    if (f.get("encrypted")) p.Encrypted = "true";
-    if (f.get("name")) Object.assign(p, { "TagSpecification.1.ResourceType": "volume", "TagSpecification.1.Tag.1.Key": "Name", "TagSpecification.1.Tag.1.Value": f.get("name") });
-    const r = await act("Create volume", () => ec2("CreateVolume", p));
-    if (r) { status(`Created ${r.volumeId}.`); vols.reload(); }
-  });
-  main.append(form);
+  main.append(createVolumeForm(azs, (r) => { status(`Created ${r.volumeId}.`); vols.reload(); }));
 
   const section = h("section", { "aria-label": "EC2 volumes" });
   main.append(section);
@@ -197,80 +202,85 @@ async function volumesPage(main) {
         h("td", {}, att ? `${att.instanceId} ${att.device} (${att.status})` : "not attached"),
         h("td", {}, h("code", { class: "nbd-uri" }, uri(id)), att ? null : h("div", {}, "(served while attached)")),
         h("td", {}, tags(v.tagSet)),
-        h("td", {},
-          h("button", { type: "button", "aria-label": `Create snapshot of ${id}`, onclick: async () => {
-            const desc = prompt(`Description of the snapshot of ${id}`, "") ?? null;
-            if (desc === null) return;
-            const s2 = await act(`Snapshot ${id}`, () => ec2("CreateSnapshot", { VolumeId: id, Description: desc }));
-            if (s2) status(`Snapshot ${s2.snapshotId} started; follow it on the Snapshots page.`);
-          } }, "Snapshot"),
-          att
-            ? h("button", { type: "button", "aria-label": `Detach ${id}`, onclick: async () => {
-              if (!confirm(`Detach ${id} from ${att.instanceId}?`)) return;
-              if (await act(`Detach ${id}`, () => ec2("DetachVolume", { VolumeId: id }))) vols.reload();
-            } }, "Detach")
-            : h("button", { type: "button", "aria-label": `Attach ${id}`, onclick: async () => {
-              const inst = prompt(`Attach ${id} to which instance (i-…)?`);
-              if (!inst) return;
-              const dev = prompt("Device name", "/dev/sdf");
-              if (!dev) return;
-              if (await act(`Attach ${id}`, () => ec2("AttachVolume", { VolumeId: id, InstanceId: inst.trim(), Device: dev.trim() }))) vols.reload();
-            } }, "Attach"),
-          h("button", { type: "button", "aria-label": `Delete ${id}`, onclick: async () => {
-            if (!confirm(`Delete ${id}? Its data is gone for good (its snapshots stay).`)) return;
-            if (await act(`Delete ${id}`, () => ec2("DeleteVolume", { VolumeId: id }))) vols.reload();
-          } }, "Delete")));
+        volumeActions(v, () => vols.reload()));
     });
-    return { rows, next: r.nextToken, node: table("EC2 volumes", ["Volume", "State", "Size", "Type", "AZ", "Encryption", "Attachment", "NBD URI", "Tags", "Actions"], rows) };
+    return { next: r.nextToken, node: table("EC2 volumes", ["Volume", "State", "Size", "Type", "AZ", "Encryption", "Attachment", "NBD URI", "Tags", "Actions"], rows) };
   });
-
   every(1500, () => { if (moving) vols.reload(); });
-
-  const ls = h("section", { "aria-label": "Lightsail disks" });
-  main.append(ls);
-  pager(ls, async (token) => {
-    const r = await lightsail("GetDisks", token ? { pageToken: token } : {});
-    const rows = (r.disks || []).map((d) => h("tr", { dataset: { id: d.name } },
-      h("th", { scope: "row" }, d.name), h("td", {}, d.state), h("td", {}, `${d.sizeInGb} GiB`),
-      h("td", {}, d.location?.availabilityZone || ""), h("td", {}, d.isAttached ? `${d.attachedTo} ${d.path || ""}` : "not attached"),
-      h("td", {}, (d.tags || []).map((t) => `${t.key}=${t.value ?? ""}`).join(", "))));
-    return { rows, next: r.nextPageToken, node: table("Lightsail disks", ["Disk", "State", "Size", "AZ", "Attachment", "Tags"], rows) };
-  });
+  disksSection(main);
 }
 
 // --- snapshots ----------------------------------------------------------------------------------
 
-function snapshotRow(sn, reload, showLineage) {
+function snapshotActions(sn, azs, reload, showLineage) {
   const id = sn.snapshotId;
   const s = session();
-  return h("tr", { dataset: { id, state: sn.status } },
-    h("th", { scope: "row" }, h("code", {}, id)), h("td", {}, sn.volumeId),
+  const restore = () => dialog({
+    title: `Restore ${id} to a new volume`,
+    submitLabel: "Create volume",
+    fields: [
+      { name: "az", label: "Availability Zone", type: "select", options: azs, required: true },
+      { name: "size", label: "Size (GiB)", type: "number", value: sn.volumeSize, min: sn.volumeSize, max: 65536, required: true,
+        hint: `At least the snapshot's ${sn.volumeSize} GiB.` },
+      { name: "type", label: "Type", type: "select", options: VOLUME_TYPES, value: "gp3" },
+      { name: "name", label: "Name" },
+    ],
+    fieldFor: ec2Field({ size: /\bsize\b|Size/, type: /Iops|Throughput|VolumeType/, az: /zone/i, name: /tag/i }),
+    onSubmit: (x) => ec2("CreateVolume", { SnapshotId: id, AvailabilityZone: x.az, Size: x.size, VolumeType: x.type,
+      Iops: x.type === "io1" || x.type === "io2" ? 3000 : undefined, ...nameTag("volume", x.name) }),
+  }).then((r) => { if (r) status(`Restored ${id} to ${r.volumeId}.`); });
+  const copy = () => dialog({
+    title: `Copy ${id} to a region`,
+    submitLabel: "Copy snapshot",
+    fields: [
+      { name: "region", label: "Destination region", type: "select", options: s.regions || [s.region],
+        value: (s.regions || []).find((x) => x !== s.region) || s.region, required: true },
+      { name: "description", label: "Description", value: `Copy of ${id}` },
+    ],
+    fieldFor: ec2Field({ region: /region/i, description: /description/i }),
+    onSubmit: async (x) => ({ ...(await ec2("CopySnapshot", { SourceRegion: s.region, SourceSnapshotId: id, Description: x.description }, { region: x.region })), to: x.region }),
+  }).then((r) => {
+    if (!r) return;
+    status(`Copying ${id} to ${r.to} as ${r.snapshotId}.`);
+    showLineage(sn.volumeId);
+  });
+  const share = async () => {
+    const a = await ec2("DescribeSnapshotAttribute", { SnapshotId: id, Attribute: "createVolumePermission" }).catch(() => null);
+    const now = list(a?.createVolumePermission).map((p) => p.userId || p.group).filter(Boolean);
+    const r = await dialog({
+      title: `Share ${id}`,
+      intro: now.length ? `Shared now with: ${now.join(", ")}.` : "Not shared with any account yet.",
+      submitLabel: "Share",
+      fields: [{ name: "account", label: "Account ID", required: true, pattern: "[0-9]{12}", invalid: "An account ID is 12 digits.", inputmode: "numeric" }],
+      fieldFor: ec2Field({ account: /user|account/i }),
+      onSubmit: async (x) => {
+        await ec2("ModifySnapshotAttribute", { SnapshotId: id, Attribute: "createVolumePermission", OperationType: "add", "UserId.1": x.account });
+        return x.account;
+      },
+    });
+    if (r) status(`Shared ${id} with ${r}.`);
+  };
+  const remove = () => confirmDialog({
+    title: `Delete ${id}?`,
+    text: `Delete ${id}? Volumes restored from it stay; its blocks leave the store once no other snapshot needs them.`,
+    confirmLabel: "Delete snapshot",
+    run: () => ec2("DeleteSnapshot", { SnapshotId: id }),
+  }).then((r) => { if (r) { status(`Deleted ${id}.`); reload(); } });
+  return h("td", {},
+    h("button", { type: "button", "aria-label": `Lineage of ${sn.volumeId}`, onclick: () => showLineage(sn.volumeId) }, "Lineage"),
+    h("button", { type: "button", "aria-label": `Restore ${id}`, onclick: restore }, "Restore"),
+    h("button", { type: "button", "aria-label": `Copy ${id}`, onclick: copy }, "Copy"),
+    h("button", { type: "button", "aria-label": `Share ${id}`, onclick: share }, "Share"),
+    h("button", { type: "button", "aria-label": `Delete ${id}`, onclick: remove }, "Delete"));
+}
+
+function snapshotRow(sn, azs, reload, showLineage) {
+  return h("tr", { dataset: { id: sn.snapshotId, state: sn.status } },
+    h("th", { scope: "row" }, h("code", {}, sn.snapshotId)), h("td", {}, sn.volumeId),
     h("td", { class: "state" }, sn.status), progressCell(sn.status, sn.progress, sn.stateMessage),
     h("td", {}, `${sn.volumeSize} GiB`), h("td", {}, sn.startTime), h("td", {}, sn.description || ""),
     h("td", {}, sn.encrypted === "true" ? "encrypted" : "not encrypted"),
-    h("td", {},
-      h("button", { type: "button", "aria-label": `Lineage of ${sn.volumeId}`, onclick: () => showLineage(sn.volumeId) }, "Lineage"),
-      h("button", { type: "button", "aria-label": `Restore ${id}`, onclick: async () => {
-        const az = prompt(`Restore ${id} to a new volume in which Availability Zone?`, `${s.region}a`);
-        if (!az) return;
-        const r = await act(`Restore ${id}`, () => ec2("CreateVolume", { SnapshotId: id, AvailabilityZone: az.trim() }));
-        if (r) status(`Restored ${id} to ${r.volumeId}.`);
-      } }, "Restore"),
-      h("button", { type: "button", "aria-label": `Copy ${id}`, onclick: async () => {
-        const to = prompt(`Copy ${id} to which region?`, s.regions.find((x) => x !== s.region) || "");
-        if (!to) return;
-        const r = await act(`Copy ${id} to ${to}`, () => ec2("CopySnapshot", { SourceRegion: s.region, SourceSnapshotId: id, Description: `Copy of ${id}` }, { region: to.trim() }));
-        if (r) { status(`Copying ${id} to ${to} as ${r.snapshotId}.`); showLineage(sn.volumeId); }
-      } }, "Copy"),
-      h("button", { type: "button", "aria-label": `Share ${id}`, onclick: async () => {
-        const acct = prompt(`Share ${id} with which account id?`);
-        if (!acct) return;
-        await act(`Share ${id}`, () => ec2("ModifySnapshotAttribute", { SnapshotId: id, Attribute: "createVolumePermission", OperationType: "add", "UserId.1": acct.trim() }));
-      } }, "Share"),
-      h("button", { type: "button", "aria-label": `Delete ${id}`, onclick: async () => {
-        if (!confirm(`Delete ${id}?`)) return;
-        if (await act(`Delete ${id}`, () => ec2("DeleteSnapshot", { SnapshotId: id }))) reload();
-      } }, "Delete")));
+    snapshotActions(sn, azs, reload, showLineage));
 }
 
 /// The lineage of one volume's snapshots: parent -> child, and copies (in any region) under the
@@ -299,6 +309,7 @@ function lineageTree(entries) {
 
 async function snapshotsPage(main) {
   const s = session();
+  const azs = await zones(s.region);
   main.append(h("h1", { tabindex: -1 }, `Snapshots in ${s.region}`));
   const lineageBox = h("section", { id: "lineage", "aria-label": "Lineage" });
   let lineageVolume = null;
@@ -314,6 +325,7 @@ async function snapshotsPage(main) {
     lineageBox.replaceChildren(h("h2", {}, `Lineage of ${volumeId}`), all.length ? lineageTree(all) : h("p", {}, "No snapshots."));
     return all;
   }
+  const lineage = (v) => showLineage(v).catch((e) => status(e.message, true));
 
   const section = h("section", { "aria-label": "EC2 snapshots" });
   main.append(section, lineageBox);
@@ -322,8 +334,8 @@ async function snapshotsPage(main) {
     const r = await ec2("DescribeSnapshots", { "Owner.1": "self", MaxResults: PAGE, NextToken: token });
     const items = list(r.snapshotSet);
     pending = items.filter((x) => x.status === "pending").map((x) => x.snapshotId);
-    const rows = items.map((x) => snapshotRow(x, () => snaps.reload(), (v) => showLineage(v).catch((e) => status(e.message, true))));
-    return { rows, next: r.nextToken, node: table("EC2 snapshots (yours)", ["Snapshot", "Volume", "State", "Progress", "Size", "Started", "Description", "Encryption", "Actions"], rows) };
+    const rows = items.map((x) => snapshotRow(x, azs, () => snaps.reload(), lineage));
+    return { next: r.nextToken, node: table("EC2 snapshots (yours)", ["Snapshot", "Volume", "State", "Progress", "Size", "Started", "Description", "Encryption", "Actions"], rows) };
   });
   // Live progress: pending rows (and the lineage shown, across regions) are refreshed in place.
   every(1000, async () => {
@@ -345,15 +357,7 @@ async function snapshotsPage(main) {
     if (lineageVolume && lineageBox.querySelector('[data-state="pending"]')) showLineage(lineageVolume).catch(() => {});
   });
 
-  const lsBox = h("section", { "aria-label": "Lightsail snapshots" });
-  main.append(lsBox);
-  pager(lsBox, async (token) => {
-    const r = await lightsail("GetDiskSnapshots", token ? { pageToken: token } : {});
-    const rows = (r.diskSnapshots || []).map((d) => h("tr", { dataset: { id: d.name } },
-      h("th", { scope: "row" }, d.name), h("td", {}, d.fromDiskName || ""), h("td", {}, d.state),
-      progressCell(d.state, d.progress), h("td", {}, `${d.sizeInGb} GiB`)));
-    return { rows, next: r.nextPageToken, node: table("Lightsail disk snapshots", ["Snapshot", "Disk", "State", "Progress", "Size"], rows) };
-  });
+  diskSnapshotsSection(main, azs);
   const lsi = h("section", { "aria-label": "Lightsail instance snapshots" });
   main.append(lsi);
   pager(lsi, async (token) => {
@@ -361,7 +365,7 @@ async function snapshotsPage(main) {
     const rows = (r.instanceSnapshots || []).map((d) => h("tr", { dataset: { id: d.name } },
       h("th", { scope: "row" }, d.name), h("td", {}, d.fromInstanceName || ""), h("td", {}, d.state),
       progressCell(d.state, d.progress), h("td", {}, `${d.sizeInGb} GiB`)));
-    return { rows, next: r.nextPageToken, node: table("Lightsail instance snapshots", ["Snapshot", "Instance", "State", "Progress", "Size"], rows) };
+    return { next: r.nextPageToken, node: table("Lightsail instance snapshots", ["Snapshot", "Instance", "State", "Progress", "Size"], rows) };
   });
 }
 
@@ -424,7 +428,6 @@ async function storePage(main) {
   }
   // GetStoreStats walks the store (its cost grows with the snapshots it holds): one call at a time,
   // the next one 5 s after the last answer or four times its duration, whichever is longer.
-  const g = generation;
   box.append(h("p", {}, "Measuring the store…"));
   async function loop() {
     const t0 = performance.now();
@@ -433,7 +436,7 @@ async function storePage(main) {
     } catch (e) {
       status(`Store statistics failed: ${e.message}`, true);
     }
-    if (g === generation) timers.push(setTimeout(loop, Math.max(5000, 4 * (performance.now() - t0))));
+    later(Math.max(5000, 4 * (performance.now() - t0)), loop);
   }
   loop();
 }
@@ -443,9 +446,7 @@ async function storePage(main) {
 const PAGES = { "#/volumes": volumesPage, "#/snapshots": snapshotsPage, "#/store": storePage };
 
 async function route() {
-  timers.forEach((t) => { clearInterval(t); clearTimeout(t); });
-  timers = [];
-  const g = ++generation;
+  const g = newPage();
   const main = h("div");
   const s = session();
   $("#nav").hidden = !s;
@@ -463,11 +464,11 @@ async function route() {
   status("");
   try {
     await PAGES[page](main);
-    if (g !== generation) return;
+    if (!current(g)) return;
     $("#main").replaceChildren(main);
     main.querySelector("h1")?.focus();
   } catch (e) {
-    if (g === generation) status(`Loading failed: ${e.message}`, true);
+    if (current(g)) status(`Loading failed: ${e.message}`, true);
   }
 }
 
