@@ -172,3 +172,52 @@ def test_store_stats_reports_the_last_gc(gc_server):
     gc = doc["Gc"]
     assert gc["Status"] == "completed" and "Error" not in gc and gc["LastRun"] > 0
     assert gc["DurationMs"] >= 0 and gc["ChunksRemoved"] >= 0 and gc["BytesRemoved"] >= 0
+
+
+def test_store_stats_follow_snapshots_deletes_and_gc(gc_server):
+    """The figures are running totals (no listing per call): a new snapshot's chunks and logical
+    bytes show at once, a deleted snapshot's logical bytes go with its manifest, and its chunks go
+    with the next GC sweep, which also moves AsOf (the last count from a listing) and adds a sample
+    to History."""
+    srv = gc_server
+    ebs = srv.session().client("ebs", endpoint_url=srv.endpoint)
+    ec2 = srv.client()
+
+    def region():
+        return ok(srv, "GetStoreStats", {"Regions": [srv.region]})["Regions"][0]
+
+    keep = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    put_blocks(srv, keep, {0: block(1)})
+    assert wait_done(ec2, keep)["State"] == "completed"
+    before = poll(region, lambda r: r.get("Manifests") == 1, timeout=30)
+    assert before["Chunks"] == 1 and before["LogicalBytes"] == BLOCK and before["StoredBytes"] > 0
+    assert "Counting" not in before and before["AsOf"] > 0
+
+    gone = ebs.start_snapshot(VolumeSize=1)["SnapshotId"]
+    put_blocks(srv, gone, {0: block(1), 1: block(2), 2: block(3)})
+    assert wait_done(ec2, gone)["State"] == "completed"
+    # Counted at once, before any sweep: one chunk deduplicated, two new.
+    both = region()
+    assert both["Manifests"] == 2 and both["Chunks"] == 3, both
+    assert both["LogicalBytes"] == 4 * BLOCK
+    assert both["StoredBytes"] > before["StoredBytes"]
+    # The sweeps (every second here) sample the figures into History.
+    poll(region, lambda r: any(s["Chunks"] == 3 and s["Manifests"] == 2 for s in r["History"]), timeout=30)
+
+    ec2.delete_snapshot(SnapshotId=gone)
+    # The manifest goes with the row: its logical bytes at once; its two own chunks with a sweep.
+    after = poll(region, lambda r: r["Manifests"] == 1 and r["Chunks"] == 1, timeout=30)
+    assert after["LogicalBytes"] == BLOCK
+    assert after["StoredBytes"] == before["StoredBytes"], "back to the one chunk the kept snapshot holds"
+    assert after["AsOf"] > both["AsOf"], "a sweep recounted"
+    assert after["Gc"]["ChunksRemoved"] >= 0
+    hist = after["History"]
+    assert hist and all(set(s) == {"Time", "Manifests", "LogicalBytes", "StoredBytes", "Chunks"} for s in hist)
+    assert [s["Time"] for s in hist] == sorted(s["Time"] for s in hist)
+    assert any(s["Chunks"] == 3 for s in hist) and hist[-1]["Chunks"] <= 3
+
+    # A restart recounts from the store: the same figures.
+    srv.restart()
+    again = poll(region, lambda r: "Counting" not in r, timeout=30)
+    assert {k: again[k] for k in ("Manifests", "Chunks", "LogicalBytes", "StoredBytes")} == \
+        {k: after[k] for k in ("Manifests", "Chunks", "LogicalBytes", "StoredBytes")}

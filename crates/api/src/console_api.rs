@@ -4,11 +4,20 @@
 //! - `DescribeLineage` `{VolumeId?, MaxResults?, NextToken?}`: the caller's snapshots with the one
 //!   each is incremental against, the bytes it added and where a copy came from.
 //! - `GetStoreStats` `{Regions?}`: per region, what the store holds and saves and how its GC went
-//!   (the root account); the caller's own share (any other account).
+//!   (the root account); the caller's own share (any other account). Answer:
+//!   `{Scope: "store"|"account", ComputedAt, Regions: [{Region, Snapshots, SnapshotBytesAdded,`
+//!   root only: `Manifests, LogicalBytes, StoredBytes, Chunks, AsOf, ReductionRatio, Counting?,`
+//!   `History: [{Time, Manifests, LogicalBytes, StoredBytes, Chunks}], Gc?: {…}}]}`.
+//!   The store figures are the engine's running totals (no listing per call): counted from a
+//!   listing at `AsOf` (start-up, or the last GC sweep) and kept current since by this server's
+//!   own writes and removals. `Counting: true` (and no figures) while a region's first count
+//!   after start runs. `History`: samples of those figures, oldest first, one per
+//!   `BLOCKSNAP_USAGE_SAMPLE_SECS` (default 300) and one per GC sweep, at most 288, in memory:
+//!   since the server started. Times are epoch seconds.
 
 use blocksnap_engine::lineage::{DescribeLineage, LineageEntry};
 use blocksnap_engine::model::Ctx;
-use blocksnap_engine::{Engine, EngineError, GcStatus, RegionUsage, Result, StoreUsage, UsageScope};
+use blocksnap_engine::{Engine, EngineError, GcStatus, RegionUsage, Result, Sample, StoreUsage, UsageScope};
 use serde_json::{Map, Value, json};
 
 use crate::json::{Body, epoch};
@@ -89,6 +98,16 @@ fn gc_status(g: &GcStatus) -> Value {
     Value::Object(o)
 }
 
+fn sample(s: &Sample) -> Value {
+    json!({
+        "Time": epoch(s.at),
+        "Manifests": s.figures.manifests,
+        "LogicalBytes": s.figures.logical_bytes,
+        "StoredBytes": s.figures.stored_bytes,
+        "Chunks": s.figures.chunks,
+    })
+}
+
 fn region_usage(r: &RegionUsage) -> Value {
     let mut o = Map::new();
     o.insert("Region".into(), json!(r.region));
@@ -99,6 +118,13 @@ fn region_usage(r: &RegionUsage) -> Value {
         o.insert("LogicalBytes".into(), json!(s.logical_bytes));
         o.insert("StoredBytes".into(), json!(s.stored_bytes));
         o.insert("Chunks".into(), json!(s.chunks));
+        o.insert("AsOf".into(), epoch(s.counted_at));
+    }
+    if r.counting {
+        o.insert("Counting".into(), json!(true));
+    }
+    if r.store.is_some() || r.counting {
+        o.insert("History".into(), Value::Array(r.history.iter().map(sample).collect()));
     }
     if let Some(ratio) = r.reduction_ratio() {
         o.insert("ReductionRatio".into(), json!(ratio));

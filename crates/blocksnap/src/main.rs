@@ -450,6 +450,8 @@ fn serve(
         std::time::Duration::from_secs(secs("BLOCKSNAP_GC_INTERVAL_SECS", 600)),
         std::time::Duration::from_secs(secs("BLOCKSNAP_GC_GRACE_SECS", 3600)),
     );
+    // Store usage: counted once in the background, then sampled for the console's chart (every 5 minutes).
+    engine.start_usage(std::time::Duration::from_secs(secs("BLOCKSNAP_USAGE_SAMPLE_SECS", 300).max(1)));
     // Lifecycle policies: the scheduler ticks on real time and compares with the engine's clock.
     engine.start_dlm(
         std::env::var("BLOCKSNAP_DLM_TICK_MS")

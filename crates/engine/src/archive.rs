@@ -604,7 +604,7 @@ impl Engine {
         if !self.row_changes_durable("dropping an archived snapshot's manifest") {
             return;
         }
-        if let Err(e) = store.delete_manifest(&s.id).await {
+        if let Err(e) = self.remove_manifest(&s.region, store, &s.id).await {
             tracing::warn!(snapshot_id = s.id, error = %e, "dropping a manifest (GC retries)");
         }
     }
@@ -624,7 +624,7 @@ impl Engine {
                 .restore_into(&ix, &store, &codec, None, &progress)
                 .await
                 .map_err(|e| internal("restoring the archived blocks", e))?;
-            store.write_manifest(&ix.manifest()).await.map_err(|e| internal("writing the manifest", e))?;
+            self.put_manifest(&s.region, &store, &ix.manifest()).await?;
         }
         fail::fail_point!("archive.restore_before_commit");
         let permanent = {

@@ -336,7 +336,7 @@ impl Engine {
             created_unix_ms: dst.start_time,
             description: dst.description.clone(),
         };
-        dst_store.write_manifest(&m).await.map_err(|e| EngineError::Internal(format!("writing the manifest: {e}")))?;
+        self.put_manifest(&dst.region, &dst_store, &m).await?;
         if !self.complete_snapshot(snapshot_id, stored)? {
             return Ok(());
         }

@@ -35,7 +35,9 @@ mod volumes;
 pub use accounts::DeletedAccount;
 pub use copy::{COPY_VOLUME_ID, CopySnapshot, MAX_CONCURRENT_COPIES};
 pub use credentials::{MAX_NBD_CREDENTIALS, NbdCredential, NbdCredentialInfo};
-pub use data::{GcStatus, RegionUsage, SnapshotReader, StoreStats, StoreUsage, UsageScope};
+pub use data::{
+    Figures, GcStatus, HISTORY_LEN, RegionUsage, Sample, SnapshotReader, StoreStats, StoreUsage, UsageScope,
+};
 pub use describe::{IMAGES as DESCRIBE_IMAGES_LIMITS, ListQuery, Page, page_of};
 pub use engine::{Engine, EngineConfig, ExportHooks, Storage};
 pub use error::{EngineError, ErrorClass, Result};

@@ -22,6 +22,10 @@ pub struct GcReport {
     pub manifests: u64,
     pub live_segments: u64,
     pub live_chunks: u64,
+    /// Chunk objects the sweep listed (live, young and garbage) and their bytes: with the
+    /// removed ones taken off, what the store holds after the run.
+    pub chunks_listed: u64,
+    pub chunk_bytes_listed: u64,
     pub chunks_removed: u64,
     pub chunk_bytes_removed: u64,
     pub segments_removed: u64,
@@ -83,11 +87,27 @@ impl BlockStore {
         report.live_chunks = live_chunks.len() as u64;
 
         // Sweep: list, keep live and young, delete the rest under the shard locks.
+        let mut chunks_listed = (0, 0);
         let chunk_cands = self
-            .candidates("chunks", cutoff_ms, |raw| live_chunks.contains(&BlockId(raw)), ObjKey::Chunk, &mut report)
+            .candidates(
+                "chunks",
+                cutoff_ms,
+                |raw| live_chunks.contains(&BlockId(raw)),
+                ObjKey::Chunk,
+                &mut report,
+                &mut chunks_listed,
+            )
             .await?;
+        (report.chunks_listed, report.chunk_bytes_listed) = chunks_listed;
         let seg_cands = self
-            .candidates("segs", cutoff_ms, |raw| live_segments.contains(&SegmentId(raw)), ObjKey::Segment, &mut report)
+            .candidates(
+                "segs",
+                cutoff_ms,
+                |raw| live_segments.contains(&SegmentId(raw)),
+                ObjKey::Segment,
+                &mut report,
+                &mut (0, 0),
+            )
             .await?;
         let (n, b) = self.delete(chunk_cands, grace, &mut report).await?;
         report.chunks_removed = n;
@@ -119,12 +139,15 @@ impl BlockStore {
         is_live: impl Fn([u8; 32]) -> bool,
         key: fn([u8; 32]) -> ObjKey,
         report: &mut GcReport,
+        listed: &mut (u64, u64),
     ) -> Result<Vec<Candidate>> {
         let prefix = self.dir(dir);
         let mut listing = self.inner.os.list(Some(&prefix));
         let mut out = Vec::new();
         while let Some(meta) = listing.next().await {
             let meta = meta?;
+            listed.0 += 1;
+            listed.1 += meta.size;
             let Some(raw) = meta.location.filename().and_then(|f| f.parse::<BlockId>().ok()).map(|i| i.0) else {
                 warn!(object = %meta.location, "gc: ignoring unexpected object");
                 continue;

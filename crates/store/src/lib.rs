@@ -118,7 +118,7 @@ pub use manifest::{EncryptionInfo, Manifest, ManifestHeader};
 pub use retry::{RetryPolicy, Retrying};
 #[cfg(feature = "s3")]
 pub use store::S3Config;
-pub use store::{BlockStore, LocalOptions, PutOutcome, SyncMode, VerifyMode, VerifyReport};
+pub use store::{BlockStore, ChunkTally, LocalOptions, PutOutcome, SyncMode, VerifyMode, VerifyReport};
 
 /// Block size in bytes: the EBS direct-API block (512 KiB).
 pub const BLOCK_SIZE: usize = 524_288;

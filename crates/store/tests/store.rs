@@ -519,3 +519,44 @@ async fn format_1_stores_keep_their_two_level_chunk_layout() {
     assert!(dir.path().join("chunks").join(&h[0..2]).join(&h[2..4]).join(&h).is_file());
     assert_eq!(store.get_block(&codec, &out.id).await.unwrap(), data);
 }
+
+fn bytes_under(dir: &Path) -> u64 {
+    files_under(dir).iter().map(|p| std::fs::metadata(p).unwrap().len()).sum()
+}
+
+/// The tally of created chunks counts each object once (not dedup hits, not zero blocks, not a
+/// copy of a chunk already there), with its size on disk; a GC run lists every chunk, so the
+/// listed figures minus the removed ones are what the store holds after it.
+#[tokio::test]
+async fn chunk_tally_and_gc_listing_match_the_disk() {
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (src, dst) = (open(d1.path()).await, open(d2.path()).await);
+    let codec = Codec::plain();
+    assert_eq!(src.chunks_created(), blocksnap_store::ChunkTally::default());
+    let a = src.put_block(&codec, random_block()).await.unwrap().id;
+    let b = src.put_block(&codec, compressible_block(9)).await.unwrap().id;
+    let again = store_again(&src, &codec, b).await;
+    assert!(again.already_present);
+    src.put_block(&codec, Bytes::from(vec![0u8; BLOCK_SIZE])).await.unwrap();
+    let t = src.chunks_created();
+    assert_eq!(t.chunks, 2);
+    assert_eq!(t.bytes, bytes_under(&d1.path().join("chunks")));
+
+    assert!(dst.copy_block_from(&src, &a).await.unwrap());
+    assert!(!dst.copy_block_from(&src, &a).await.unwrap());
+    assert_eq!(dst.chunks_created().chunks, 1);
+    assert_eq!(dst.chunks_created().bytes, bytes_under(&d2.path().join("chunks")));
+
+    // `a` is referenced, `b` is garbage: the sweep lists both and removes `b`.
+    src.write_manifest(&manifest("snap-a", vec![a])).await.unwrap();
+    let r = src.gc(Duration::ZERO).await.unwrap();
+    assert_eq!((r.chunks_listed, r.chunk_bytes_listed), (t.chunks, t.bytes), "{r:?}");
+    assert_eq!(r.chunks_removed, 1);
+    assert_eq!(r.chunk_bytes_listed - r.chunk_bytes_removed, bytes_under(&d1.path().join("chunks")));
+    assert_eq!(src.chunks_created(), t, "a sweep creates nothing");
+}
+
+async fn store_again(s: &BlockStore, codec: &Codec, id: BlockId) -> blocksnap_store::PutOutcome {
+    let data = s.get_block(codec, &id).await.unwrap();
+    s.put_block(codec, data).await.unwrap()
+}

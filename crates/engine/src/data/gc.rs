@@ -23,7 +23,7 @@ impl Engine {
         storage.runtime.spawn(async move {
             match me.store(&region).await {
                 Ok(store) => {
-                    if let Err(e) = store.delete_manifest(&id).await {
+                    if let Err(e) = me.remove_manifest(&region, &store, &id).await {
                         tracing::warn!(snapshot_id = id, error = %e, "deleting a manifest");
                     }
                 }
@@ -55,8 +55,8 @@ impl Engine {
         });
     }
 
-    /// One mark-and-sweep of a region's store, then its statistics; how it went is recorded for
-    /// `GetStoreStats` (`usage.rs`).
+    /// One mark-and-sweep of a region's store, then its statistics (the usage totals' new base,
+    /// `totals.rs`); how it went is recorded for `GetStoreStats` (`usage.rs`).
     pub async fn gc_region(&self, region: &str, grace: Duration) -> Result<StoreStats> {
         let started_at = crate::model::now_millis();
         let started = std::time::Instant::now();
@@ -81,14 +81,18 @@ impl Engine {
 
     async fn gc_region_once(&self, region: &str, grace: Duration) -> Result<(blocksnap_store::GcReport, StoreStats)> {
         let store = self.store(region).await?;
-        let report = {
+        let (report, unknown) = {
             let _sweep = self.jobs.gc_gate.write().await;
-            self.drop_orphan_manifests(region, &store).await?;
+            let manifests = self.drop_orphan_manifests(region, &store).await?;
             // Blocks written into snapshots still being built block by block are live too; with
             // the gate held, no block write is between its store put and its log record.
             let roots = self.ebs_live_blocks(region);
-            store.gc_with_roots(grace, &roots).await.map_err(|e| internal("garbage collection", e))?
+            let report = store.gc_with_roots(grace, &roots).await.map_err(|e| internal("garbage collection", e))?;
+            // The sweep listed every chunk with no block writer running: the usage totals' new base.
+            let unknown = self.sweep_counted(region, &store, &report, &manifests);
+            (report, unknown)
         };
+        self.sweep_finished(region, &store, unknown).await;
         if report.chunks_removed + report.segments_removed > 0 {
             tracing::info!(
                 region,
@@ -100,7 +104,7 @@ impl Engine {
         }
         metrics::counter!("blocksnap_store_gc_bytes_removed_total", "region" => region.to_string())
             .increment(report.chunk_bytes_removed + report.segment_bytes_removed);
-        let stats = self.store_stats(region).await?;
+        let stats = self.store_stats(region).await?.unwrap_or_default();
         let labels = [("region", region.to_string())];
         metrics::gauge!("blocksnap_store_stored_bytes", &labels).set(stats.stored_bytes as f64);
         metrics::gauge!("blocksnap_store_logical_bytes", &labels).set(stats.logical_bytes as f64);
@@ -119,21 +123,21 @@ impl Engine {
     /// whose snapshots count as live here (the move between row and bin is one commit under the
     /// state lock), so listing first and checking the rows after cannot drop a live manifest. The
     /// store belongs to this catalog.
-    async fn drop_orphan_manifests(&self, region: &str, store: &BlockStore) -> Result<usize> {
+    /// Returns the manifests left.
+    async fn drop_orphan_manifests(&self, region: &str, store: &BlockStore) -> Result<Vec<String>> {
         let listed = store.list_manifests().await.map_err(|e| internal("listing manifests", e))?;
-        let orphans: Vec<String> = {
+        let (orphans, kept): (Vec<String>, Vec<String>) = {
             let st = self.lock();
             // Snapshots in the Recycle Bin keep their manifests (and so their blocks) until purged.
-            listed
-                .into_iter()
-                .filter(|id| !crate::recycle_bin::in_bin(&st, id))
-                .filter(|id| st.snapshots.get(id).is_none_or(crate::archive::standard_copy_dropped))
-                .collect()
+            listed.into_iter().partition(|id| {
+                !crate::recycle_bin::in_bin(&st, id)
+                    && st.snapshots.get(id).is_none_or(crate::archive::standard_copy_dropped)
+            })
         };
         for id in &orphans {
             tracing::info!(region, snapshot_id = %id, "removing the manifest of a deleted snapshot");
-            store.delete_manifest(id).await.map_err(|e| internal("removing an orphan manifest", e))?;
+            self.remove_manifest(region, store, id).await?;
         }
-        Ok(orphans.len())
+        Ok(kept)
     }
 }

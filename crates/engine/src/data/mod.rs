@@ -3,21 +3,24 @@
 //!
 //! One file per job: `cut.rs` (the cut), `upload.rs` (snapshot upload and its end states),
 //! `restore.rs` (lazy restore and hydration), `reader.rs` (the read-only snapshot reader behind
-//! `snap-…` NBD exports), `gc.rs` (manifest removal and mark-and-sweep), `stats.rs` (store
-//! statistics for the metrics), `verify.rs` (scrub), `usage.rs` (per-region usage and the GC status). This file: the job registry, the per-region
-//! stores, lineage codecs and start-up.
+//! `snap-…` NBD exports), `gc.rs` (manifest removal and mark-and-sweep), `totals.rs` (per-region
+//! running totals of the stores and their history), `stats.rs` (store statistics from them),
+//! `verify.rs` (scrub), `usage.rs` (per-region usage and the GC status). This file: the job
+//! registry, the per-region stores, lineage codecs and start-up.
 
 mod cut;
 mod gc;
 mod reader;
 mod restore;
 mod stats;
+mod totals;
 mod upload;
 mod usage;
 mod verify;
 
 pub use reader::SnapshotReader;
 pub use stats::StoreStats;
+pub use totals::{Figures, HISTORY_LEN, Sample};
 pub use usage::{GcStatus, RegionUsage, StoreUsage, UsageScope};
 
 use std::collections::{HashMap, HashSet};
@@ -55,8 +58,8 @@ pub(crate) struct Jobs {
     pub(crate) gc_gate: tokio::sync::RwLock<()>,
     /// The last garbage collection of each region (`usage.rs`).
     pub(crate) gc_statuses: usage::GcStatuses,
-    /// Each manifest's logical size, read once (`stats.rs`).
-    pub(crate) logical_sizes: stats::LogicalSizes,
+    /// Per-region running totals of the stores and their history (`totals.rs`).
+    pub(crate) totals: totals::Totals,
     /// Snapshots being written block by block (EBS direct APIs), token key, listing caches.
     pub(crate) direct: crate::ebs::Direct,
     /// Lightsail operations not terminal yet (the ones settling reads).

@@ -174,7 +174,7 @@ impl Engine {
             created_unix_ms: snap.start_time,
             description: snap.description.clone(),
         };
-        store.write_manifest(&manifest).await.map_err(|e| internal("writing the manifest", e))?;
+        self.put_manifest(&snap.region, &store, &manifest).await?;
         if !self.complete_snapshot(snapshot_id, stored)? {
             return Ok(());
         }

@@ -3,8 +3,9 @@
 //! so only the root account sees them; any other account sees its own share: how many snapshots
 //! it has and the bytes they added to the store.
 //!
-//! The GC status is kept in memory by the process that runs the GC (a restart forgets it until the
-//! next run; the metrics keep the history).
+//! The store figures come from the region's running totals (`totals.rs`): no listing per call, so
+//! the answer costs the same at 10 or 10,000 snapshots. The GC status and the history of the
+//! figures are kept in memory by the process (a restart forgets them; the metrics keep theirs).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -61,8 +62,14 @@ pub struct RegionUsage {
     pub snapshots: u64,
     /// Bytes those snapshots added to the store when they were made (sum of each one's own).
     pub snapshot_bytes_added: u64,
-    /// Store-wide statistics (`Store` scope only).
+    /// Store-wide statistics (`Store` scope only; `None` while the region's first count runs,
+    /// see `counting`).
     pub store: Option<StoreStats>,
+    /// The region's first count after start is still running (`Store` scope only).
+    pub counting: bool,
+    /// The store-wide figures over time, oldest first (`Store` scope only; since the server started,
+    /// at most [`super::HISTORY_LEN`] samples).
+    pub history: Vec<super::Sample>,
     /// The last garbage collection (`Store` scope only; `None` before the first).
     pub gc: Option<GcStatus>,
 }
@@ -100,7 +107,7 @@ impl Engine {
         let regions: Vec<String> = if regions.is_empty() { self.config.regions.clone() } else { regions.to_vec() };
         let root = self.root_account().as_deref() == Some(ctx.account.as_str());
         let scope = if root { UsageScope::Store } else { UsageScope::Account };
-        // Counts under the lock (memory only), the store walks after it.
+        // Counts under the lock (memory only, no I/O), the store figures from the running totals.
         let mut counted: HashMap<String, (u64, u64)> = HashMap::new();
         {
             let st = self.lock();
@@ -110,23 +117,36 @@ impl Engine {
                 c.1 += s.stored_bytes;
             }
         }
-        let opened: Vec<String> = self.jobs.stores.lock().await.keys().cloned().collect();
+        let used = if root { self.used_regions().await } else { Vec::new() };
         let mut out = Vec::with_capacity(regions.len());
         for region in regions {
             let (snapshots, added) = counted.get(&region).copied().unwrap_or_default();
-            let (store, gc) = if root {
-                let used = snapshots > 0 || opened.contains(&region) || self.local_store_exists(&region);
-                let stats = if used { self.store_stats(&region).await? } else { StoreStats::default() };
-                (Some(stats), self.jobs.gc_statuses.get(&region))
-            } else {
-                (None, None)
+            let mut r = RegionUsage {
+                snapshots,
+                snapshot_bytes_added: added,
+                store: None,
+                counting: false,
+                history: Vec::new(),
+                gc: None,
+                region,
             };
-            out.push(RegionUsage { region, snapshots, snapshot_bytes_added: added, store, gc });
+            if root {
+                // Regions never used answer zeros without creating a store.
+                if used.contains(&r.region) {
+                    r.store = self.store_stats(&r.region).await?;
+                    r.counting = r.store.is_none();
+                    r.history = self.jobs.totals.region(&r.region).history();
+                } else {
+                    r.store = Some(StoreStats { counted_at: now_millis(), ..StoreStats::default() });
+                }
+                r.gc = self.jobs.gc_statuses.get(&r.region);
+            }
+            out.push(r);
         }
         Ok(StoreUsage { scope, computed_at: now_millis(), regions: out })
     }
 
-    fn local_store_exists(&self, region: &str) -> bool {
+    pub(crate) fn local_store_exists(&self, region: &str) -> bool {
         self.storage.as_ref().is_some_and(|s| s.snapshot_root.join(region).is_dir())
     }
 }

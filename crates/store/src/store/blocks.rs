@@ -62,7 +62,9 @@ impl BlockStore {
                 }
             }
         };
-        if !created {
+        if created {
+            self.note_created(n);
+        } else {
             self.note_hit(ObjKey::Chunk(id.0));
         }
         trace!(%id, created, bytes = n, "chunk put");
@@ -116,13 +118,13 @@ impl BlockStore {
             return Ok(false);
         }
         let from = src.chunk_path(id);
-        let created = if let (Some(dest), Some(from)) = (self.local_file(&path), src.local_file(&from)) {
+        let (created, n) = if let (Some(dest), Some(from)) = (self.local_file(&path), src.local_file(&from)) {
             // Local to local: read straight into the aligned write buffer, one blocking call.
             let (i, sync) = (*id, self.inner.sync == SyncMode::EveryObject);
-            tokio::task::spawn_blocking(move || -> Result<bool> {
-                read_local_chunk(&from, &i, |raw| -> Result<bool> {
+            tokio::task::spawn_blocking(move || -> Result<(bool, u64)> {
+                read_local_chunk(&from, &i, |raw| -> Result<(bool, u64)> {
                     check_copy(&i, raw)?;
-                    Ok(crate::direct::put_create(&dest, raw, sync)?)
+                    Ok((crate::direct::put_create(&dest, raw, sync)?, raw.len() as u64))
                 })
             })
             .await??
@@ -134,9 +136,12 @@ impl BlockStore {
             };
             let (r, i) = (raw.clone(), *id);
             tokio::task::spawn_blocking(move || check_copy(&i, &r)).await??;
-            self.put_create(&path, raw).await?
+            let n = raw.len() as u64;
+            (self.put_create(&path, raw).await?, n)
         };
-        if !created {
+        if created {
+            self.note_created(n);
+        } else {
             self.note_hit(ObjKey::Chunk(id.0));
         }
         Ok(created)

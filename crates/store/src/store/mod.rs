@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path as FsPath, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
@@ -91,6 +91,13 @@ impl std::fmt::Debug for S3Config {
     }
 }
 
+/// A number of chunk objects and their bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChunkTally {
+    pub chunks: u64,
+    pub bytes: u64,
+}
+
 /// Result of [`BlockStore::put_block`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PutOutcome {
@@ -136,6 +143,9 @@ pub(crate) struct Inner {
     store_id: std::sync::OnceLock<String>,
     /// `store.json`'s format: decides the chunk directory layout.
     format: std::sync::OnceLock<u32>,
+    /// Chunks this handle created, and their bytes (monotonic; see [`BlockStore::chunks_created`]).
+    created_chunks: AtomicU64,
+    created_chunk_bytes: AtomicU64,
 }
 
 /// A region's snapshot store. Cheap to clone; all methods take `&self` and may run concurrently.
@@ -215,6 +225,8 @@ impl BlockStore {
                 gc_lock: tokio::sync::Mutex::new(()),
                 store_id: std::sync::OnceLock::new(),
                 format: std::sync::OnceLock::new(),
+                created_chunks: AtomicU64::new(0),
+                created_chunk_bytes: AtomicU64::new(0),
             }),
         };
         let (store_id, format) = s.load_or_create_meta().await?;
@@ -258,6 +270,23 @@ impl BlockStore {
     /// Random id of this store, from `store.json`.
     pub fn store_id(&self) -> &str {
         self.inner.store_id.get().map_or("", String::as_str)
+    }
+
+    /// How many chunk objects this handle has created since it was opened, and their bytes
+    /// (never decreasing; a dedup hit creates nothing). With a count from a listing and the
+    /// value of this tally at that moment, a caller keeps the store's size current without
+    /// listing again (the engine's per-region totals).
+    pub fn chunks_created(&self) -> ChunkTally {
+        ChunkTally {
+            chunks: self.inner.created_chunks.load(Ordering::Acquire),
+            bytes: self.inner.created_chunk_bytes.load(Ordering::Acquire),
+        }
+    }
+
+    fn note_created(&self, bytes: u64) {
+        // Bytes first: a reader that sees the new count sees (at least) its bytes.
+        self.inner.created_chunk_bytes.fetch_add(bytes, Ordering::AcqRel);
+        self.inner.created_chunks.fetch_add(1, Ordering::AcqRel);
     }
 
     // ---- paths --------------------------------------------------------------------------
