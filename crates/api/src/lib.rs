@@ -40,6 +40,30 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new().merge(console::routes()).fallback(handle).with_state(state)
 }
 
+/// The web console's static files alone (no data, no state): a cluster's follower serves them
+/// itself and forwards everything else to the leader.
+pub fn console_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    console::routes()
+}
+
+/// The answer of a node that cannot reach its cluster's leader: 503 `ServiceUnavailable` in the
+/// request's own protocol (EC2 Query XML, JSON 1.1, the REST-JSON services). Nothing is
+/// authenticated here (the leader checks the signature of what is forwarded), so nothing about the
+/// caller's resources is said.
+pub fn unavailable(method: &Method, uri: &Uri, headers: &HeaderMap, message: &str) -> Response {
+    let e = EngineError::classed(blocksnap_engine::ErrorClass::Busy, message);
+    let request_id = new_request_id();
+    if headers.contains_key("x-amz-target") {
+        return json::error(&e, &request_id);
+    }
+    match RestService::of(method, uri, headers) {
+        Some(RestService::Ebs) => ebs::error(&e, &request_id),
+        Some(RestService::Rbin) => rbin::error(&e, &request_id),
+        Some(RestService::Dlm) => dlm::error(&e, &request_id),
+        None => ec2_error(&e, &request_id),
+    }
+}
+
 fn new_request_id() -> String {
     blocksnap_engine::ids::new_uuid()
 }

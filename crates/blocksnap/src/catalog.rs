@@ -32,6 +32,8 @@ pub enum Choice {
 struct Record {
     url: String,
     id: String,
+    /// The cluster node this dir is (`node=`), when it is one.
+    node: Option<String>,
 }
 
 fn read_record(dir: &Path) -> anyhow::Result<Option<Record>> {
@@ -43,9 +45,11 @@ fn read_record(dir: &Path) -> anyhow::Result<Option<Record>> {
     };
     let field = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')).map(str::trim);
     match (field("url"), field("id")) {
-        (Some(url), Some(id)) if !url.is_empty() && !id.is_empty() => {
-            Ok(Some(Record { url: url.to_string(), id: id.to_string() }))
-        }
+        (Some(url), Some(id)) if !url.is_empty() && !id.is_empty() => Ok(Some(Record {
+            url: url.to_string(),
+            id: id.to_string(),
+            node: field("node").filter(|n| !n.is_empty()).map(str::to_string),
+        })),
         _ => anyhow::bail!("{} is not a blocksnap catalog record (url=…, id=…)", path.display()),
     }
 }
@@ -55,9 +59,10 @@ fn write_record(dir: &Path, rec: &Record) -> anyhow::Result<()> {
     let tmp = dir.join(format!("{RECORD_NAME}.tmp"));
     (|| -> std::io::Result<()> {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        let node = rec.node.as_ref().map(|n| format!("node={n}\n")).unwrap_or_default();
         f.write_all(
             format!(
-                "# this data dir's catalog (PostgreSQL); the URL may hold a password\nurl={}\nid={}\n",
+                "# this data dir's catalog (PostgreSQL); the URL may hold a password\nurl={}\nid={}\n{node}",
                 rec.url, rec.id
             )
             .as_bytes(),
@@ -123,10 +128,15 @@ pub fn open(dir: &Path, choice: &Choice, mode: OpenMode) -> anyhow::Result<Arc<d
 fn bind(dir: &Path, url: &str, cat: &PgCatalog, mode: OpenMode) -> anyhow::Result<()> {
     let id = cat.catalog_id();
     match read_record(dir)? {
+        Some(Record { node: Some(node), .. }) if mode == OpenMode::Owner => anyhow::bail!(
+            "the data dir {} is node {node} of a cluster: start it with --node-id {node} (alone it would take \
+             the other nodes' volumes for its own); nothing was changed",
+            dir.display()
+        ),
         Some(r) if r.id == id => {
             if r.url != url && mode == OpenMode::Owner {
                 // Same catalog at a new address (moved server, new password).
-                write_record(dir, &Record { url: url.to_string(), id: id.to_string() })?;
+                write_record(dir, &Record { url: url.to_string(), id: id.to_string(), node: None })?;
             }
             Ok(())
         }
@@ -151,7 +161,39 @@ fn bind(dir: &Path, url: &str, cat: &PgCatalog, mode: OpenMode) -> anyhow::Resul
                     cat.target()
                 );
             }
-            write_record(dir, &Record { url: url.to_string(), id: id.to_string() })
+            write_record(dir, &Record { url: url.to_string(), id: id.to_string(), node: None })
+        }
+    }
+}
+
+/// Bind `dir` to the cluster's catalog as node `node_id` (called by a node that just won the
+/// election). A new dir joins (the catalog may hold other nodes' rows); a dir that was a single
+/// node's on this catalog becomes this node, and `true` says so: the volumes it holds are this
+/// node's. A dir of another node, or of another catalog, is refused.
+pub fn bind_node(dir: &Path, url: &str, cat: &PgCatalog, node_id: &str) -> anyhow::Result<bool> {
+    let id = cat.catalog_id();
+    let rec = Record { url: url.to_string(), id: id.to_string(), node: Some(node_id.to_string()) };
+    match read_record(dir)? {
+        Some(r) if r.id != id => anyhow::bail!(
+            "the data dir {} belongs to catalog {} but the database {} holds catalog {id}; nothing was changed",
+            dir.display(),
+            r.id,
+            cat.target()
+        ),
+        Some(Record { node: Some(n), .. }) if n != node_id => anyhow::bail!(
+            "the data dir {} is node {n}'s, not node {node_id}'s: give each node its own data dir; nothing was changed",
+            dir.display()
+        ),
+        Some(r) => {
+            let adopt = r.node.is_none();
+            if adopt || r.url != url {
+                write_record(dir, &rec)?;
+            }
+            Ok(adopt)
+        }
+        None => {
+            write_record(dir, &rec)?;
+            Ok(false)
         }
     }
 }

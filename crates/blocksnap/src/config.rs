@@ -23,6 +23,35 @@ pub struct Config {
     /// both or neither.
     pub tls_cert: Option<std::path::PathBuf>,
     pub tls_key: Option<std::path::PathBuf>,
+    /// Several nodes (ARCHITECTURE.md, "Several nodes"; `--node-id` wins): this node's id in the
+    /// cluster (a small integer or a name).
+    pub node_id: Option<NodeId>,
+    /// The URL other nodes reach this node's HTTP listener at (default: `--listen`).
+    pub advertise_api: Option<String>,
+    /// The availability zones this node serves (recorded in its membership row).
+    #[serde(default)]
+    pub zones: Vec<String>,
+    /// A directory every node mounts (NFS, CephFS): the snapshot stores and archive tiers of regions
+    /// without a bucket live here instead of under the data dir. A cluster refuses local stores
+    /// unless this says they are shared.
+    pub shared_dir: Option<std::path::PathBuf>,
+}
+
+/// A node id as the file writes it: `node_id = 2` or `node_id = "east-1"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum NodeId {
+    Number(u64),
+    Name(String),
+}
+
+impl std::fmt::Display for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeId::Number(n) => write!(f, "{n}"),
+            NodeId::Name(s) => f.write_str(s),
+        }
+    }
 }
 
 /// `[stores.<region>]`: where that region's snapshot store lives.

@@ -5,6 +5,7 @@
 mod api_client;
 mod catalog;
 mod cli;
+mod cluster;
 mod config;
 mod datadir;
 mod exports;
@@ -69,6 +70,11 @@ enum Command {
         /// or `off`. Default 127.0.0.1:4567, skipped with a warning if taken.
         #[arg(long, env = "BLOCKSNAP_METRICS_LISTEN")]
         metrics_listen: Option<telemetry::MetricsListen>,
+        /// Run as this node of a cluster (a small integer or a name; or `node_id` in the config file):
+        /// needs a PostgreSQL catalog and shared snapshot storage. One node leads, the others forward
+        /// API calls to it (ARCHITECTURE.md, "Several nodes").
+        #[arg(long, env = "BLOCKSNAP_NODE_ID")]
+        node_id: Option<String>,
     },
     /// Get NBD credentials (a TLS pre-shared key) for the calling account through the HTTP API,
     /// signed with the standard AWS credential chain, and write the files NBD clients need.
@@ -174,12 +180,14 @@ fn main() -> anyhow::Result<()> {
             nbd_insecure_plaintext,
             config,
             metrics_listen,
+            node_id,
         } => serve(
             &data,
             (listen, tls_cert.zip(tls_key)),
             (nbd_listen, nbd_insecure_plaintext),
             metrics_listen.unwrap_or(telemetry::MetricsListen::Default),
             config.as_deref(),
+            node_id,
         ),
         Command::Admin { command: AdminCommand::Verify { data, region, config } } => {
             verify(&data, region, config.as_deref())
@@ -364,6 +372,7 @@ fn serve(
     (nbd_listen, nbd_insecure_plaintext): (SocketAddr, bool),
     metrics_listen: telemetry::MetricsListen,
     config: Option<&Path>,
+    node_id: Option<String>,
 ) -> anyhow::Result<()> {
     let data_dir = data.data_dir.as_path();
     exports::check_listen(nbd_listen, nbd_insecure_plaintext)?;
@@ -380,6 +389,11 @@ fn serve(
     let mut cfg = EngineConfig::default();
     if let Some(r) = &file_cfg.regions {
         cfg.regions = r.clone();
+    }
+    let node_cfg =
+        cluster::NodeConfig::resolve(node_id, &file_cfg, (listen, http_tls.is_some()), nbd_listen, data_dir)?;
+    if node_cfg.is_some() {
+        cluster::check_shared_storage(&file_cfg, &cfg.regions)?;
     }
     cfg.s3_stores = file_cfg.stores.iter().map(|(region, s)| (region.clone(), s.to_store_config())).collect();
     cfg.archive_stores = file_cfg.archive_locations()?;
@@ -421,7 +435,7 @@ fn serve(
     let existed = data_dir.join("catalog.db").exists() || data_dir.join(catalog::RECORD_NAME).exists();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     // Watch SIGTERM/SIGINT from here on: a stop during start-up ends it cleanly too.
-    let stop = {
+    let mut stop = {
         let _rt = runtime.enter();
         StopSignal::new()?
     };
@@ -429,10 +443,75 @@ fn serve(
         Arc::new(blocksnap_volume::VolumeStore::open(data_dir.join("volumes")).context("opening the volume store")?);
     let storage = Storage {
         volumes: volumes.clone(),
-        snapshot_root: data_dir.join("snapshots"),
+        // A cluster's shared directory (checked above) holds the local stores every node reads.
+        snapshot_root: file_cfg.shared_dir.as_ref().map_or_else(|| data_dir.join("snapshots"), |d| d.join("snapshots")),
         runtime: runtime.handle().clone(),
     };
-    let engine = Arc::new(open_engine(data_dir, &choice, cfg, Some(storage))?);
+    // Without a metrics listener nothing is recorded (the facade's calls are no-ops). Served from
+    // here on, also while a cluster's node follows.
+    let metrics_task = match metrics_listener {
+        Some(l) => {
+            let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
+                .install_recorder()
+                .context("installing the metrics recorder")?;
+            let _rt = runtime.enter();
+            let l = tokio::net::TcpListener::from_std(l)?;
+            tracing::info!(metrics_listen = %l.local_addr()?, "serving /metrics and /health");
+            let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || prometheus.render());
+            let app = telemetry::router(render);
+            Some(tokio::spawn(async move { axum::serve(l, app).await }))
+        }
+        None => None,
+    };
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let mut http_listener = Some(http_listener);
+    // A cluster's node serves its HTTP listener at once (forwarding to the leader) and leads when it
+    // wins the election; then the normal start path below runs on the catalog it owns.
+    let (engine, cluster_node) = match &node_cfg {
+        None => (Arc::new(open_engine(data_dir, &choice, cfg, Some(storage))?), None),
+        Some(nc) => {
+            let catalog::Choice::Postgres { url } = &choice else {
+                anyhow::bail!(
+                    "--node-id needs a PostgreSQL catalog shared by every node (--catalog postgres://…); \
+                     a SQLite catalog belongs to one machine"
+                );
+            };
+            let (node, dispatch, task) = {
+                let _rt = runtime.enter();
+                let node = cluster::Node::start(nc.clone(), url)?;
+                let wait = std::env::var("BLOCKSNAP_CLUSTER_FORWARD_WAIT_MS")
+                    .ok()
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .map_or(cluster::forward::DEFAULT_WAIT, std::time::Duration::from_millis);
+                let dispatch = cluster::forward::Dispatch::new(&nc.id, node.leader(), wait)?;
+                let http = tokio::net::TcpListener::from_std(http_listener.take().context("HTTP listener")?)?;
+                let task = spawn_http(http, http_tls.clone(), dispatch.router(), stopping.clone())?;
+                (node, dispatch, task)
+            };
+            tracing::info!(node_id = %nc.id, %listen, advertise_api = %nc.advertise_api, "cluster node up: forwarding API calls to the leader until this node leads");
+            let won = runtime.block_on(async {
+                tokio::select! {
+                    r = node.wait_to_lead(url) => Some(r),
+                    () = stop.wait() => None,
+                }
+            });
+            let Some(won) = won else {
+                let _ = stopping_tx.send(true);
+                let _ = runtime.block_on(async { tokio::time::timeout(STOP_GRACE, task).await });
+                runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+                tracing::info!("blocksnap stopped");
+                return Ok(());
+            };
+            let pg = won?;
+            cluster::spawn_fence(pg.clone())?;
+            if catalog::bind_node(data_dir, url, &pg, &nc.id)? {
+                tracing::info!(node_id = %nc.id, "this data dir was a single node's: its volumes are this node's");
+            }
+            let catalog: Arc<dyn blocksnap_catalog::Catalog> = pg.clone();
+            let engine = Arc::new(Engine::open(catalog, cfg, Some(storage))?);
+            (engine, Some((node, pg, dispatch, task)))
+        }
+    };
     // Every part is current now (the catalog migrated in its own transaction): record the format.
     if found_format != Some(datadir::DATA_DIR_FORMAT) {
         datadir::record_format(&lock, data_dir)?;
@@ -491,46 +570,30 @@ fn serve(
             tracing::info!(path = %saved.display(), "removed the saved root credentials: the root key comes from BLOCKSNAP_ROOT_*");
         }
     }
-    // Without a metrics listener nothing is recorded (the facade's calls are no-ops).
-    let prometheus = match &metrics_listener {
-        Some(_) => Some(
-            metrics_exporter_prometheus::PrometheusBuilder::new()
-                .install_recorder()
-                .context("installing the metrics recorder")?,
-        ),
-        None => None,
-    };
     let handle = runtime.handle().clone();
     runtime.block_on(async move {
         let nbd = exports::server(&engine, nbd_insecure_plaintext)?;
         engine.set_export_hooks(Arc::new(exports::NbdHooks { server: nbd.clone(), runtime: handle }));
         let nbd_listener = tokio::net::TcpListener::from_std(nbd_listener)?;
         let nbd_task = tokio::spawn(nbd.clone().serve(nbd_listener));
-        let metrics_task = match metrics_listener.zip(prometheus) {
-            Some((l, prometheus)) => {
-                let l = tokio::net::TcpListener::from_std(l)?;
-                tracing::info!(metrics_listen = %l.local_addr()?, "serving /metrics and /health");
-                let render: Arc<dyn Fn() -> String + Send + Sync> = Arc::new(move || prometheus.render());
-                let app = telemetry::router(render);
-                Some(tokio::spawn(async move { axum::serve(l, app).await }))
-            }
-            None => None,
-        };
         let state = Arc::new(blocksnap_api::AppState { engine: engine.clone() });
         let app = blocksnap_api::router(state);
-        let http = tokio::net::TcpListener::from_std(http_listener)?;
-        tracing::info!(%listen, https = http_tls.is_some(), %nbd_listen, data_dir = %data_dir.display(), lock = %lock_path.display(), "blocksnap serving");
-        let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
-        let mut http_stopping = stopping.clone();
-        let http_stopped = async move {
-            let _ = http_stopping.wait_for(|s| *s).await;
+        let https = http_tls.is_some();
+        let mut http_task = match cluster_node {
+            None => {
+                let http = tokio::net::TcpListener::from_std(http_listener.take().context("HTTP listener")?)?;
+                spawn_http(http, http_tls, app, stopping)?
+            }
+            Some((node, pg, dispatch, task)) => {
+                dispatch.lead(app);
+                // Followers forward here from now on.
+                node.announce().await?;
+                pg.claim_leadership(&node.config.id)?;
+                tracing::info!(node_id = %node.config.id, "leading the cluster");
+                task
+            }
         };
-        let mut http_task = match http_tls {
-            Some(tls) => tokio::spawn(
-                axum::serve(https::TlsListener::new(http, tls)?, app).with_graceful_shutdown(http_stopped).into_future(),
-            ),
-            None => tokio::spawn(axum::serve(http, app).with_graceful_shutdown(http_stopped).into_future()),
-        };
+        tracing::info!(%listen, https, %nbd_listen, data_dir = %data_dir.display(), lock = %lock_path.display(), "blocksnap serving");
         tokio::select! {
             () = stop.wait() => {}
             r = &mut http_task => {
@@ -572,6 +635,26 @@ fn serve(
     Ok(())
 }
 
+type HttpTask = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// Serve the HTTP API on `http` until `stopping` turns true (requests in flight then finish).
+fn spawn_http(
+    http: tokio::net::TcpListener,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    app: axum::Router,
+    mut stopping: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<HttpTask> {
+    let stopped = async move {
+        let _ = stopping.wait_for(|s| *s).await;
+    };
+    Ok(match tls {
+        Some(tls) => tokio::spawn(
+            axum::serve(https::TlsListener::new(http, tls)?, app).with_graceful_shutdown(stopped).into_future(),
+        ),
+        None => tokio::spawn(axum::serve(http, app).with_graceful_shutdown(stopped).into_future()),
+    })
+}
+
 /// How long a stop waits for requests in flight (HTTP calls, NBD commands) to finish.
 const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -591,7 +674,7 @@ impl StopSignal {
         })
     }
 
-    async fn wait(mut self) {
+    async fn wait(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}

@@ -42,7 +42,10 @@ use tokio_postgres::{Client, Statement};
 use crate::group_commit::GroupCommit;
 use crate::{Catalog, CatalogError, Change, OpenMode, Result, Row};
 
+mod cluster;
 mod schema;
+
+pub use cluster::{Leader, Membership, NodeRecord};
 
 use schema::{MIGRATIONS, check_version, migrate};
 
@@ -55,6 +58,17 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const POOL_SIZE: usize = 8;
 /// How long a new owner waits for the owner lock before refusing.
 const OWNER_WAIT: Duration = Duration::from_secs(3);
+
+/// What losing the writer's session means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fencing {
+    /// One server per database: reconnect and take the owner lock again (poisoned only if commits
+    /// may be lost or someone else holds it).
+    Single,
+    /// A cluster: the owner lock is the leadership. Once its session ends another node may have
+    /// led and committed, so this process's memory is stale: poisoned at once, never reconnected.
+    Cluster,
+}
 
 /// The writer connection and who it is on the server.
 struct Writer {
@@ -75,6 +89,7 @@ struct Inner {
     config: tokio_postgres::Config,
     tls: MakeTlsConnector,
     mode: OpenMode,
+    fencing: Fencing,
     /// Reads and flushes.
     pool: Pool,
     writer: tokio::sync::Mutex<Writer>,
@@ -99,25 +114,23 @@ impl PgCatalog {
     }
 
     pub fn open_mode(url: &str, mode: OpenMode) -> Result<Self> {
-        let mut config: tokio_postgres::Config =
-            url.parse().map_err(|e| CatalogError::Config(format!("{}: {e}", redact(url))))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(10));
+        Self::open_with(url, mode, Fencing::Single)
+    }
+
+    /// Open as the owner of a cluster's catalog, if nobody owns it now: `None` when another process
+    /// holds the owner lock (no wait). The session that holds the lock is the one every commit runs
+    /// on, so losing it is final: the catalog poisons itself and never takes the lock again (the
+    /// process must stop acting as owner; another node may have taken over).
+    pub fn open_candidate(url: &str) -> Result<Option<Self>> {
+        match Self::open_with(url, OpenMode::Owner, Fencing::Cluster) {
+            Ok(c) => Ok(Some(c)),
+            Err(CatalogError::OwnerHeld(_)) => Ok(None),
+            Err(e) => Err(e),
         }
-        if config.get_application_name().is_none() {
-            config.application_name("blocksnap");
-        }
-        if mode == OpenMode::ReadOnly {
-            config.options("-c default_transaction_read_only=on");
-        }
-        if needs_tls(url, &config) {
-            config.ssl_mode(SslMode::Require);
-        }
-        let tls = {
-            let builder = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())
-                .map_err(|e| CatalogError::Config(format!("TLS: {e}")))?;
-            MakeTlsConnector::new(builder.build())
-        };
+    }
+
+    fn open_with(url: &str, mode: OpenMode, fencing: Fencing) -> Result<Self> {
+        let (config, tls) = client_config(url, mode)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("catalog-pg")
@@ -143,6 +156,7 @@ impl PgCatalog {
             config,
             tls,
             mode,
+            fencing,
             pool,
             writer: tokio::sync::Mutex::new(Writer { client: None, last_commit: 0 }),
             group: GroupCommit::new(),
@@ -211,6 +225,78 @@ impl PgCatalog {
     fn check_poison(&self) -> Result<()> {
         self.inner.check_poison()
     }
+
+    /// Record `node_id` as the cluster's leader, bound to the writer's session (the one holding the
+    /// owner lock): the record names a live leader only while that session holds the lock, so a
+    /// stale record is never followed ([`Membership::leader`]).
+    pub fn claim_leadership(&self, node_id: &str) -> Result<()> {
+        let inner = self.inner.clone();
+        let node_id = node_id.to_string();
+        self.run(async move {
+            let w = inner.writer.lock().await;
+            inner.check_poison()?;
+            let Some(conn) = w.client.as_ref() else { return Err(CatalogError::Closed) };
+            conn.client
+                .execute(
+                    "INSERT INTO cluster_leader (one, node_id, pid, backend_start, since)
+                     VALUES (true, $1, $2, $3, now())
+                     ON CONFLICT (one) DO UPDATE SET node_id = $1, pid = $2, backend_start = $3, since = now()",
+                    &[&node_id, &conn.ident.0, &conn.ident.1],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    /// The fence of a cluster's leader: fails (and poisons the catalog) once the writer's session,
+    /// which holds the leadership, is gone or does not answer within `bound`. The caller stops
+    /// serving as leader at once.
+    pub fn check_fence(&self, bound: Duration) -> Result<()> {
+        self.check_poison()?;
+        let inner = self.inner.clone();
+        self.run(async move {
+            let w = match tokio::time::timeout(bound, inner.writer.lock()).await {
+                Ok(w) => w,
+                // A commit in progress holds it: that commit checks the session itself.
+                Err(_) => return Ok(()),
+            };
+            let alive = match w.client.as_ref() {
+                Some(c) if !c.client.is_closed() => {
+                    matches!(tokio::time::timeout(bound, c.client.simple_query("")).await, Ok(Ok(_)))
+                }
+                _ => false,
+            };
+            if alive {
+                Ok(())
+            } else {
+                Err(inner.poison("the session holding the cluster's leadership ended or stopped answering".into()))
+            }
+        })
+    }
+}
+
+/// The connection settings of `url` and the TLS connector (see [`needs_tls`]).
+fn client_config(url: &str, mode: OpenMode) -> Result<(tokio_postgres::Config, MakeTlsConnector)> {
+    let mut config: tokio_postgres::Config =
+        url.parse().map_err(|e| CatalogError::Config(format!("{}: {e}", redact(url))))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(10));
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("blocksnap");
+    }
+    if mode == OpenMode::ReadOnly {
+        config.options("-c default_transaction_read_only=on");
+    }
+    if needs_tls(url, &config) {
+        config.ssl_mode(SslMode::Require);
+    }
+    let tls = {
+        let builder = openssl::ssl::SslConnector::builder(openssl::ssl::SslMethod::tls())
+            .map_err(|e| CatalogError::Config(format!("TLS: {e}")))?;
+        MakeTlsConnector::new(builder.build())
+    };
+    Ok((config, tls))
 }
 
 /// Secure by default: a catalog reached over TCP beyond loopback needs TLS (the server's certificate
@@ -289,6 +375,11 @@ impl Inner {
             return Ok(());
         }
         if w.client.take().is_some() {
+            if self.fencing == Fencing::Cluster {
+                return Err(
+                    self.poison("the session holding the cluster's leadership ended; another node may lead now".into())
+                );
+            }
             // The old writer is gone: a commit made on it and not yet flushed may be lost.
             if w.last_commit > self.group.durable() {
                 return Err(
@@ -299,10 +390,22 @@ impl Inner {
         }
         let client = self.connect().await?;
         client.batch_execute("SET synchronous_commit = off").await?;
+        if self.fencing == Fencing::Cluster {
+            // A leader cut off from the server must lose its session (hence the lock) in seconds, not
+            // after the kernel's two-hour keepalive default, so a follower can take over. Only
+            // meaningful over TCP; the server ignores them on a unix socket.
+            client
+                .batch_execute(
+                    "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 2; SET tcp_keepalives_count = 3",
+                )
+                .await?;
+        }
         if self.mode == OpenMode::Owner {
             // A previous owner that just exited holds the lock until its server process sees the
             // closed socket: wait a moment (bounded) before calling the holder another owner.
-            let deadline = tokio::time::Instant::now() + OWNER_WAIT;
+            // A cluster's candidate does not wait: it polls on its own schedule.
+            let wait = if self.fencing == Fencing::Cluster { Duration::ZERO } else { OWNER_WAIT };
+            let deadline = tokio::time::Instant::now() + wait;
             let got = loop {
                 let got: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&OWNER_LOCK_KEY]).await?.get(0);
                 if got || tokio::time::Instant::now() >= deadline {

@@ -24,6 +24,25 @@ pub(super) const MIGRATIONS: &[&str] = &[
     CREATE INDEX rows_by_owner ON rows (kind, account, region);
     CREATE TABLE blocksnap_flush (one boolean PRIMARY KEY DEFAULT true CHECK (one), n bigint NOT NULL);
     INSERT INTO blocksnap_flush (n) VALUES (0);"#,
+    // v2: several nodes (ARCHITECTURE.md, "Several nodes"). `node`: one row per node, refreshed by its
+    // heartbeat. `cluster_leader`: the node whose writer session (pid + start time) holds the owner
+    // lock; it names the leader only while that session still holds the lock.
+    r#"CREATE TABLE node (
+        id            text COLLATE "C" PRIMARY KEY,
+        advertise_api text NOT NULL,
+        nbd           text NOT NULL,
+        zones         text[] NOT NULL DEFAULT '{}',
+        free_bytes    bigint NOT NULL DEFAULT 0,
+        started_at    timestamptz NOT NULL,
+        heartbeat     timestamptz NOT NULL
+    );
+    CREATE TABLE cluster_leader (
+        one           boolean PRIMARY KEY DEFAULT true CHECK (one),
+        node_id       text NOT NULL,
+        pid           integer NOT NULL,
+        backend_start text NOT NULL,
+        since         timestamptz NOT NULL
+    );"#,
 ];
 
 /// Version and id of an existing schema; `None` for an empty database.

@@ -146,9 +146,10 @@ fn migrations_create_upgrade_and_refuse_newer() {
     let version = |url: &str| -> i32 {
         db_sql(url, async |c| c.query_one("SELECT version FROM blocksnap_schema", &[]).await.unwrap().get(0))
     };
-    assert_eq!(version(&url), 1);
-    let broken = [MIGRATIONS[0], "CREATE TABLE extra (x text); INSERT INTO nowhere VALUES (1);"];
-    let good = [MIGRATIONS[0], "ALTER TABLE rows ADD COLUMN note text NOT NULL DEFAULT '';"];
+    let current = MIGRATIONS.len() as i32;
+    assert_eq!(version(&url), current);
+    let broken = [MIGRATIONS, &["CREATE TABLE extra (x text); INSERT INTO nowhere VALUES (1);"]].concat();
+    let good = [MIGRATIONS, &["ALTER TABLE rows ADD COLUMN note text NOT NULL DEFAULT '';"]].concat();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let cfg: tokio_postgres::Config = url.parse().unwrap();
@@ -158,19 +159,24 @@ fn migrations_create_upgrade_and_refuse_newer() {
         let extra: bool = client.query_one("SELECT to_regclass('extra') IS NOT NULL", &[]).await.unwrap().get(0);
         assert!(!extra, "a failed upgrade left part of itself");
         let v: i32 = client.query_one("SELECT version FROM blocksnap_schema", &[]).await.unwrap().get(0);
-        assert_eq!(v, 1);
+        assert_eq!(v, current);
         // A good one: applied once, rows and id kept.
         assert_eq!(migrate(&mut client, &good).await.unwrap(), id);
         assert_eq!(migrate(&mut client, &good).await.unwrap(), id);
     });
     drop(rt);
-    assert_eq!(version(&url), 2);
-    // This binary (schema 1) now refuses it in every mode, and writes nothing.
+    assert_eq!(version(&url), current + 1);
+    // This binary now refuses it in every mode, and writes nothing.
     for mode in [OpenMode::Owner, OpenMode::Shared, OpenMode::ReadOnly] {
         let r = PgCatalog::open_mode(&url, mode);
-        assert!(matches!(r, Err(CatalogError::TooNew { found: 2, supported: 1 })), "{mode:?}: {:?}", r.err());
+        let newer = i64::from(current + 1);
+        assert!(
+            matches!(r, Err(CatalogError::TooNew { found, supported }) if found == newer && supported == newer - 1),
+            "{mode:?}: {:?}",
+            r.err()
+        );
     }
-    assert_eq!(version(&url), 2);
+    assert_eq!(version(&url), current + 1);
     let doc: String =
         db_sql(&url, async |c| c.query_one("SELECT doc FROM rows WHERE id = 'a'", &[]).await.unwrap().get(0));
     assert_eq!(doc, "1");
@@ -358,4 +364,62 @@ fn durable_across_a_server_crash_and_poisoned_on_unflushed_loss() {
     let c = reopen_owner(&url);
     assert_eq!(c.get("volume", "kept").unwrap(), Some(row("kept", "1")));
     assert_eq!(c.get("volume", "no").unwrap(), None);
+}
+
+/// Several nodes: one candidate wins the owner lock, the others get `None` without waiting; the
+/// leader record is believed only while its session holds the lock; a leader whose session ends is
+/// fenced (poisoned, no reconnect, no commit) and a candidate takes over.
+#[test]
+fn cluster_election_claim_and_fence() {
+    let (url, _shared) = fresh_db_locked();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let members = rt.block_on(async { Membership::new(&url).unwrap() });
+    let node = |id: &str| NodeRecord {
+        id: id.into(),
+        advertise_api: format!("http://{id}:4566"),
+        nbd: format!("{id}:10809"),
+        zones: vec!["us-east-1a".into()],
+        free_bytes: 1 << 30,
+    };
+    let first = PgCatalog::open_candidate(&url).unwrap().expect("the first candidate leads");
+    let started = std::time::Instant::now();
+    assert!(PgCatalog::open_candidate(&url).unwrap().is_none());
+    assert!(started.elapsed() < OWNER_WAIT, "a candidate does not wait for the lock");
+    rt.block_on(async {
+        for n in ["n1", "n2"] {
+            members.heartbeat(&node(n), std::time::SystemTime::now()).await.unwrap();
+        }
+        assert!(members.owner_lock_held().await.unwrap());
+        // Holding the lock is not yet leading: nobody has claimed it.
+        assert_eq!(members.leader().await.unwrap(), None);
+    });
+    first.claim_leadership("n1").unwrap();
+    first.check_fence(Duration::from_secs(2)).unwrap();
+    let leader = rt.block_on(members.leader()).unwrap();
+    assert_eq!(leader, Some(Leader { node_id: "n1".into(), advertise_api: "http://n1:4566".into() }));
+    let nodes = rt.block_on(members.nodes()).unwrap();
+    assert_eq!(nodes.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(), vec![node("n1"), node("n2")]);
+    let s = first.commit(&[Change::Put(row("a", "1"))]).unwrap();
+    first.sync(s).unwrap();
+
+    // The leader's session ends (a network cut, an administrator): its record names nobody, a
+    // candidate takes the lock, and the old leader is fenced for good.
+    let pid = first.inner.writer.try_lock().unwrap().client.as_ref().unwrap().ident.0;
+    admin(async |c| c.execute("SELECT pg_terminate_backend($1)", &[&pid]).await.unwrap());
+    let second = loop {
+        if let Some(c) = PgCatalog::open_candidate(&url).unwrap() {
+            break c;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "the lock was never released");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(rt.block_on(members.leader()).unwrap(), None, "a dead session's record is not believed");
+    second.claim_leadership("n2").unwrap();
+    assert_eq!(rt.block_on(members.leader()).unwrap().map(|l| l.node_id), Some("n2".into()));
+    assert!(matches!(first.check_fence(Duration::from_secs(2)), Err(CatalogError::Poisoned(_))));
+    assert!(matches!(first.commit(&[Change::Put(row("b", "2"))]), Err(CatalogError::Poisoned(_))));
+    let s = second.commit(&[Change::Put(row("c", "3"))]).unwrap();
+    second.sync(s).unwrap();
+    assert_eq!(second.get("volume", "b").unwrap(), None);
+    assert_eq!(second.load_kind("volume").unwrap().len(), 2);
 }

@@ -1,0 +1,175 @@
+//! A node's HTTP listener: the web console's static files locally, every AWS API call to the
+//! leader. The leader's own router takes over on this node once it leads.
+//!
+//! A forwarded call is the client's request unchanged (method, path and query, every header but
+//! the hop-by-hop ones, including `Host` and `Authorization`, and the body), so its SigV4 signature
+//! is verified by the leader exactly as if the client had called it: a follower authenticates
+//! nothing itself and opens no node-only door. The answer streams back as the leader sends it.
+//! With no leader, or the leader unreachable, a call waits (bounded) for the next leader, then is
+//! answered `ServiceUnavailable` in its protocol's shape. A call already sent to a leader that dies
+//! before answering is not sent again (it may have been done): 503 too, and the client retries
+//! (with its ClientToken where the API has one).
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use blocksnap_catalog::Leader;
+use http::{HeaderMap, HeaderName, header};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+/// The largest request body forwarded (the leader has its own, smaller limits).
+const MAX_BODY: usize = 16 << 20;
+/// How long a call waits for a leader (election, takeover) before answering 503.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+/// A leader that takes longer than this to connect is treated as gone.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Bound on a forwarded call (the leader bounds its own calls at 60 s).
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub struct Dispatch {
+    node_id: String,
+    leader: watch::Receiver<Option<Leader>>,
+    /// The engine's router, once this node leads.
+    local: OnceLock<Router>,
+    client: reqwest::Client,
+    wait: Duration,
+}
+
+impl Dispatch {
+    pub fn new(node_id: &str, leader: watch::Receiver<Option<Leader>>, wait: Duration) -> anyhow::Result<Arc<Self>> {
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(CALL_TIMEOUT)
+            .build()?;
+        Ok(Arc::new(Dispatch { node_id: node_id.to_string(), leader, local: OnceLock::new(), client, wait }))
+    }
+
+    /// This node leads now: serve every call with its engine.
+    pub fn lead(&self, app: Router) {
+        let _ = self.local.set(app);
+    }
+
+    /// The listener's router: console files here, the rest forwarded (or served, once leading).
+    pub fn router(self: &Arc<Self>) -> Router {
+        blocksnap_api::console_routes().fallback(dispatch).with_state(self.clone())
+    }
+}
+
+async fn dispatch(State(d): State<Arc<Dispatch>>, req: Request) -> Response {
+    if let Some(app) = d.local.get() {
+        return app.clone().oneshot(req).await.into_response();
+    }
+    let (parts, body) = req.into_parts();
+    let body = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(b) => b,
+        Err(_) => {
+            return blocksnap_api::unavailable(
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                "the request body could not be read (or exceeds 16 MiB)",
+            );
+        }
+    };
+    let deadline = tokio::time::Instant::now() + d.wait;
+    let mut leader = d.leader.clone();
+    let mut last_error = String::from("no node leads the cluster now");
+    loop {
+        if let Some(app) = d.local.get() {
+            // Became the leader while waiting.
+            let req = Request::from_parts(parts, Body::from(body));
+            return app.clone().oneshot(req).await.into_response();
+        }
+        let target = leader.borrow_and_update().clone().filter(|l| l.node_id != d.node_id);
+        if let Some(l) = target {
+            match send(&d.client, &l, &parts, body.clone()).await {
+                Ok(resp) => return relay(resp),
+                // Nothing reached the leader: safe to send again to the next one.
+                Err(e) if e.is_connect() => {
+                    last_error = format!("the leader (node {}) is unreachable", l.node_id);
+                    tracing::debug!(leader = %l.node_id, error = %e, "forwarding: leader unreachable");
+                }
+                Err(e) => {
+                    tracing::warn!(leader = %l.node_id, error = ?e, "forwarding: the leader did not answer");
+                    return blocksnap_api::unavailable(
+                        &parts.method,
+                        &parts.uri,
+                        &parts.headers,
+                        &format!(
+                            "the cluster's leader (node {}) did not answer; the call may or may not have been done",
+                            l.node_id
+                        ),
+                    );
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return blocksnap_api::unavailable(
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                &format!("{last_error}; retry shortly"),
+            );
+        }
+        let nap = (deadline - now).min(Duration::from_millis(100));
+        tokio::select! {
+            r = leader.changed() => if r.is_err() { tokio::time::sleep(nap).await },
+            () = tokio::time::sleep(nap) => {}
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 7.6.1) are the connection's, not the call's.
+fn hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+fn end_to_end(headers: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (k, v) in headers {
+        if !hop_by_hop(k) && k != header::CONTENT_LENGTH {
+            out.append(k.clone(), v.clone());
+        }
+    }
+    out
+}
+
+async fn send(
+    client: &reqwest::Client,
+    leader: &Leader,
+    parts: &http::request::Parts,
+    body: axum::body::Bytes,
+) -> reqwest::Result<reqwest::Response> {
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("{}{path}", leader.advertise_api.trim_end_matches('/'));
+    // `Host` stays the client's (it is signed); the HTTP client keeps a Host header it is given.
+    client.request(parts.method.clone(), url).headers(end_to_end(&parts.headers)).body(body).send().await
+}
+
+fn relay(resp: reqwest::Response) -> Response {
+    let status = resp.status();
+    let headers = end_to_end(resp.headers());
+    let mut out = Response::new(Body::from_stream(resp.bytes_stream()));
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}

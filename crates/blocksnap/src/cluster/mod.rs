@@ -1,0 +1,235 @@
+//! Several nodes on one PostgreSQL catalog (ARCHITECTURE.md, "Several nodes").
+//!
+//! One node leads: it holds the catalog's owner lock on its writer session and runs the engine (the
+//! control plane and every background job). The others are followers: they publish their
+//! membership row, forward every API call to the leader ([`forward`]) and poll for the lock; the
+//! one that gets it opens the catalog through the normal start path and leads. A leader whose
+//! session ends is fenced: its catalog refuses every call and the process exits (non-zero: a
+//! supervisor restarts it as a follower).
+
+pub mod forward;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use blocksnap_catalog::{CatalogError, Leader, Membership, NodeRecord, PgCatalog};
+use tokio::sync::watch;
+
+/// How often a node refreshes its membership row.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often a follower looks for a leader (and tries to become one when there is none).
+pub const ELECTION_POLL: Duration = Duration::from_millis(250);
+/// How often the leader proves its session still holds the leadership, and the bound on each proof.
+const FENCE_POLL: Duration = Duration::from_millis(250);
+const FENCE_BOUND: Duration = Duration::from_secs(2);
+/// The exit status of a leader that lost its leadership (a supervisor restarts it as a follower).
+pub const EXIT_FENCED: i32 = 3;
+
+/// This node, as the flags and the configuration file describe it.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub id: String,
+    pub advertise_api: String,
+    pub nbd: String,
+    pub zones: Vec<String>,
+    pub data_dir: PathBuf,
+}
+
+impl NodeConfig {
+    /// `None` without a node id (a single node: nothing changes).
+    pub fn resolve(
+        flag: Option<String>,
+        file: &crate::config::Config,
+        (listen, https): (SocketAddr, bool),
+        nbd_listen: SocketAddr,
+        data_dir: &Path,
+    ) -> anyhow::Result<Option<NodeConfig>> {
+        let Some(id) = flag.or_else(|| file.node_id.as_ref().map(ToString::to_string)) else {
+            return Ok(None);
+        };
+        let id = id.trim().to_string();
+        let valid = !id.is_empty()
+            && id.len() <= 63
+            && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+        if !valid {
+            anyhow::bail!("--node-id {id:?}: use a small integer or a name of letters, digits, '-', '_' or '.'");
+        }
+        let advertise_api = match &file.advertise_api {
+            Some(url) => {
+                let url = url.trim_end_matches('/').to_string();
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    anyhow::bail!("advertise_api {url:?}: expected an http:// or https:// URL");
+                }
+                url
+            }
+            None if listen.ip().is_unspecified() => anyhow::bail!(
+                "--listen {listen} is not an address other nodes can reach: set advertise_api in the configuration file"
+            ),
+            None => format!("{}://{listen}", if https { "https" } else { "http" }),
+        };
+        Ok(Some(NodeConfig {
+            id,
+            advertise_api,
+            nbd: nbd_listen.to_string(),
+            zones: file.zones.clone(),
+            data_dir: data_dir.to_path_buf(),
+        }))
+    }
+
+    fn record(&self) -> NodeRecord {
+        NodeRecord {
+            id: self.id.clone(),
+            advertise_api: self.advertise_api.clone(),
+            nbd: self.nbd.clone(),
+            zones: self.zones.clone(),
+            free_bytes: free_bytes(&self.data_dir).unwrap_or(0),
+        }
+    }
+}
+
+fn free_bytes(dir: &Path) -> Option<i64> {
+    let s = rustix::fs::statvfs(dir).ok()?;
+    i64::try_from(s.f_bavail.saturating_mul(s.f_frsize)).ok()
+}
+
+/// A cluster needs every served region's snapshot store (and archive tier) where every node reaches
+/// it: a bucket, or the configured shared directory. A local directory would hold snapshots only
+/// one node can read, so it is refused before anything starts.
+pub fn check_shared_storage(file: &crate::config::Config, served: &[String]) -> anyhow::Result<()> {
+    if file.shared_dir.is_some() {
+        return Ok(());
+    }
+    let local_stores: Vec<&str> = served.iter().filter(|r| !file.stores.contains_key(*r)).map(String::as_str).collect();
+    let local_archives: Vec<&str> = served
+        .iter()
+        .filter(|r| file.archives.get(*r).is_none_or(|a| a.bucket.is_none()))
+        .map(String::as_str)
+        .collect();
+    if !local_stores.is_empty() || !local_archives.is_empty() {
+        anyhow::bail!(
+            "several nodes need shared snapshot storage: every served region needs a bucket \
+             ([stores.<region>] and [archives.<region>] with `bucket`), or set `shared_dir` to a directory \
+             every node mounts; local snapshot stores: [{}], local archive tiers: [{}] \
+             (limit the served regions with `regions = [...]`)",
+            local_stores.join(", "),
+            local_archives.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// A running node: its membership and who it follows.
+pub struct Node {
+    pub config: NodeConfig,
+    members: Arc<Membership>,
+    leader: watch::Sender<Option<Leader>>,
+}
+
+impl Node {
+    /// Start the heartbeat (call inside the node's runtime).
+    pub fn start(config: NodeConfig, url: &str) -> anyhow::Result<Arc<Node>> {
+        let members = Arc::new(Membership::new(url).context("the cluster's membership connection")?);
+        let (leader, _) = watch::channel(None);
+        let node = Arc::new(Node { config, members, leader });
+        let n = node.clone();
+        tokio::spawn(async move {
+            let started = SystemTime::now();
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut failing = false;
+            loop {
+                tick.tick().await;
+                match n.members.heartbeat(&n.config.record(), started).await {
+                    Ok(()) => failing = false,
+                    // Before the first leader created the schema, or while the server is away.
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::warn!(error = %e, "cluster heartbeat failed; retrying");
+                    }
+                    Err(_) => {}
+                }
+            }
+        });
+        Ok(node)
+    }
+
+    /// Publish this node's record now (a new leader does, before it claims the leadership, so
+    /// followers find its address at once).
+    pub async fn announce(&self) -> anyhow::Result<()> {
+        self.members.heartbeat(&self.config.record(), SystemTime::now()).await.context("publishing this node's record")
+    }
+
+    /// Who this node forwards to (`None`: nobody leads now).
+    pub fn leader(&self) -> watch::Receiver<Option<Leader>> {
+        self.leader.subscribe()
+    }
+
+    /// Follow until this node wins the election; returns the catalog it now owns. Polls every
+    /// [`ELECTION_POLL`]: a live leader is published to the forwarder; without one, and with the lock
+    /// free, this node tries to take it (without waiting: another candidate may win).
+    pub async fn wait_to_lead(&self, url: &str) -> anyhow::Result<Arc<PgCatalog>> {
+        let mut tick = tokio::time::interval(ELECTION_POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        let mut announced: Option<String> = None;
+        loop {
+            tick.tick().await;
+            let current = match self.members.leader().await {
+                Ok(Some(l)) if l.node_id == self.config.id => {
+                    tracing::error!(node_id = %l.node_id, "another process leads with this node's id: give every node its own --node-id");
+                    None
+                }
+                Ok(l) => l,
+                // No schema yet (nobody has led), or the server is away: nobody to forward to.
+                Err(_) => None,
+            };
+            if current.as_ref().map(|l| &l.node_id) != announced.as_ref() {
+                match &current {
+                    Some(l) => tracing::info!(leader = %l.node_id, advertise_api = %l.advertise_api, "following"),
+                    None => tracing::info!("no leader"),
+                }
+                announced = current.as_ref().map(|l| l.node_id.clone());
+            }
+            self.leader.send_if_modified(|l| {
+                let changed = *l != current;
+                *l = current.clone();
+                changed
+            });
+            if current.is_some() || matches!(self.members.owner_lock_held().await, Ok(true)) {
+                continue;
+            }
+            let u = url.to_string();
+            match tokio::task::spawn_blocking(move || PgCatalog::open_candidate(&u)).await? {
+                Ok(Some(c)) => {
+                    self.leader.send_replace(None);
+                    tracing::info!(node_id = %self.config.id, "won the election: leading");
+                    return Ok(Arc::new(c));
+                }
+                Ok(None) => {}
+                Err(e @ (CatalogError::TooNew { .. } | CatalogError::Config(_))) => return Err(e.into()),
+                Err(e) => tracing::warn!(error = %e, "could not take the leadership; retrying"),
+            }
+        }
+    }
+}
+
+/// The leader's fence: every [`FENCE_POLL`], prove the session holding the leadership lives; if
+/// not, stop at once (exit [`EXIT_FENCED`]): another node may already lead, and this process's
+/// memory is no longer the catalog's.
+pub fn spawn_fence(catalog: Arc<PgCatalog>) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("cluster-fence".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(FENCE_POLL);
+                if let Err(e) = catalog.check_fence(FENCE_BOUND) {
+                    tracing::error!(error = %e, "lost the cluster's leadership: stopping now (a supervisor restarts this node as a follower)");
+                    std::process::exit(EXIT_FENCED);
+                }
+            }
+        })
+        .context("starting the cluster fence")?;
+    Ok(())
+}
