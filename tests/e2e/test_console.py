@@ -271,6 +271,10 @@ def test_console_scenario(fresh_server, page, tmp_path):
     assert "B" in region_row.locator(".stored").text_content()
     assert ": 1" in region_row.locator(".ratio").text_content()
     assert page.locator("svg.chart polyline").count() == 2
+    # The chart is the server's history (GetStoreStats History), so a reload draws it at once.
+    page.reload()
+    page.locator("figure[data-samples] svg.chart").wait_for()
+    assert int(page.locator("figure[data-samples]").get_attribute("data-samples")) >= 1
     page.screenshot(path=str(shots / "store.png"), full_page=True)
 
     # Another account sees none of this, and the root account none of its volume.

@@ -371,23 +371,31 @@ async function snapshotsPage(main) {
 
 // --- store --------------------------------------------------------------------------------------
 
-const HISTORY = "blocksnap-console-store-history";
-
-function chart(samples, region) {
-  const pts = samples.map((x) => ({ t: x.t, r: x.regions.find((y) => y.Region === region) })).filter((x) => x.r);
+/// The store's figures over time in one region: the server's samples (`History`, kept since it
+/// started: one every few minutes and one per GC sweep) and the figures of this answer as "now".
+/// Drawn as two lines on a time axis, readable without colour (solid vs dashed, and the numbers
+/// in the caption and the table).
+function chart(region, now) {
+  const pts = (region.History || []).map((x) => ({ t: x.Time, logical: x.LogicalBytes, stored: x.StoredBytes }));
+  if (region.LogicalBytes !== undefined) pts.push({ t: now, logical: region.LogicalBytes, stored: region.StoredBytes });
   if (pts.length === 1) pts.push(pts[0]); // one sample: a flat line, not an invisible point
   const W = 480, H = 140;
-  const max = Math.max(1, ...pts.map((p) => Math.max(p.r.LogicalBytes || 0, p.r.StoredBytes || 0, p.r.SnapshotBytesAdded || 0)));
-  const line = (f) => pts.map((p, i) => `${pts.length > 1 ? (i / (pts.length - 1)) * W : 0},${H - ((f(p.r) || 0) / max) * (H - 10)}`).join(" ");
+  const t0 = pts[0]?.t || 0;
+  const span = (pts[pts.length - 1]?.t || 0) - t0;
+  // x by time (the server's clock: `now` is the answer's ComputedAt); all at one instant: evenly.
+  const x = (p, i) => (span > 0 ? ((p.t - t0) / span) * W : (i / Math.max(1, pts.length - 1)) * W);
+  const max = Math.max(1, ...pts.map((p) => Math.max(p.logical || 0, p.stored || 0)));
+  const line = (f) => pts.map((p, i) => `${x(p, i)},${H - ((f(p) || 0) / max) * (H - 10)}`).join(" ");
   const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
   svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.setAttribute("width", W);
   svg.setAttribute("height", H);
   svg.setAttribute("class", "chart");
   svg.setAttribute("role", "img");
-  const last = pts[pts.length - 1]?.r || {};
-  svg.setAttribute("aria-label", `Store of ${region} over the last ${samples.length} samples: logical ${bytes(last.LogicalBytes)} (solid line), stored ${bytes(last.StoredBytes)} (dashed line)`);
-  for (const [f, dash, colour] of [[(r) => r.LogicalBytes ?? r.SnapshotBytesAdded, "", "#246"], [(r) => r.StoredBytes, "6 4", "#a40"]]) {
+  const when = (t) => new Date(t * 1000).toLocaleString();
+  const from = pts.length ? when(t0) : "";
+  svg.setAttribute("aria-label", `Store of ${region.Region} since ${from}: logical ${bytes(region.LogicalBytes)} (solid line), stored ${bytes(region.StoredBytes)} (dashed line) now`);
+  for (const [f, dash, colour] of [[(p) => p.logical, "", "#246"], [(p) => p.stored, "6 4", "#a40"]]) {
     const pl = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
     pl.setAttribute("points", line(f));
     pl.setAttribute("fill", "none");
@@ -396,7 +404,9 @@ function chart(samples, region) {
     if (dash) pl.setAttribute("stroke-dasharray", dash);
     svg.append(pl);
   }
-  return h("figure", {}, svg, h("figcaption", {}, `Solid: logical bytes; dashed: stored bytes (scale up to ${bytes(max)}), sampled every 5 s or more while this page is open.`));
+  return h("figure", { dataset: { samples: (region.History || []).length } }, svg,
+    h("figcaption", {}, `Solid: logical bytes; dashed: stored bytes (scale up to ${bytes(max)}), from ${from} to now: `
+      + `${(region.History || []).length} sample(s) kept by the server since it started, and the figures now.`));
 }
 
 async function storePage(main) {
@@ -406,37 +416,34 @@ async function storePage(main) {
   main.append(box);
   async function sample() {
     const r = await store("GetStoreStats", {});
-    let hist = [];
-    try { hist = JSON.parse(sessionStorage.getItem(HISTORY) || "[]"); } catch { hist = []; }
-    hist.push({ t: Date.now(), regions: r.Regions });
-    hist = hist.slice(-120);
-    sessionStorage.setItem(HISTORY, JSON.stringify(hist));
+    const whole = r.Scope === "store";
     const used = r.Regions.filter((x) => x.Snapshots || x.StoredBytes || x.Region === s.region);
+    const fig = (x, v) => (x.Counting ? "counting…" : whole ? v : "—");
     const rows = used.map((x) => {
       const g = x.Gc;
       const gc = g ? `${g.Status} at ${new Date(g.LastRun * 1000).toISOString()} in ${g.DurationMs} ms, removed ${g.ChunksRemoved} chunks (${bytes(g.BytesRemoved)})${g.Error ? `: ${g.Error}` : ""}` : "no run yet";
       return h("tr", { dataset: { region: x.Region } }, h("th", { scope: "row" }, x.Region), h("td", {}, String(x.Snapshots)),
-        h("td", { class: "logical" }, r.Scope === "store" ? bytes(x.LogicalBytes) : "—"), h("td", { class: "stored" }, r.Scope === "store" ? bytes(x.StoredBytes) : "—"),
+        h("td", { class: "logical" }, fig(x, bytes(x.LogicalBytes))), h("td", { class: "stored" }, fig(x, bytes(x.StoredBytes))),
         h("td", { class: "ratio" }, x.ReductionRatio !== undefined ? `${Number(x.ReductionRatio).toFixed(2)} : 1` : "—"),
         h("td", { class: "chunks" }, x.Chunks !== undefined ? String(x.Chunks) : "—"),
-        h("td", {}, bytes(x.SnapshotBytesAdded)), h("td", { class: "gc" }, r.Scope === "store" ? gc : "—"));
+        h("td", {}, bytes(x.SnapshotBytesAdded)), h("td", { class: "gc" }, whole ? gc : "—"));
     });
+    const here = r.Regions.find((x) => x.Region === s.region);
     box.replaceChildren(
-      h("p", {}, r.Scope === "store" ? "The whole store (you are the root account)." : "Your account's share of the store."),
+      h("p", {}, whole ? "The whole store (you are the root account)." : "Your account's share of the store."),
       table("Store usage per region (regions in use)", ["Region", "Snapshots", "Logical bytes", "Stored bytes", "Dedup + compression", "Chunks", "Bytes your snapshots added", "Last GC"], rows),
-      h("h2", {}, `Over time in ${s.region}`), chart(hist, s.region));
+      h("h2", {}, `Over time in ${s.region}`),
+      here?.History ? chart(here, r.ComputedAt) : h("p", {}, whole ? "No figures for this region yet." : "The store's history is shown to the root account (it is the whole store's)."));
   }
-  // GetStoreStats walks the store (its cost grows with the snapshots it holds): one call at a time,
-  // the next one 5 s after the last answer or four times its duration, whichever is longer.
+  // GetStoreStats answers from the engine's running totals: one call every 5 s while shown.
   box.append(h("p", {}, "Measuring the store…"));
   async function loop() {
-    const t0 = performance.now();
     try {
       await sample();
     } catch (e) {
       status(`Store statistics failed: ${e.message}`, true);
     }
-    later(Math.max(5000, 4 * (performance.now() - t0)), loop);
+    later(5000, loop);
   }
   loop();
 }
@@ -480,7 +487,6 @@ $("#region").addEventListener("change", (ev) => {
 });
 $("#signout").addEventListener("click", () => {
   signOut();
-  sessionStorage.removeItem(HISTORY);
   history.replaceState(null, "", location.pathname);
   route();
 });
