@@ -253,6 +253,29 @@ def test_any_node_answers_and_a_killed_leader_loses_no_acknowledged_call(cluster
     assert not n1.leads()
     assert vid in {v["VolumeId"] for v in n1.client().describe_volumes(VolumeIds=[vid])["Volumes"]}
 
+    # Placement (v1): volumes live on the node that led when they were made. Node 1's volumes are
+    # unavailable while another node leads, as an EBS volume on an impaired server: impaired status,
+    # clear refusals naming the node; new volumes live on the new leader and are fine.
+    ec2 = n1.client()
+    status = ec2.describe_volume_status(VolumeIds=[vid])["VolumeStatuses"][0]["VolumeStatus"]
+    assert status["Status"] == "impaired", status
+    assert {"Name": "io-enabled", "Status": "failed"} in status["Details"], status
+    inst = ec2.run_instances(ImageId="ami-0b5e4c3d2a1f00001", MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                             Placement={"AvailabilityZone": f"{SRC}a"})["Instances"][0]["InstanceId"]
+    for call in (lambda: ec2.attach_volume(VolumeId=vid, InstanceId=inst, Device="/dev/sdf"),
+                 lambda: ec2.create_snapshot(VolumeId=vid)):
+        with pytest.raises(ClientError) as e:
+            call()
+        assert e.value.response["Error"]["Code"] == "IncorrectState"
+        assert "lives on node 1" in e.value.response["Error"]["Message"], e.value.response
+    here = ec2.create_volume(AvailabilityZone=f"{SRC}a", Size=1)["VolumeId"]
+    status = ec2.describe_volume_status(VolumeIds=[here])["VolumeStatuses"][0]["VolumeStatus"]
+    assert status["Status"] == "ok", status
+    ec2.get_waiter("volume_available").wait(VolumeIds=[here], WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
+    ec2.attach_volume(VolumeId=here, InstanceId=inst, Device="/dev/sdf")
+    # Deleting an unavailable volume is allowed (its node drops the orphan bytes when it next starts).
+    ec2.delete_volume(VolumeId=acked[0])
+
 
 def test_a_copy_in_flight_when_the_leader_dies_is_finished_by_another_node(cluster, s3_server):
     n1, n2, n3 = cluster
@@ -292,3 +315,38 @@ def test_a_copy_in_flight_when_the_leader_dies_is_finished_by_another_node(clust
     for b in listed:
         got = out.get_snapshot_block(SnapshotId=copy, BlockIndex=b["BlockIndex"], BlockToken=b["BlockToken"])
         assert got["BlockData"].read() == blocks[b["BlockIndex"]]
+
+
+def test_a_single_node_becomes_node_1_with_its_volumes(tmp_path, s3_endpoint):
+    url = pg_database()
+    config = store_config(tmp_path / "c.toml", s3_endpoint, "single-" + secrets.token_hex(6))
+    node = Node(1, tmp_path, url, config, {})
+    # First alone (no --node-id): a volume whose bytes are in this data dir.
+    env = dict(os.environ, BLOCKSNAP_ROOT_ACCESS_KEY_ID=ROOT_ACCESS_KEY, BLOCKSNAP_ROOT_SECRET_ACCESS_KEY=ROOT_SECRET_KEY)
+    env.pop("BLOCKSNAP_CATALOG", None)
+    cmd = [str(blocksnap_bin()), "serve", "--data-dir", str(node.workdir / "data"), "--catalog", url,
+           "--config", str(config), "--listen", f"{node.host}:{node.port}", "--nbd-listen",
+           f"{node.host}:{node.nbd_port}", "--metrics-listen", "off"]
+    with open(node.workdir / "single.log", "wb") as log:
+        single = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while "blocksnap serving" not in _tail(node.workdir / "single.log"):
+            assert single.poll() is None and time.monotonic() < deadline, _tail(node.workdir / "single.log")
+            time.sleep(0.05)
+        vid = node.client().create_volume(AvailabilityZone=f"{SRC}a", Size=1)["VolumeId"]
+    finally:
+        single.send_signal(signal.SIGTERM)
+        single.wait(timeout=20)
+    # Then as node 1 of a cluster: it adopts the volume, which stays available.
+    try:
+        node.start(wait_for="blocksnap serving")
+        assert "volumes=1" in _tail(node.log_path), _tail(node.log_path)
+        status = node.client().describe_volume_status(VolumeIds=[vid])["VolumeStatuses"][0]["VolumeStatus"]
+        assert status["Status"] == "ok", status
+    finally:
+        node.stop()
+    assert "node=1" in (node.workdir / "data" / "catalog").read_text()
+    # Its dir is node 1's from now on: alone again is refused.
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode != 0 and "is node 1 of a cluster" in r.stderr, r.stderr

@@ -168,9 +168,16 @@ fn bind(dir: &Path, url: &str, cat: &PgCatalog, mode: OpenMode) -> anyhow::Resul
 
 /// Bind `dir` to the cluster's catalog as node `node_id` (called by a node that just won the
 /// election). A new dir joins (the catalog may hold other nodes' rows); a dir that was a single
-/// node's on this catalog becomes this node, and `true` says so: the volumes it holds are this
-/// node's. A dir of another node, or of another catalog, is refused.
-pub fn bind_node(dir: &Path, url: &str, cat: &PgCatalog, node_id: &str) -> anyhow::Result<bool> {
+/// node's on this catalog becomes this node: `adopt` makes that node's volumes this node's first
+/// (durably), then the record says `node=`, so a crash in between adopts again at the next start.
+/// Returns whether it adopted. A dir of another node, or of another catalog, is refused.
+pub fn bind_node(
+    dir: &Path,
+    url: &str,
+    cat: &PgCatalog,
+    node_id: &str,
+    adopt: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<bool> {
     let id = cat.catalog_id();
     let rec = Record { url: url.to_string(), id: id.to_string(), node: Some(node_id.to_string()) };
     match read_record(dir)? {
@@ -185,11 +192,14 @@ pub fn bind_node(dir: &Path, url: &str, cat: &PgCatalog, node_id: &str) -> anyho
             dir.display()
         ),
         Some(r) => {
-            let adopt = r.node.is_none();
-            if adopt || r.url != url {
+            let adopting = r.node.is_none();
+            if adopting {
+                adopt()?;
+            }
+            if adopting || r.url != url {
                 write_record(dir, &rec)?;
             }
-            Ok(adopt)
+            Ok(adopting)
         }
         None => {
             write_record(dir, &rec)?;

@@ -504,11 +504,15 @@ fn serve(
             };
             let pg = won?;
             cluster::spawn_fence(pg.clone())?;
-            if catalog::bind_node(data_dir, url, &pg, &nc.id)? {
-                tracing::info!(node_id = %nc.id, "this data dir was a single node's: its volumes are this node's");
-            }
             let catalog: Arc<dyn blocksnap_catalog::Catalog> = pg.clone();
-            let engine = Arc::new(Engine::open(catalog, cfg, Some(storage))?);
+            let engine =
+                Arc::new(Engine::open(catalog, EngineConfig { node_id: Some(nc.id.clone()), ..cfg }, Some(storage))?);
+            let adopt = || -> anyhow::Result<()> {
+                let n = engine.adopt_unplaced_volumes()?;
+                tracing::info!(node_id = %nc.id, volumes = n, "this data dir was a single node's: its volumes are this node's now");
+                Ok(())
+            };
+            catalog::bind_node(data_dir, url, &pg, &nc.id, adopt)?;
             (engine, Some((node, pg, dispatch, task)))
         }
     };

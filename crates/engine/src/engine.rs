@@ -63,6 +63,9 @@ pub struct EngineConfig {
     pub test_clock: bool,
     /// Where each region's archive tier lives (default: `DATA/archive/<region>`).
     pub archive_stores: HashMap<String, blocksnap_store::ArchiveLocation>,
+    /// This process's node id in a cluster (`None`: a single node). New volumes are placed on it;
+    /// volumes placed on another node are unavailable here (`volumes/placement.rs`).
+    pub node_id: Option<String>,
 }
 
 impl Default for EngineConfig {
@@ -75,6 +78,7 @@ impl Default for EngineConfig {
             ebs_max_inflight: 512,
             test_clock: false,
             archive_stores: HashMap::new(),
+            node_id: None,
         }
     }
 }

@@ -420,6 +420,7 @@ impl Engine {
                     data_key_id: lineage.1,
                     restore: None,
                     last_modification: None,
+                    node: self.config.node_id.clone(),
                 };
                 created.push(vid);
                 recs.push(Rec::Volume(v));

@@ -132,6 +132,10 @@ pub struct Volume {
     /// The latest ModifyVolume, as DescribeVolumesModifications reports it.
     #[serde(default)]
     pub last_modification: Option<crate::volumes::VolumeModification>,
+    /// The cluster node whose data dir holds the bytes (`--node-id`); `None`: the single node's
+    /// (rows written before clustering, or by a server without `--node-id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

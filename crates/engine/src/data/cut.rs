@@ -26,6 +26,7 @@ impl Engine {
         }
         let volume_ids = |snaps: &[Snapshot]| snaps.iter().map(|s| s.volume_id.clone()).collect::<Vec<_>>();
         let ids = volume_ids(&plan(&self.lock())?);
+        self.check_volumes_here(&ids)?;
         let deadline = std::time::Instant::now() + blocksnap_volume::DRAIN_TIMEOUT;
         let _claim = self.jobs.claims.claim(&ids, deadline).ok_or_else(|| {
             EngineError::client(

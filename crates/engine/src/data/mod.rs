@@ -99,14 +99,17 @@ impl Engine {
         let (pending, restoring): (Vec<Snapshot>, Vec<Volume>) = {
             let st = self.lock();
             (
+                // Only this node's volumes: another node's capture logs and files are on its disk,
+                // and its uploads and restores resume when it leads (volumes/placement.rs).
                 st.snapshots
                     .values()
                     .filter(|s| s.state == SnapshotState::Pending && s.source_snapshot.is_none() && s.direct.is_none())
+                    .filter(|s| st.volumes.get(&s.volume_id).is_none_or(|v| self.volume_here(v)))
                     .cloned()
                     .collect(),
                 st.volumes
                     .values()
-                    .filter(|v| v.state == VolumeState::Creating && v.snapshot_id.is_some())
+                    .filter(|v| v.state == VolumeState::Creating && v.snapshot_id.is_some() && self.volume_here(v))
                     .cloned()
                     .collect(),
             )

@@ -57,6 +57,7 @@ impl Engine {
         let mut st = self.lock();
         let v = self.volume_of(&st, ctx, volume_id)?.clone();
         let inst = self.instance_of(&st, ctx, instance_id)?.clone();
+        self.check_volume_here(&v)?;
         if !valid_device(device) {
             return Err(EngineError::invalid_value(format!(
                 "Value ({device}) for parameter device is invalid. {device} is not a valid EBS device name."

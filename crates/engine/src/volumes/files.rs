@@ -39,6 +39,10 @@ impl Engine {
     /// reads as zeros and needs no file, so CreateVolume costs one catalog commit.
     pub(crate) fn live_volume(&self, volume_id: &str, size_gib: u32) -> Result<Arc<blocksnap_volume::Volume>> {
         let s = self.storage.as_ref().ok_or_else(|| EngineError::Internal("no volume store".into()))?;
+        // Never allocate here the bytes of a volume that lives on another node.
+        if let Some(v) = self.lock().volumes.get(volume_id) {
+            self.check_volume_here(v)?;
+        }
         match s.volumes.open_volume(volume_id) {
             Ok(v) => Ok(v),
             Err(blocksnap_volume::Error::NotFound(_)) => {

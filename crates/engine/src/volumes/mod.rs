@@ -8,6 +8,7 @@
 mod attach;
 mod files;
 mod modify;
+mod placement;
 mod rules;
 mod status;
 pub use status::VolumeStatus;
@@ -262,6 +263,7 @@ impl Engine {
             data_key_id,
             restore: None,
             last_modification: None,
+            node: self.config.node_id.clone(),
         };
         recs.push(Rec::Volume(vol.clone()));
         if let Err(e) = self.commit(&mut st, recs) {

@@ -111,6 +111,7 @@ impl Engine {
         // claimed); the file grows without the lock, so a slow disk stalls only this call.
         let plan = |st: &State| -> Result<(Volume, VolumeModification, u32)> {
             let v = self.volume_of(st, ctx, &req.volume_id)?.clone();
+            self.check_volume_here(&v)?;
             if let Some(m) = v.last_modification.as_ref().map(|m| m.at(now_millis()))
                 && m.state != "completed"
             {

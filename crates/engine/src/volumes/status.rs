@@ -1,6 +1,7 @@
 //! DescribeVolumeStatus: what each volume's state says about its health.
 //!
-//! - `error` (a restore that failed): `impaired`, `io-enabled` `failed`.
+//! - `error` (a restore that failed), or placed on a cluster node that does not serve it now
+//!   (`placement.rs`): `impaired`, `io-enabled` `failed`.
 //! - `creating`: `insufficient-data` (no I/O yet).
 //! - otherwise `ok`, `io-enabled` `passed`, `io-performance` `not-applicable` (no provisioned
 //!   performance to fall short of).
@@ -30,9 +31,12 @@ pub struct VolumeStatus {
 }
 
 impl VolumeStatus {
-    fn of(v: &Volume) -> VolumeStatus {
+    fn of(v: &Volume, here: bool) -> VolumeStatus {
         let (status, mut details): (&'static str, Vec<(&'static str, &'static str)>) = match v.state {
             VolumeState::Error => ("impaired", vec![("io-enabled", "failed"), ("io-performance", "not-applicable")]),
+            // On a node that does not serve it now (volumes/placement.rs): no I/O, as an EBS
+            // volume on an impaired server.
+            _ if !here => ("impaired", vec![("io-enabled", "failed"), ("io-performance", "not-applicable")]),
             VolumeState::Creating => {
                 ("insufficient-data", vec![("io-enabled", "insufficient-data"), ("io-performance", "not-applicable")])
             }
@@ -107,7 +111,7 @@ impl Engine {
             .volumes
             .values()
             .filter(|v| v.account == ctx.account && v.region == ctx.region)
-            .map(VolumeStatus::of)
+            .map(|v| VolumeStatus::of(v, self.volume_here(v)))
             .collect();
         drop(st);
         describe::run(q, STATUS_FILTERS, describe::VOLUME_STATUS, items.iter(), |s| &s.volume_id)

@@ -1,0 +1,71 @@
+//! Where a volume's bytes live, with several nodes (ARCHITECTURE.md, "Several nodes").
+//!
+//! v1 places every new volume on the node that leads when it is created (the one running this
+//! engine). A volume placed on another node is *unavailable* here, as an EBS volume is when its
+//! server is impaired: DescribeVolumeStatus says `impaired` (`io-enabled` `failed`), attaching,
+//! snapshotting, resizing and its NBD export are refused with a message naming its node, and its
+//! pending uploads and restores wait for that node to lead again (their state is on its disk). Its
+//! snapshots stay restorable from any node (the stores are shared). Deleting it is allowed: the
+//! row goes, and its node removes the orphan bytes at its next start. Without `--node-id` every
+//! volume is here.
+
+use crate::engine::{Engine, Rec};
+use crate::error::{EngineError, Result};
+use crate::model::Volume;
+
+impl Engine {
+    /// Whether the volume's bytes are on this node.
+    pub(crate) fn volume_here(&self, v: &Volume) -> bool {
+        match &self.config.node_id {
+            None => true,
+            Some(me) => v.node.as_deref() == Some(me.as_str()),
+        }
+    }
+
+    /// Refuse a use of the volume's bytes when they are on another node.
+    pub(crate) fn check_volume_here(&self, v: &Volume) -> Result<()> {
+        if self.volume_here(v) {
+            return Ok(());
+        }
+        let me = self.config.node_id.as_deref().unwrap_or("?");
+        let place = match &v.node {
+            Some(n) => format!("lives on node {n}"),
+            None => "belongs to no node of the cluster (it was made before clustering)".to_string(),
+        };
+        Err(EngineError::client(
+            "IncorrectState",
+            format!(
+                "The volume '{}' {place}, which does not serve it now: volumes are served by the node \
+                 that leads the cluster (node {me}), so it is unavailable until its node leads again. \
+                 Its snapshots can be restored as new volumes from any node.",
+                v.id
+            ),
+        ))
+    }
+
+    /// Refuse when any of these volumes is not here (a missing id is left to the caller).
+    pub(crate) fn check_volumes_here(&self, ids: &[String]) -> Result<()> {
+        let st = self.lock();
+        ids.iter().filter_map(|id| st.volumes.get(id)).try_for_each(|v| self.check_volume_here(v))
+    }
+
+    /// A node whose data dir was a single node's before clustering takes that node's volumes (rows
+    /// without a node): their bytes are in this data dir. Durable before it returns.
+    pub fn adopt_unplaced_volumes(&self) -> Result<usize> {
+        let Some(me) = self.config.node_id.clone() else { return Ok(0) };
+        let mut st = self.lock();
+        let recs: Vec<Rec> = st
+            .volumes
+            .values()
+            .filter(|v| v.node.is_none())
+            .map(|v| Rec::Volume(Volume { node: Some(me.clone()), ..v.clone() }))
+            .collect();
+        let n = recs.len();
+        if n > 0 {
+            self.commit(&mut st, recs)?;
+        }
+        drop(st);
+        self.sync_pending()?;
+        Ok(n)
+    }
+}
