@@ -191,6 +191,18 @@ def test_any_node_answers_and_a_killed_leader_loses_no_acknowledged_call(cluster
                          env=dict(os.environ, AWS_ACCESS_KEY_ID=ROOT_ACCESS_KEY,
                                   AWS_SECRET_ACCESS_KEY=ROOT_SECRET_KEY))
     assert cli.returncode == 0 and vid in cli.stdout, cli.stderr
+    # `admin create-account` on a follower's data dir: the account's key works through any node.
+    out = subprocess.run([str(blocksnap_bin()), "admin", "create-account", "--data-dir", str(n3.workdir / "data")],
+                         capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if k != "BLOCKSNAP_CATALOG"})
+    assert out.returncode == 0, out.stderr
+    keys = dict(l.removeprefix("export ").split("=", 1) for l in out.stdout.splitlines() if l.startswith("export"))
+    other = boto3.client("ec2", endpoint_url=n2.endpoint, region_name=SRC, aws_access_key_id=keys["AWS_ACCESS_KEY_ID"],
+                         aws_secret_access_key=keys["AWS_SECRET_ACCESS_KEY"], config=Config(retries={"max_attempts": 1}))
+    assert other.describe_volumes()["Volumes"] == []  # isolated from the root account's volumes
+    # The JSON protocols too (KMS, Lightsail).
+    assert "Keys" in n2.client("kms").list_keys()
+    assert "disks" in n3.client("lightsail").get_disks()
     # A bad signature is refused by the leader, through the follower.
     bad = boto3.client("ec2", endpoint_url=n3.endpoint, region_name=SRC, aws_access_key_id=ROOT_ACCESS_KEY,
                        aws_secret_access_key="wrong", config=Config(retries={"max_attempts": 1}))

@@ -371,3 +371,40 @@ async fn run_blocking<T: Send + 'static>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(method: Method, uri: &str, headers: &[(&str, &str)]) -> (StatusCode, HeaderMap, String) {
+        let mut h = HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        let uri: Uri = uri.parse().unwrap();
+        let r = unavailable(&method, &uri, &h, "no node leads the cluster now; retry shortly");
+        let status = r.status();
+        let headers = r.headers().clone();
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// A follower without a leader answers 503 in each protocol's own error shape.
+    #[tokio::test]
+    async fn unavailable_speaks_each_protocol() {
+        let (status, _, body) = answer(Method::POST, "/", &[]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("<Code>ServiceUnavailable</Code>") && body.contains("no node leads"), "{body}");
+
+        let (status, _, body) = answer(Method::POST, "/", &[("x-amz-target", "Lightsail_20161128.GetDisks")]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["__type"], "ServiceUnavailable", "{body}");
+
+        let (status, headers, body) = answer(Method::POST, "/snapshots", &[]).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(headers.get("x-amzn-errortype").is_some(), "{headers:?}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert!(v["message"].as_str().is_some_and(|m| m.contains("no node leads")), "{body}");
+    }
+}

@@ -166,6 +166,28 @@ fn bind(dir: &Path, url: &str, cat: &PgCatalog, mode: OpenMode) -> anyhow::Resul
     }
 }
 
+/// Bind a follower's `dir` to the cluster's catalog `catalog_id` as node `node_id`, so `admin`
+/// commands find the catalog. A single node's dir (a record without `node=`) is left as it is: it
+/// becomes this node, adopting its volumes, when it leads ([`bind_node`]).
+pub fn bind_follower(dir: &Path, url: &str, catalog_id: &str, node_id: &str) -> anyhow::Result<()> {
+    match read_record(dir)? {
+        Some(r) if r.id != catalog_id => anyhow::bail!(
+            "the data dir {} belongs to catalog {} but the cluster's database holds catalog {catalog_id}; nothing was changed",
+            dir.display(),
+            r.id
+        ),
+        Some(Record { node: Some(n), .. }) if n != node_id => anyhow::bail!(
+            "the data dir {} is node {n}'s, not node {node_id}'s: give each node its own data dir; nothing was changed",
+            dir.display()
+        ),
+        Some(_) => Ok(()),
+        None => write_record(
+            dir,
+            &Record { url: url.to_string(), id: catalog_id.to_string(), node: Some(node_id.to_string()) },
+        ),
+    }
+}
+
 /// Bind `dir` to the cluster's catalog as node `node_id` (called by a node that just won the
 /// election). A new dir joins (the catalog may hold other nodes' rows); a dir that was a single
 /// node's on this catalog becomes this node: `adopt` makes that node's volumes this node's first

@@ -491,7 +491,7 @@ fn serve(
             tracing::info!(node_id = %nc.id, %listen, advertise_api = %nc.advertise_api, "cluster node up: forwarding API calls to the leader until this node leads");
             let won = runtime.block_on(async {
                 tokio::select! {
-                    r = node.wait_to_lead(url) => Some(r),
+                    r = node.wait_to_lead(url, |id| catalog::bind_follower(data_dir, url, id, &nc.id)) => Some(r),
                     () = stop.wait() => None,
                 }
             });

@@ -173,3 +173,34 @@ fn relay(resp: reqwest::Response) -> Response {
     *out.headers_mut() = headers;
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_end_to_end_headers_are_forwarded() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("host", "node1:4566"),
+            ("authorization", "AWS4-HMAC-SHA256 Credential=AKIA/20261130/us-east-1/ec2/aws4_request"),
+            ("x-amz-date", "20261130T000000Z"),
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "12"),
+            ("te", "trailers"),
+            ("upgrade", "h2c"),
+        ] {
+            h.insert(HeaderName::from_static(k), http::HeaderValue::from_static(v));
+        }
+        let out = end_to_end(&h);
+        let mut names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        names.sort();
+        // Host and the signature stay exactly as the client sent them; the body's length is the
+        // HTTP client's to set.
+        assert_eq!(names, ["authorization", "content-type", "host", "x-amz-date"]);
+        assert_eq!(out["host"], "node1:4566");
+    }
+}

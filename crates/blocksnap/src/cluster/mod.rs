@@ -170,12 +170,25 @@ impl Node {
     /// Follow until this node wins the election; returns the catalog it now owns. Polls every
     /// [`ELECTION_POLL`]: a live leader is published to the forwarder; without one, and with the lock
     /// free, this node tries to take it (without waiting: another candidate may win).
-    pub async fn wait_to_lead(&self, url: &str) -> anyhow::Result<Arc<PgCatalog>> {
+    ///
+    /// `bind` is called once the catalog exists, with its id: the data dir is bound to it as this
+    /// node (so `admin` commands work on a follower's dir, and a dir of another catalog or node is
+    /// refused at once).
+    pub async fn wait_to_lead(
+        &self,
+        url: &str,
+        bind: impl Fn(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<Arc<PgCatalog>> {
         let mut tick = tokio::time::interval(ELECTION_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut announced: Option<String> = None;
+        let mut bound = false;
         loop {
             tick.tick().await;
+            if !bound && let Ok(Some(id)) = self.members.catalog_id().await {
+                bind(&id)?;
+                bound = true;
+            }
             let current = match self.members.leader().await {
                 Ok(Some(l)) if l.node_id == self.config.id => {
                     tracing::error!(node_id = %l.node_id, "another process leads with this node's id: give every node its own --node-id");

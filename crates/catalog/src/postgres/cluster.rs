@@ -120,6 +120,18 @@ impl Membership {
         .await
     }
 
+    /// The catalog's id (`blocksnap_schema`), once the first leader has created the schema.
+    pub async fn catalog_id(&self) -> Result<Option<String>> {
+        self.with(async |c| {
+            let exists: bool = c.query_one("SELECT to_regclass('blocksnap_schema') IS NOT NULL", &[]).await?.get(0);
+            if !exists {
+                return Ok(None);
+            }
+            Ok(Some(c.query_one("SELECT catalog_id FROM blocksnap_schema", &[]).await?.get(0)))
+        })
+        .await
+    }
+
     /// Whether any session holds the owner lock (a leader, or one that is starting).
     pub async fn owner_lock_held(&self) -> Result<bool> {
         let sql = format!("SELECT EXISTS (SELECT 1 FROM pg_locks l WHERE {OWNER_LOCK_ROW})");
