@@ -88,17 +88,17 @@ def add_snapshots(endpoint: str, first: int, n: int) -> None:
         time.sleep(0.5)
 
 
-def store_stats(session: requests.Session, endpoint: str) -> tuple[float, dict]:
+def store_stats(session: requests.Session, endpoint: str,
+                target: str = "BlocksnapStore_20261130.GetStoreStats") -> tuple[float, dict]:
     req = AWSRequest(method="POST", url=endpoint, data=json.dumps({"Regions": [REGION]}).encode(),
-                     headers={"X-Amz-Target": "BlocksnapStore_20261130.GetStoreStats",
-                              "Content-Type": "application/x-amz-json-1.1"})
+                     headers={"X-Amz-Target": target, "Content-Type": "application/x-amz-json-1.1"})
     botocore.auth.SigV4Auth(Credentials(AKID, SECRET), "blocksnap", REGION).add_auth(req)
     p = req.prepare()
     t = time.perf_counter()
     r = session.post(p.url, headers=dict(p.headers), data=p.body, timeout=120)
     ms = (time.perf_counter() - t) * 1000
     r.raise_for_status()
-    return ms, r.json()["Regions"][0]
+    return ms, r.json().get("Regions", [{}])[0]
 
 
 def main() -> None:
@@ -124,9 +124,14 @@ def main() -> None:
                 for _ in range(args.runs):
                     ms, last = store_stats(session, endpoint)
                     times.append(ms)
+                # The same path (HTTP, SigV4, a blocking thread) with a call that touches no snapshot.
+                floor = statistics.median(
+                    store_stats(session, endpoint, "BlocksnapNbd_20261129.ListNbdCredentials")[0]
+                    for _ in range(args.runs))
                 results[n] = statistics.median(times)
                 print(f"{n:>6} snapshots (seeded in {time.monotonic() - t:.0f} s): GetStoreStats median "
                       f"{results[n]:.1f} ms over {args.runs} calls (min {min(times):.1f}, max {max(times):.1f}); "
+                      f"ListNbdCredentials (no snapshot work) {floor:.1f} ms; "
                       f"Manifests {last.get('Manifests')}, Chunks {last.get('Chunks')}")
         finally:
             os.killpg(proc.pid, signal.SIGTERM)

@@ -90,6 +90,8 @@ pub(crate) struct State {
     pub volumes: BTreeMap<String, Volume>,
     pub instances: BTreeMap<String, Instance>,
     pub snapshots: BTreeMap<String, Snapshot>,
+    /// Snapshots and their bytes added per account and region, kept with `snapshots` (GetStoreStats).
+    pub snapshot_tally: crate::data::SnapshotTally,
     pub kms_keys: BTreeMap<String, KmsKey>,
     /// Keyed by `account/region`.
     pub settings: HashMap<String, RegionSettings>,
@@ -232,7 +234,10 @@ impl Engine {
             st.instances.insert(i.id.clone(), i);
         }
         for (_, s) in load::<Snapshot>(&*catalog, KIND_SNAPSHOT)? {
-            st.snapshots.insert(s.id.clone(), s);
+            st.snapshot_tally.add(&s);
+            if let Some(old) = st.snapshots.insert(s.id.clone(), s) {
+                st.snapshot_tally.remove(&old);
+            }
         }
         for (_, k) in load::<KmsKey>(&*catalog, KIND_KMS_KEY)? {
             st.kms_keys.insert(k.key_id.clone(), k);
@@ -356,10 +361,15 @@ impl Engine {
                     st.instances.insert(i.id.clone(), i);
                 }
                 Rec::Snapshot(s) => {
-                    st.snapshots.insert(s.id.clone(), s);
+                    st.snapshot_tally.add(&s);
+                    if let Some(old) = st.snapshots.insert(s.id.clone(), s) {
+                        st.snapshot_tally.remove(&old);
+                    }
                 }
                 Rec::DeleteSnapshot(id) => {
-                    st.snapshots.remove(&id);
+                    if let Some(old) = st.snapshots.remove(&id) {
+                        st.snapshot_tally.remove(&old);
+                    }
                 }
                 Rec::KmsKey(k) => {
                     st.kms_keys.insert(k.key_id.clone(), k);

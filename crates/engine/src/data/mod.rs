@@ -21,6 +21,7 @@ mod verify;
 pub use reader::SnapshotReader;
 pub use stats::StoreStats;
 pub use totals::{Figures, HISTORY_LEN, Sample};
+pub(crate) use usage::SnapshotTally;
 pub use usage::{GcStatus, RegionUsage, StoreUsage, UsageScope};
 
 use std::collections::{HashMap, HashSet};

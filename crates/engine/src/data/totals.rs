@@ -308,8 +308,13 @@ impl Engine {
     /// Regions whose store this process has opened or whose local store exists, or that hold
     /// snapshots: those `GetStoreStats` reports on and start-up counts.
     pub(crate) async fn used_regions(&self) -> Vec<String> {
+        let with_snapshots = self.lock().snapshot_tally.regions();
+        self.used_regions_of(&with_snapshots).await
+    }
+
+    /// [`Engine::used_regions`] given the regions that hold snapshots.
+    pub(crate) async fn used_regions_of(&self, with_snapshots: &HashSet<String>) -> Vec<String> {
         let opened: Vec<String> = self.jobs.stores.lock().await.keys().cloned().collect();
-        let with_snapshots: HashSet<String> = self.lock().snapshots.values().map(|s| s.region.clone()).collect();
         self.config
             .regions
             .iter()
