@@ -139,7 +139,14 @@ async fn handle(
         None => {}
     }
     if let Some(target) = target {
-        return handle_json(&st, caller, &target, body, request_id).await;
+        // The host the caller reached us at (signed with the request): where the NBD endpoint API
+        // points when the NBD listener is on every address and nothing is advertised.
+        let reached_at = headers
+            .get(axum::http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or(uri.authority().map(|a| a.as_str()))
+            .and_then(nbd::host_of);
+        return handle_json(&st, caller, &target, body, request_id, reached_at).await;
     }
     if caller.service != "ec2" {
         let e = EngineError::client(
@@ -281,6 +288,7 @@ async fn handle_json(
     target: &str,
     body: Bytes,
     request_id: String,
+    reached_at: Option<String>,
 ) -> Response {
     let parsed = match json::Body::parse(&body) {
         Ok(b) => b,
@@ -308,7 +316,7 @@ async fn handle_json(
         }
         nbd::TARGET => {
             run_blocking(move || {
-                let r = nbd::dispatch(&engine, &caller.ctx, &op, &parsed);
+                let r = nbd::dispatch(&engine, &caller.ctx, &op, &parsed, reached_at.as_deref());
                 engine.sync_pending().and(r)
             })
             .await

@@ -35,6 +35,8 @@ pub struct Config {
     /// without a bucket live here instead of under the data dir. A cluster refuses local stores
     /// unless this says they are shared.
     pub shared_dir: Option<std::path::PathBuf>,
+    /// Where clients reach the NBD listener, `HOST[:PORT]` (`--nbd-advertise` wins).
+    pub nbd_advertise: Option<String>,
 }
 
 /// A node id as the file writes it: `node_id = 2` or `node_id = "east-1"`.

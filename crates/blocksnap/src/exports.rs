@@ -13,6 +13,69 @@ use blocksnap_engine::{Engine, ExportHooks};
 use blocksnap_nbd::tls::TlsConfig;
 use blocksnap_nbd::{BlockDevice, Client, Export, ExportResolver, Extent, NbdServer, ServerConfig};
 
+/// Where clients are told to reach the NBD listener (`--nbd-advertise HOST[:PORT]`, else the
+/// address it listens on; `bound` is the listener's actual address, so port 0 works). When it
+/// listens on every address (0.0.0.0, ::) and nothing is advertised, the API answers the host each
+/// caller reached it at (the same machine), and start-up says so: a client behind a proxy or NAT
+/// needs `--nbd-advertise`.
+pub fn advertise(
+    flag: Option<&str>,
+    bound: SocketAddr,
+    insecure_plaintext: bool,
+) -> anyhow::Result<blocksnap_engine::NbdAdvertise> {
+    use blocksnap_engine::{NbdAdvertise, NbdHost};
+    let listen_host = bound.ip().to_string();
+    let (host, port) = match flag.map(str::trim).filter(|f| !f.is_empty()) {
+        Some(f) => {
+            let (h, p) = parse_host_port(f)?;
+            (NbdHost::Fixed(h), p.unwrap_or(bound.port()))
+        }
+        None if bound.ip().is_unspecified() => {
+            tracing::warn!(
+                nbd_listen = %bound,
+                "NBD listens on every address and --nbd-advertise is not set: the NBD endpoint APIs answer the host name each client reached the HTTP API at; set --nbd-advertise HOST:PORT if clients reach NBD another way (a proxy, NAT, another name)"
+            );
+            (NbdHost::AsReached, bound.port())
+        }
+        None => (NbdHost::Fixed(listen_host.clone()), bound.port()),
+    };
+    Ok(NbdAdvertise { host, port, tls: !insecure_plaintext, listen_host })
+}
+
+/// `host`, `host:port`, `[v6]`, `[v6]:port` or a bare IPv6 address.
+fn parse_host_port(s: &str) -> anyhow::Result<(String, Option<u16>)> {
+    let bad = || anyhow::anyhow!("--nbd-advertise {s:?}: expected HOST or HOST:PORT (an IPv6 address in brackets)");
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, after) = rest.split_once(']').ok_or_else(bad)?;
+        match after {
+            "" => (h, None),
+            p => (h, Some(p.strip_prefix(':').ok_or_else(bad)?)),
+        }
+    } else if s.parse::<std::net::Ipv6Addr>().is_ok() {
+        (s, None)
+    } else {
+        match s.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (s, None),
+        }
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'))
+        && (!host.contains(':') || host.parse::<std::net::Ipv6Addr>().is_ok());
+    if !host_ok {
+        return Err(bad());
+    }
+    let port = match port {
+        None => None,
+        Some(p) => Some(p.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad)?),
+    };
+    if host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified()) {
+        anyhow::bail!("--nbd-advertise {s:?}: clients cannot connect to an unspecified address; name this host");
+    }
+    Ok((host.to_ascii_lowercase(), port))
+}
+
 /// Refuses what must not start: plaintext NBD beyond loopback.
 pub fn check_listen(addr: SocketAddr, insecure_plaintext: bool) -> anyhow::Result<()> {
     if insecure_plaintext && !addr.ip().is_loopback() {
@@ -165,5 +228,28 @@ impl BlockDevice for SnapshotDevice {
             .into_iter()
             .map(|(len, data)| Extent { len, hole: !data, zero: !data })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blocksnap_engine::NbdHost;
+
+    #[test]
+    fn advertised_addresses() {
+        let bound: SocketAddr = "0.0.0.0:10809".parse().unwrap_or_else(|_| unreachable!());
+        let a = advertise(Some("nbd.example.org:10900"), bound, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((a.host, a.port, a.tls), (NbdHost::Fixed("nbd.example.org".into()), 10900, true));
+        let a = advertise(Some("[fe80::1]"), bound, true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((a.host, a.port, a.tls), (NbdHost::Fixed("fe80::1".into()), 10809, false));
+        assert_eq!(advertise(Some("::1"), bound, false).map(|a| a.host).ok(), Some(NbdHost::Fixed("::1".into())));
+        assert_eq!(advertise(None, bound, false).map(|a| a.host).ok(), Some(NbdHost::AsReached));
+        let specific: SocketAddr = "10.1.2.3:999".parse().unwrap_or_else(|_| unreachable!());
+        let a = advertise(None, specific, false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((a.host, a.port), (NbdHost::Fixed("10.1.2.3".into()), 999));
+        for bad in ["host:0", "host:x", "a b", "[::1", "[::1]x", "0.0.0.0:1", "h/x", "fe80::1:zz"] {
+            assert!(advertise(Some(bad), bound, false).is_err(), "{bad}");
+        }
     }
 }

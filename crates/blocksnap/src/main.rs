@@ -59,6 +59,12 @@ enum Command {
         /// NBD address for volume and snapshot exports.
         #[arg(long, env = "BLOCKSNAP_NBD_LISTEN", default_value = "127.0.0.1:10809")]
         nbd_listen: SocketAddr,
+        /// Where clients reach the NBD listener, `HOST[:PORT]` (port default: --nbd-listen's): what
+        /// the API tells them (DescribeNbdEndpoints, nbd-credentials). Default: --nbd-listen's
+        /// address; when that is every address (0.0.0.0, ::), the host each client reached the
+        /// HTTP API at. Set it behind a proxy or NAT, or when clients use another name.
+        #[arg(long, env = "BLOCKSNAP_NBD_ADVERTISE", value_name = "HOST:PORT")]
+        nbd_advertise: Option<String>,
         /// Development only: serve NBD without TLS and without authentication (every local
         /// client may open every export). Refused unless --nbd-listen is a loopback address.
         #[arg(long, env = "BLOCKSNAP_NBD_INSECURE_PLAINTEXT")]
@@ -177,6 +183,7 @@ fn main() -> anyhow::Result<()> {
             tls_cert,
             tls_key,
             nbd_listen,
+            nbd_advertise,
             nbd_insecure_plaintext,
             config,
             metrics_listen,
@@ -184,7 +191,7 @@ fn main() -> anyhow::Result<()> {
         } => serve(
             &data,
             (listen, tls_cert.zip(tls_key)),
-            (nbd_listen, nbd_insecure_plaintext),
+            (nbd_listen, nbd_advertise, nbd_insecure_plaintext),
             metrics_listen.unwrap_or(telemetry::MetricsListen::Default),
             config.as_deref(),
             node_id,
@@ -369,7 +376,7 @@ fn save_credentials(data_dir: &Path, text: &str) -> anyhow::Result<()> {
 fn serve(
     data: &DataDir,
     (listen, http_tls): (SocketAddr, Option<(PathBuf, PathBuf)>),
-    (nbd_listen, nbd_insecure_plaintext): (SocketAddr, bool),
+    (nbd_listen, nbd_advertise, nbd_insecure_plaintext): (SocketAddr, Option<String>, bool),
     metrics_listen: telemetry::MetricsListen,
     config: Option<&Path>,
     node_id: Option<String>,
@@ -421,6 +428,11 @@ fn serve(
     };
     let http_listener = bind(listen, "HTTP")?;
     let nbd_listener = bind(nbd_listen, "NBD")?;
+    cfg.nbd = exports::advertise(
+        nbd_advertise.as_deref().or(file_cfg.nbd_advertise.as_deref()),
+        nbd_listener.local_addr()?,
+        nbd_insecure_plaintext,
+    )?;
     let metrics_listener = telemetry::bind(metrics_listen)?;
     if !listen.ip().is_loopback() && http_tls.is_none() {
         tracing::warn!(%listen, "the HTTP API listens beyond loopback without TLS: SigV4 authenticates requests but does not hide them (bodies, volume ids, KMS plaintexts); use --tls-cert/--tls-key or a TLS-terminating proxy");

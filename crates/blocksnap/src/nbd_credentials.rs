@@ -55,12 +55,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let (identity, key, account) = (field("Identity")?, field("Key")?, field("AccountId")?);
     write_psk(&args.out, &identity, &key)?;
     let psk = args.out.join("keys.psk");
+    // Where the server's NBD listener is reached (older servers do not say: placeholders).
+    let ep = &c["Endpoint"];
+    let host = ep["Host"].as_str().unwrap_or("HOST").to_string();
+    let port = ep["Port"].as_u64().map_or("10809".to_string(), |p| p.to_string());
+    let uri_host = if host.contains(':') { format!("[{host}]") } else { host.clone() };
     println!("# NBD credential {identity} of account {account}, key saved in {}", psk.display());
+    println!(
+        "# NBD endpoint: {uri_host}:{port} (TLS-PSK); `blocksnap` exports: vol-… while attached, snap-… completed"
+    );
     println!("# qemu:   --object tls-creds-psk,id=tls0,endpoint=client,dir={},username={identity}", args.out.display());
-    println!("#         --image-opts driver=nbd,host=HOST,port=10809,export=vol-…,tls-creds=tls0");
-    println!("# libnbd: nbds://{identity}@HOST:10809/vol-…?tls-psk-file={}", psk.display());
+    println!("#         --image-opts driver=nbd,host={host},port={port},export=vol-…,tls-creds=tls0");
+    println!("# libnbd: nbds://{identity}@{uri_host}:{port}/vol-…?tls-psk-file={}", psk.display());
     println!("NBD_TLS_USERNAME={identity}");
     println!("NBD_TLS_PSK_FILE={}", psk.display());
+    println!("NBD_HOST={host}");
+    println!("NBD_PORT={port}");
     Ok(())
 }
 

@@ -5,6 +5,12 @@
 //! handshake), the 256-bit key never leaves the catalog except in the answer to the authenticated
 //! call that creates it, and never appears in logs. Revoking (delete, rotate) tells the NBD front
 //! end through [`crate::ExportHooks::credentials_revoked`], which ends live connections.
+//!
+//! Where exports are served: [`Engine::nbd_export_endpoint`] is the one place that answers it
+//! (CreateNbdCredential, RotateNbdCredentials and DescribeNbdEndpoints go through it). One node
+//! serves every export at its advertised endpoint ([`NbdAdvertise`], from `--nbd-advertise` or
+//! `--nbd-listen`); with several nodes (issue 14) it answers the endpoint of the node that holds
+//! the volume or snapshot.
 
 use std::fmt;
 
@@ -39,6 +45,78 @@ impl fmt::Debug for NbdCredential {
             .field("created", &self.created)
             .finish_non_exhaustive()
     }
+}
+
+/// The host this node's NBD listener is advertised under.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NbdHost {
+    /// A host name or address (`--nbd-advertise`, or the specific address of `--nbd-listen`).
+    Fixed(String),
+    /// The listener is on every address (0.0.0.0 or ::) and no `--nbd-advertise` was given: the
+    /// host the caller reached the HTTP API at, which is this same machine.
+    AsReached,
+}
+
+/// Where this node's NBD listener is reached, as configured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdAdvertise {
+    pub host: NbdHost,
+    pub port: u16,
+    /// TLS-PSK (false only with `--nbd-insecure-plaintext`).
+    pub tls: bool,
+    /// The listening address, answered for [`NbdHost::AsReached`] when the caller gave no host.
+    pub listen_host: String,
+}
+
+impl Default for NbdAdvertise {
+    fn default() -> Self {
+        NbdAdvertise {
+            host: NbdHost::Fixed("127.0.0.1".into()),
+            port: 10809,
+            tls: true,
+            listen_host: "127.0.0.1".into(),
+        }
+    }
+}
+
+/// Where an NBD client connects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdEndpoint {
+    /// A host name, an IPv4 address or an IPv6 address (without brackets).
+    pub host: String,
+    pub port: u16,
+    pub tls: bool,
+}
+
+/// DescribeNbdEndpoints: the exports of these volumes and snapshots (none named: the caller's
+/// attached volumes, what `NBD_OPT_LIST` shows it).
+#[derive(Debug, Clone, Default)]
+pub struct DescribeNbdEndpoints {
+    pub volume_ids: Vec<String>,
+    pub snapshot_ids: Vec<String>,
+    /// The host the caller reached the API at (see [`NbdHost::AsReached`]).
+    pub reached_at: Option<String>,
+}
+
+/// Ids one DescribeNbdEndpoints call may name.
+pub const MAX_NBD_ENDPOINT_IDS: usize = 1000;
+
+/// Whether an export is a volume's or a snapshot's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportKind {
+    Volume,
+    Snapshot,
+}
+
+/// One export and where it is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NbdExportInfo {
+    /// The NBD export name (the volume or snapshot id).
+    pub export: String,
+    pub kind: ExportKind,
+    pub endpoint: NbdEndpoint,
+    /// Why the export cannot be opened now (`None`: it can).
+    pub unavailable: Option<String>,
 }
 
 /// A credential as listed (no key).
@@ -195,6 +273,90 @@ impl Engine {
             .filter(|v| !v.attachments.is_empty() && owns(account, &v.account))
             .map(|v| v.id.clone())
             .collect()
+    }
+
+    /// This node's NBD endpoint (what a new credential is used against). `reached_at`: the host
+    /// the caller reached the API at.
+    pub fn nbd_endpoint(&self, reached_at: Option<&str>) -> NbdEndpoint {
+        let a = &self.config.nbd;
+        let host = match &a.host {
+            NbdHost::Fixed(h) => h.clone(),
+            NbdHost::AsReached => reached_at.filter(|h| !h.is_empty()).unwrap_or(&a.listen_host).to_string(),
+        };
+        NbdEndpoint { host, port: a.port, tls: a.tls }
+    }
+
+    /// Where the export of a volume or snapshot (`vol-…`/`snap-…`) is served: the one place that
+    /// decides it. One node serves every export; with several nodes this answers the endpoint of
+    /// the node holding the volume or snapshot.
+    pub fn nbd_export_endpoint(&self, _export: &str, reached_at: Option<&str>) -> NbdEndpoint {
+        self.nbd_endpoint(reached_at)
+    }
+
+    /// DescribeNbdEndpoints: where each named volume's and snapshot's export is served and whether
+    /// it can be opened now. An id the caller may not open (unknown, another account's, a snapshot
+    /// not shared with it) is `ResourceNotFoundException`, as elsewhere in this API.
+    pub fn describe_nbd_endpoints(&self, ctx: &Ctx, req: &DescribeNbdEndpoints) -> Result<Vec<NbdExportInfo>> {
+        if req.volume_ids.len() + req.snapshot_ids.len() > MAX_NBD_ENDPOINT_IDS {
+            return Err(EngineError::client(
+                "ValidationException",
+                format!("At most {MAX_NBD_ENDPOINT_IDS} VolumeIds and SnapshotIds may be given in one call."),
+            ));
+        }
+        let not_found = |what: &str, id: &str| {
+            EngineError::client("ResourceNotFoundException", format!("The {what} '{id}' does not exist."))
+        };
+        let mut out: Vec<(String, ExportKind, Option<String>)> = Vec::new();
+        {
+            let st = self.lock();
+            let volumes: Vec<String> = if req.volume_ids.is_empty() && req.snapshot_ids.is_empty() {
+                st.volumes
+                    .values()
+                    .filter(|v| !v.attachments.is_empty() && owns(&ctx.account, &v.account))
+                    .map(|v| v.id.clone())
+                    .collect()
+            } else {
+                req.volume_ids.clone()
+            };
+            for id in &volumes {
+                let v = st
+                    .volumes
+                    .get(id)
+                    .filter(|v| owns(&ctx.account, &v.account))
+                    .ok_or_else(|| not_found("volume", id))?;
+                let why = v.attachments.is_empty().then(|| {
+                    "The volume is not attached: its export is served while it is attached to an instance.".to_string()
+                });
+                out.push((id.clone(), ExportKind::Volume, why));
+            }
+            for id in &req.snapshot_ids {
+                let s = st
+                    .snapshots
+                    .get(id)
+                    .filter(|s| {
+                        owns(&ctx.account, &s.account)
+                            || s.create_volume_permissions.iter().any(|p| p == &ctx.account || p == "all")
+                    })
+                    .ok_or_else(|| not_found("snapshot", id))?;
+                let why = if s.state != SnapshotState::Completed {
+                    Some(format!("The snapshot is {}: its export is served once it is completed.", s.state.as_str()))
+                } else if !crate::archive::in_standard_tier(s) {
+                    Some("The snapshot is archived: restore it from the archive tier to read it.".to_string())
+                } else {
+                    None
+                };
+                out.push((id.clone(), ExportKind::Snapshot, why));
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(export, kind, unavailable)| NbdExportInfo {
+                endpoint: self.nbd_export_endpoint(&export, req.reached_at.as_deref()),
+                export,
+                kind,
+                unavailable,
+            })
+            .collect())
     }
 
     pub(crate) fn revoke_identities(&self, identities: &[String]) {

@@ -66,6 +66,8 @@ pub struct EngineConfig {
     /// This process's node id in a cluster (`None`: a single node). New volumes are placed on it;
     /// volumes placed on another node are unavailable here (`volumes/placement.rs`).
     pub node_id: Option<String>,
+    /// Where this node's NBD listener is reached (`--nbd-advertise`, else `--nbd-listen`).
+    pub nbd: crate::credentials::NbdAdvertise,
 }
 
 impl Default for EngineConfig {
@@ -79,6 +81,7 @@ impl Default for EngineConfig {
             test_clock: false,
             archive_stores: HashMap::new(),
             node_id: None,
+            nbd: Default::default(),
         }
     }
 }

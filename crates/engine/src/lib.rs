@@ -34,7 +34,10 @@ mod volumes;
 
 pub use accounts::DeletedAccount;
 pub use copy::{COPY_VOLUME_ID, CopySnapshot, MAX_CONCURRENT_COPIES};
-pub use credentials::{MAX_NBD_CREDENTIALS, NbdCredential, NbdCredentialInfo};
+pub use credentials::{
+    DescribeNbdEndpoints, ExportKind, MAX_NBD_CREDENTIALS, MAX_NBD_ENDPOINT_IDS, NbdAdvertise, NbdCredential,
+    NbdCredentialInfo, NbdEndpoint, NbdExportInfo, NbdHost,
+};
 pub use data::{
     Figures, GcStatus, HISTORY_LEN, RegionUsage, Sample, SnapshotReader, StoreStats, StoreUsage, UsageScope,
 };

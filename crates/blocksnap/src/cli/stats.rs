@@ -1,6 +1,8 @@
 //! `blocksnap stats`: GetStoreStats per region. The root account sees the whole store (logical
 //! and stored bytes, the dedup+compression ratio, chunks, the last GC); any other account its own
-//! share (its snapshots and the bytes they added).
+//! share (its snapshots and the bytes they added). The store figures are the server's running
+//! totals, last counted from a listing at COUNTED (start-up or the last GC) and kept current since;
+//! `--output json` also carries their `History` (samples since the server started).
 
 use serde_json::{Value, json};
 
@@ -38,7 +40,7 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
         }
         let mut out = String::new();
         if store {
-            out.push_str("REGION\tSNAPSHOTS\tLOGICAL\tSTORED\tRATIO\tCHUNKS\tLAST GC\n");
+            out.push_str("REGION\tSNAPSHOTS\tLOGICAL\tSTORED\tRATIO\tCHUNKS\tCOUNTED\tLAST GC\n");
             for r in regions {
                 let gc = match r.get("Gc") {
                     Some(g) => format!(
@@ -52,14 +54,24 @@ pub async fn run(a: Args) -> anyhow::Result<i32> {
                     ),
                     None => "not run yet".to_string(),
                 };
+                // A region whose first count after the server's start is still running has no figures.
+                if r["Counting"] == true {
+                    out.push_str(&format!(
+                        "{}\t{}\t-\t-\t-\t-\tcounting…\t{gc}\n",
+                        r["Region"].as_str().unwrap_or(""),
+                        n(r, "Snapshots")
+                    ));
+                    continue;
+                }
                 out.push_str(&format!(
-                    "{}\t{}\t{}\t{}\t{:.2}x\t{}\t{gc}\n",
+                    "{}\t{}\t{}\t{}\t{:.2}x\t{}\t{}\t{gc}\n",
                     r["Region"].as_str().unwrap_or(""),
                     n(r, "Snapshots"),
                     human_bytes(n(r, "LogicalBytes")),
                     human_bytes(n(r, "StoredBytes")),
                     r["ReductionRatio"].as_f64().unwrap_or(1.0),
                     n(r, "Chunks"),
+                    format_epoch(r["AsOf"].as_f64().unwrap_or(0.0)),
                 ));
             }
         } else {
