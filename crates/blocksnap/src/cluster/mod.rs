@@ -22,9 +22,12 @@ use tokio::sync::watch;
 pub const HEARTBEAT: Duration = Duration::from_secs(1);
 /// How often a follower looks for a leader (and tries to become one when there is none).
 pub const ELECTION_POLL: Duration = Duration::from_millis(250);
-/// How often the leader proves its session still holds the leadership, and the bound on each proof.
+/// How often the leader proves its session still holds the leadership, and the bound on each proof:
+/// shorter than the server's detection of a lost leader (TCP keepalives: 5 s idle + 3 × 2 s), so a
+/// leader cut off from the server stops before a follower can take over, yet long enough that a
+/// busy server does not fence a healthy leader.
 const FENCE_POLL: Duration = Duration::from_millis(250);
-const FENCE_BOUND: Duration = Duration::from_secs(2);
+const FENCE_BOUND: Duration = Duration::from_secs(5);
 /// The exit status of a leader that lost its leadership (a supervisor restarts it as a follower).
 pub const EXIT_FENCED: i32 = 3;
 
