@@ -23,8 +23,9 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from conftest import (IS_MOTO, ROOT_ACCESS_KEY, ROOT_SECRET_KEY, _tail, blocksnap_bin, free_port, pg_database,
-                      wait_port)
+from conftest import (IS_MOTO, ROOT_ACCESS_KEY, ROOT_SECRET_KEY, Creds, _tail, blocksnap_bin, free_port,
+                      pg_database, wait_port)
+from test_nbd_security import nbd_api
 
 pytestmark = pytest.mark.skipif(IS_MOTO, reason="blocksnap's own clustering")
 
@@ -60,6 +61,7 @@ class Node:
         self.url, self.config, self.env = url, config, env
         self.proc: subprocess.Popen | None = None
         self.starts = 0
+        self.creds, self.region = Creds(ROOT_ACCESS_KEY, ROOT_SECRET_KEY), SRC
 
     @property
     def endpoint(self) -> str:
@@ -285,6 +287,12 @@ def test_any_node_answers_and_a_killed_leader_loses_no_acknowledged_call(cluster
     assert status["Status"] == "ok", status
     ec2.get_waiter("volume_available").wait(VolumeIds=[here], WaiterConfig={"Delay": 0.2, "MaxAttempts": 50})
     ec2.attach_volume(VolumeId=here, InstanceId=inst, Device="/dev/sdf")
+    # DescribeNbdEndpoints names each volume's node and why node 1's cannot be opened now.
+    status, doc = nbd_api(n1, "DescribeNbdEndpoints", {"VolumeIds": [vid, here]})
+    assert status == 200, doc
+    far, near = doc["Exports"]
+    assert far["Node"] == "1" and far["Available"] is False and "lives on node 1" in far["Reason"], far
+    assert near["Node"] == str(new.n) and near["Available"] is True, near
     # Deleting an unavailable volume is allowed (its node drops the orphan bytes when it next starts).
     ec2.delete_volume(VolumeId=acked[0])
 

@@ -8,7 +8,8 @@
 //!   `Endpoint` = `{Host, Port, Tls}` is where this server's NBD listener is reached.
 //! - DescribeNbdEndpoints `{VolumeIds?, SnapshotIds?}` (none: the caller's attached volumes):
 //!   `{Exports: [{ExportName, VolumeId | SnapshotId, Endpoint: {Host, Port, Tls}, Uri,
-//!   Available, Reason?}]}`, in the order asked (volumes first). `Uri` is `nbds://host:port/name`
+//!   Available, Reason?, Node?}]}`, in the order asked (volumes first); `Node` (several nodes
+//!   only) is the node holding the volume or serving the snapshot. `Uri` is `nbds://host:port/name`
 //!   (TLS-PSK: add the identity and `tls-psk-file`) or `nbd://host:port/name` (plaintext
 //!   development mode); an IPv6 host is bracketed. An id the caller may not open is
 //!   `ResourceNotFoundException`.
@@ -66,6 +67,10 @@ fn export_info(x: &NbdExportInfo) -> Value {
     o.insert("Available".into(), json!(x.unavailable.is_none()));
     if let Some(why) = &x.unavailable {
         o.insert("Reason".into(), json!(why));
+    }
+    // Several nodes: which node holds the volume (serves the snapshot).
+    if let Some(node) = &x.node {
+        o.insert("Node".into(), json!(node));
     }
     Value::Object(o)
 }

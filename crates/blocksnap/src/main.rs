@@ -397,7 +397,7 @@ fn serve(
     if let Some(r) = &file_cfg.regions {
         cfg.regions = r.clone();
     }
-    let node_cfg =
+    let mut node_cfg =
         cluster::NodeConfig::resolve(node_id, &file_cfg, (listen, http_tls.is_some()), nbd_listen, data_dir)?;
     if node_cfg.is_some() {
         cluster::check_shared_storage(&file_cfg, &cfg.regions)?;
@@ -433,6 +433,15 @@ fn serve(
         nbd_listener.local_addr()?,
         nbd_insecure_plaintext,
     )?;
+    if let Some(nc) = &mut node_cfg {
+        // The node table records where this node's NBD listener is reached.
+        let host = match &cfg.nbd.host {
+            blocksnap_engine::NbdHost::Fixed(h) => h.clone(),
+            blocksnap_engine::NbdHost::AsReached => cfg.nbd.listen_host.clone(),
+        };
+        nc.nbd =
+            if host.contains(':') { format!("[{host}]:{}", cfg.nbd.port) } else { format!("{host}:{}", cfg.nbd.port) };
+    }
     let metrics_listener = telemetry::bind(metrics_listen)?;
     if !listen.ip().is_loopback() && http_tls.is_none() {
         tracing::warn!(%listen, "the HTTP API listens beyond loopback without TLS: SigV4 authenticates requests but does not hide them (bodies, volume ids, KMS plaintexts); use --tls-cert/--tls-key or a TLS-terminating proxy");

@@ -117,6 +117,8 @@ pub struct NbdExportInfo {
     pub endpoint: NbdEndpoint,
     /// Why the export cannot be opened now (`None`: it can).
     pub unavailable: Option<String>,
+    /// With several nodes: the node holding the volume (or serving the snapshot: the leader).
+    pub node: Option<String>,
 }
 
 /// A credential as listed (no key).
@@ -287,8 +289,11 @@ impl Engine {
     }
 
     /// Where the export of a volume or snapshot (`vol-…`/`snap-…`) is served: the one place that
-    /// decides it. One node serves every export; with several nodes this answers the endpoint of
-    /// the node holding the volume or snapshot.
+    /// decides it. One node serves every export. With several nodes (v1, `volumes/placement.rs`)
+    /// the leader runs this engine and serves every export it can: snapshots (shared stores) and
+    /// the volumes placed on it; a volume placed on another node is unavailable until that node
+    /// leads, which [`Engine::describe_nbd_endpoints`] says. Serving volumes on their own nodes
+    /// (each node's advertised endpoint, from the `node` table) is the next step.
     pub fn nbd_export_endpoint(&self, _export: &str, reached_at: Option<&str>) -> NbdEndpoint {
         self.nbd_endpoint(reached_at)
     }
@@ -306,7 +311,7 @@ impl Engine {
         let not_found = |what: &str, id: &str| {
             EngineError::client("ResourceNotFoundException", format!("The {what} '{id}' does not exist."))
         };
-        let mut out: Vec<(String, ExportKind, Option<String>)> = Vec::new();
+        let mut out: Vec<(String, ExportKind, Option<String>, Option<String>)> = Vec::new();
         {
             let st = self.lock();
             let volumes: Vec<String> = if req.volume_ids.is_empty() && req.snapshot_ids.is_empty() {
@@ -324,10 +329,15 @@ impl Engine {
                     .get(id)
                     .filter(|v| owns(&ctx.account, &v.account))
                     .ok_or_else(|| not_found("volume", id))?;
-                let why = v.attachments.is_empty().then(|| {
-                    "The volume is not attached: its export is served while it is attached to an instance.".to_string()
-                });
-                out.push((id.clone(), ExportKind::Volume, why));
+                let why = match self.check_volume_here(v) {
+                    Err(e) => Some(e.message()),
+                    Ok(()) => v.attachments.is_empty().then(|| {
+                        "The volume is not attached: its export is served while it is attached to an instance."
+                            .to_string()
+                    }),
+                };
+                let node = v.node.clone().or_else(|| self.config.node_id.clone());
+                out.push((id.clone(), ExportKind::Volume, why, node));
             }
             for id in &req.snapshot_ids {
                 let s = st
@@ -345,16 +355,17 @@ impl Engine {
                 } else {
                     None
                 };
-                out.push((id.clone(), ExportKind::Snapshot, why));
+                out.push((id.clone(), ExportKind::Snapshot, why, self.config.node_id.clone()));
             }
         }
         Ok(out
             .into_iter()
-            .map(|(export, kind, unavailable)| NbdExportInfo {
+            .map(|(export, kind, unavailable, node)| NbdExportInfo {
                 endpoint: self.nbd_export_endpoint(&export, req.reached_at.as_deref()),
                 export,
                 kind,
                 unavailable,
+                node,
             })
             .collect())
     }
