@@ -55,7 +55,6 @@ def sign_in(page, server, creds, secret=None):
     page.get_by_label("Access key ID").fill(creds.access_key)
     page.get_by_label("Secret access key").fill(secret or creds.secret_key)
     page.get_by_role("textbox", name="Region").fill(server.region)
-    page.get_by_label("NBD endpoint (host:port)").fill(f"127.0.0.1:{server.nbd_port}")
     page.get_by_role("button", name="Sign in").click()
 
 
@@ -137,8 +136,10 @@ def test_console_scenario(fresh_server, page, tmp_path):
     row = page.locator(f'tr[data-id="{vid}"]')
     row.wait_for()
     assert "console-vol" in row.text_content() and "not attached" in row.text_content()
+    # The NBD URI is where the API says the export is served (DescribeNbdEndpoints): nothing typed.
     uri = row.locator(".nbd-uri").text_content()
     assert uri == f"nbds://{ident}@127.0.0.1:{srv.nbd_port}/{vid}?tls-psk-file=keys.psk"
+    assert "not attached" in row.locator(".nbd-reason").text_content()
     poll(lambda: ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]["State"], lambda s: s == "available")
 
     # Attach it to an instance from the page: its NBD export is served while attached.
@@ -163,6 +164,7 @@ def test_console_scenario(fresh_server, page, tmp_path):
     dlg.wait_for(state="detached")
     assert ec2.describe_volumes(VolumeIds=[vid])["Volumes"][0]["Attachments"][0]["InstanceId"] == inst
     page.wait_for_function("id => document.activeElement.closest('tr')?.dataset.id === id", arg=vid)
+    page.locator(f'tr[data-id="{vid}"] .nbd-reason').wait_for(state="detached")
     page.wait_for_function("id => /attached\)/.test(document.querySelector(`tr[data-id='${id}']`)?.textContent)", arg=vid)
     assert inst in page.locator(f'tr[data-id="{vid}"]').text_content()
 

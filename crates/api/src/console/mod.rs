@@ -79,6 +79,15 @@ mod tests {
     }
 
     #[test]
+    fn every_file_the_page_links_is_served() {
+        let html = ASSETS[0].2;
+        for part in html.split("/console/").skip(1) {
+            let name = part.split('"').next().unwrap_or_default();
+            assert_eq!(asset(name).status(), StatusCode::OK, "index.html links /console/{name}");
+        }
+    }
+
+    #[test]
     fn no_action_goes_through_the_browsers_modal_boxes() {
         // prompt()/alert()/confirm() are neither labelled nor stylable and block the page: every
         // action is a form (ui.js: actionForm, dialog, confirmDialog).

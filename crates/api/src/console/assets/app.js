@@ -54,12 +54,11 @@ function signInPage() {
     h("label", {}, "Access key ID", h("input", { name: "akid", required: true, autocomplete: "username", spellcheck: "false" })),
     h("label", {}, "Secret access key", h("input", { name: "secret", type: "password", required: true, autocomplete: "current-password" })),
     h("label", {}, "Region", h("input", { name: "region", value: "us-east-1", required: true })),
-    h("label", {}, "NBD endpoint (host:port)", h("input", { name: "nbd", value: `${location.hostname}:10809` })),
     h("button", { type: "submit" }, "Sign in"), err);
   form.addEventListener("submit", async (ev) => {
     ev.preventDefault();
     const f = new FormData(form);
-    const s = { accessKeyId: f.get("akid").trim(), secretAccessKey: f.get("secret"), region: f.get("region").trim(), nbd: f.get("nbd").trim() };
+    const s = { accessKeyId: f.get("akid").trim(), secretAccessKey: f.get("secret"), region: f.get("region").trim() };
     err.textContent = "";
     try {
       // A signed call proves the keys: a wrong secret is refused here (AuthFailure).
@@ -87,6 +86,11 @@ async function nbdIdentity() {
   } catch { /* no key yet, or not allowed: the page offers to create one */ }
   updateSession((x) => { x.nbdIdentity = identity; });
   return identity;
+}
+
+function nbdCell(e, error, uri) {
+  if (!e) return h("td", {}, error || "—");
+  return h("td", {}, h("code", { class: "nbd-uri" }, uri(e)), e.Available ? null : h("div", { class: "nbd-reason" }, `(${e.Reason || "not served now"})`));
 }
 
 function createVolumeForm(azs, onCreated) {
@@ -167,10 +171,14 @@ function volumeActions(v, reload) {
 
 async function volumesPage(main) {
   const s = session();
-  const identity = await nbdIdentity();
-  const azs = await zones(s.region);
+  const [id0, azs] = await Promise.all([nbdIdentity(), zones(s.region)]);
+  let identity = id0;
   main.append(h("h1", { tabindex: -1 }, `Volumes in ${s.region}`));
-  const uri = (v) => (identity ? `nbds://${identity}@${s.nbd}/${v}?tls-psk-file=keys.psk` : `nbds://<identity>@${s.nbd}/${v}?tls-psk-file=keys.psk`);
+  // The URI the API answers for an export (DescribeNbdEndpoints), with what a TLS-PSK client adds:
+  // the account's identity and its key file.
+  const uri = (e) => (e.Endpoint?.Tls
+    ? `${e.Uri.replace("nbds://", `nbds://${identity || "<identity>"}@`)}?tls-psk-file=keys.psk`
+    : e.Uri);
   const keyBox = h("div");
   if (!identity) {
     keyBox.append(h("p", {}, "This account has no NBD key yet: volumes are served over NBD with TLS-PSK. ",
@@ -179,7 +187,11 @@ async function volumesPage(main) {
         if (!r) return;
         const c = r.Credential;
         updateSession((x) => { x.nbdIdentity = c.Identity; });
-        keyBox.replaceChildren(h("p", {}, "Save this line as keys.psk (shown once): ", h("code", { id: "psk-line" }, `${c.Identity}:${c.Key}`)));
+        identity = c.Identity;
+        vols.reload();
+        const e = c.Endpoint;
+        keyBox.replaceChildren(h("p", {}, "Save this line as keys.psk (shown once): ", h("code", { id: "psk-line" }, `${c.Identity}:${c.Key}`),
+          e ? ` — the NBD listener is ${e.Host.includes(":") ? `[${e.Host}]` : e.Host}:${e.Port} (${e.Tls ? "TLS with this key" : "plaintext"}).` : null));
       } }, "Create NBD key")));
   }
   main.append(keyBox);
@@ -190,6 +202,18 @@ async function volumesPage(main) {
   let moving = false; // a volume on this page is between states: refresh until it settles
   const vols = pager(section, async (token) => {
     const r = await ec2("DescribeVolumes", { MaxResults: PAGE, NextToken: token });
+    const ids = list(r.volumeSet).map((v) => v.volumeId);
+    // Where each volume of the page is served, as the API says (a volume deleted meanwhile fails
+    // the call: the page shows the error in place of the URIs and the next reload fixes it).
+    let exports = new Map();
+    let exportsError = "";
+    if (ids.length) {
+      try {
+        exports = new Map((await nbd("DescribeNbdEndpoints", { VolumeIds: ids })).Exports.map((e) => [e.VolumeId, e]));
+      } catch (e) {
+        exportsError = `unknown (${e.message})`;
+      }
+    }
     moving = list(r.volumeSet).some((v) => v.status === "creating" || v.status === "deleting"
       || list(v.attachmentSet).some((a) => a.status === "attaching" || a.status === "detaching"));
     const rows = list(r.volumeSet).map((v) => {
@@ -200,7 +224,7 @@ async function volumesPage(main) {
         h("td", { class: "state" }, v.status), h("td", {}, `${v.size} GiB`), h("td", {}, v.volumeType),
         h("td", {}, v.availabilityZone), h("td", {}, v.encrypted === "true" ? "encrypted" : "not encrypted"),
         h("td", {}, att ? `${att.instanceId} ${att.device} (${att.status})` : "not attached"),
-        h("td", {}, h("code", { class: "nbd-uri" }, uri(id)), att ? null : h("div", {}, "(served while attached)")),
+        nbdCell(exports.get(id), exportsError, uri),
         h("td", {}, tags(v.tagSet)),
         volumeActions(v, () => vols.reload()));
     });
