@@ -433,11 +433,13 @@ fn serve(
         nbd_listener.local_addr()?,
         nbd_insecure_plaintext,
     )?;
-    if let Some(nc) = &mut node_cfg {
-        // The node table records where this node's NBD listener is reached.
-        let host = match &cfg.nbd.host {
-            blocksnap_engine::NbdHost::Fixed(h) => h.clone(),
-            blocksnap_engine::NbdHost::AsReached => cfg.nbd.listen_host.clone(),
+    if let Some(nc) = node_cfg.as_mut() {
+        // A call may reach this node through another (forwarding keeps the Host header), so "the
+        // host the caller reached" is not this node's: a cluster node names its NBD address.
+        let blocksnap_engine::NbdHost::Fixed(host) = &cfg.nbd.host else {
+            anyhow::bail!(
+                "--nbd-listen {nbd_listen} is every address: a cluster node must name the address clients reach its NBD listener at with --nbd-advertise HOST[:PORT]"
+            );
         };
         nc.nbd =
             if host.contains(':') { format!("[{host}]:{}", cfg.nbd.port) } else { format!("{host}:{}", cfg.nbd.port) };
