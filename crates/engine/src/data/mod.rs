@@ -105,7 +105,14 @@ impl Engine {
                 st.snapshots
                     .values()
                     .filter(|s| s.state == SnapshotState::Pending && s.source_snapshot.is_none() && s.direct.is_none())
-                    .filter(|s| st.volumes.get(&s.volume_id).is_none_or(|v| self.volume_here(v)))
+                    .filter(|s| match st.volumes.get(&s.volume_id) {
+                        Some(v) => self.volume_here(v),
+                        // The volume was deleted meanwhile: its capture is wherever its directory is.
+                        None => {
+                            self.config.node_id.is_none()
+                                || self.storage.as_ref().is_some_and(|x| x.volumes.exists(&s.volume_id))
+                        }
+                    })
                     .cloned()
                     .collect(),
                 st.volumes
