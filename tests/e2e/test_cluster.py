@@ -335,6 +335,11 @@ def test_a_copy_in_flight_when_the_leader_dies_is_finished_by_another_node(clust
     for b in listed:
         got = out.get_snapshot_block(SnapshotId=copy, BlockIndex=b["BlockIndex"], BlockToken=b["BlockToken"])
         assert got["BlockData"].read() == blocks[b["BlockIndex"]]
+    # A leader stopped with SIGTERM hands over: the last node leads and has it all.
+    new.stop()
+    last = wait_new_leader(cluster)
+    assert last is not new and last is not n1
+    assert last.client(region=DST).describe_snapshots(SnapshotIds=[copy])["Snapshots"][0]["State"] == "completed"
 
 
 def test_a_single_node_becomes_node_1_with_its_volumes(tmp_path, s3_endpoint):

@@ -249,3 +249,61 @@ pub fn spawn_fence(catalog: Arc<PgCatalog>) -> anyhow::Result<()> {
         .context("starting the cluster fence")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config(text: &str) -> Config {
+        toml::from_str(text).unwrap()
+    }
+
+    fn resolve(flag: Option<&str>, file: &Config, listen: &str) -> anyhow::Result<Option<NodeConfig>> {
+        NodeConfig::resolve(
+            flag.map(str::to_string),
+            file,
+            (listen.parse().unwrap(), false),
+            "127.0.0.2:10809".parse().unwrap(),
+            Path::new("/nonexistent"),
+        )
+    }
+
+    #[test]
+    fn node_id_and_advertised_api() {
+        assert!(resolve(None, &Config::default(), "127.0.0.1:4566").unwrap().is_none(), "no id: a single node");
+        let n = resolve(None, &config("node_id = 2"), "10.0.0.2:4566").unwrap().unwrap();
+        assert_eq!((n.id.as_str(), n.advertise_api.as_str()), ("2", "http://10.0.0.2:4566"));
+        let file = config("node_id = \"east-1\"\nadvertise_api = \"https://node-a.example:4566/\"");
+        let n = resolve(Some("7"), &file, "0.0.0.0:4566").unwrap().unwrap();
+        assert_eq!((n.id.as_str(), n.advertise_api.as_str()), ("7", "https://node-a.example:4566"), "the flag wins");
+        let n = resolve(None, &file, "0.0.0.0:4566").unwrap().unwrap();
+        assert_eq!(n.id, "east-1");
+        // Every address is nowhere the other nodes can reach: advertise_api is needed.
+        let e = resolve(Some("1"), &Config::default(), "0.0.0.0:4566").unwrap_err().to_string();
+        assert!(e.contains("advertise_api"), "{e}");
+        for bad in ["", "a b", "x/y", &"n".repeat(64)] {
+            assert!(resolve(Some(bad), &Config::default(), "127.0.0.1:4566").is_err(), "{bad:?}");
+        }
+        let e = resolve(Some("1"), &config("advertise_api = \"node-a:4566\""), "127.0.0.1:4566").unwrap_err();
+        assert!(e.to_string().contains("http"), "{e}");
+    }
+
+    #[test]
+    fn several_nodes_need_shared_snapshot_storage() {
+        let regions = vec!["us-east-1".to_string(), "eu-west-1".to_string()];
+        let e = check_shared_storage(&Config::default(), &regions).unwrap_err().to_string();
+        assert!(e.contains("us-east-1, eu-west-1"), "{e}");
+        let bucket = |r: &str, kind: &str| format!("[{kind}.{r}]\nbucket = \"b\"\n");
+        let stores_only = config(&format!("{}{}", bucket("us-east-1", "stores"), bucket("eu-west-1", "stores")));
+        let e = check_shared_storage(&stores_only, &regions).unwrap_err().to_string();
+        assert!(
+            e.contains("local archive tiers: [us-east-1, eu-west-1]") && e.contains("local snapshot stores: []"),
+            "{e}"
+        );
+        let all: String =
+            ["stores", "archives"].iter().flat_map(|k| regions.iter().map(move |r| bucket(r, k))).collect();
+        check_shared_storage(&config(&all), &regions).unwrap();
+        check_shared_storage(&config("shared_dir = \"/mnt/shared\""), &regions).unwrap();
+    }
+}
