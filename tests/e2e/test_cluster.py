@@ -1,7 +1,7 @@
 """Several nodes (ARCHITECTURE.md, "Several nodes"): three `blocksnap serve --node-id N` on 127.0.0.1-3,
 one PostgreSQL catalog, one S3 server for every region's snapshots. One node leads, the others
 forward; kill -9 of the leader loses no acknowledged call and another node takes over (its
-pending copies too).
+pending copies too: the copy is then restored and read back over NBD where DescribeNbdEndpoints says).
 
 Needs BLOCKSNAP_TEST_PG (tests/run starts a throwaway cluster) and moto_server (its S3 mode, started
 here: the copy test freezes it). Runs in both e2e passes (the tests choose their catalog themselves);
@@ -17,6 +17,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -25,6 +26,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from conftest import (IS_MOTO, ROOT_ACCESS_KEY, ROOT_SECRET_KEY, Creds, _tail, blocksnap_bin, free_port,
                       pg_database, wait_port)
+from nbd import credentials
+from test_nbd_endpoints import with_identity
 from test_nbd_security import nbd_api
 
 pytestmark = pytest.mark.skipif(IS_MOTO, reason="blocksnap's own clustering")
@@ -335,6 +338,28 @@ def test_a_copy_in_flight_when_the_leader_dies_is_finished_by_another_node(clust
     for b in listed:
         got = out.get_snapshot_block(SnapshotId=copy, BlockIndex=b["BlockIndex"], BlockToken=b["BlockToken"])
         assert got["BlockData"].read() == blocks[b["BlockIndex"]]
+    # Restored on the new leader through a follower, read back over NBD at the endpoint
+    # DescribeNbdEndpoints names: the bytes are the source's.
+    dst3 = n3.client(region=DST)
+    vol = dst3.create_volume(SnapshotId=copy, AvailabilityZone=f"{DST}a")["VolumeId"]
+    dst3.get_waiter("volume_available").wait(VolumeIds=[vol], WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
+    inst = dst3.run_instances(ImageId="ami-0b5e4c3d2a1f00001", MinCount=1, MaxCount=1, InstanceType="t3.micro",
+                              Placement={"AvailabilityZone": f"{DST}a"})["Instances"][0]["InstanceId"]
+    dst3.attach_volume(VolumeId=vol, InstanceId=inst, Device="/dev/sdf")
+    dst3.get_waiter("volume_in_use").wait(VolumeIds=[vol], WaiterConfig={"Delay": 0.2, "MaxAttempts": 100})
+    at_dst = SimpleNamespace(endpoint=n2.endpoint, creds=n2.creds, region=DST, workdir=n2.workdir)
+    k = credentials(at_dst)
+    status, doc = nbd_api(at_dst, "DescribeNbdEndpoints", {"VolumeIds": [vol]})
+    assert status == 200, doc
+    x = doc["Exports"][0]
+    assert x["Available"] and x["Node"] == str(new.n) and x["Endpoint"]["Host"] == new.host, x
+    image = n2.workdir / "restored.raw"
+    subprocess.run(["nbdcopy", with_identity(x["Uri"], k), str(image)], check=True, timeout=120)
+    with open(image, "rb") as f:
+        for i, data in blocks.items():
+            f.seek(i * 512 * 1024)
+            assert f.read(len(data)) == data, f"block {i} differs after the restore"
+    image.unlink()
     # A leader stopped with SIGTERM hands over: the last node leads and has it all.
     new.stop()
     last = wait_new_leader(cluster)
