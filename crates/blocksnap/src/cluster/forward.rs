@@ -127,7 +127,8 @@ async fn dispatch(State(d): State<Arc<Dispatch>>, req: Request) -> Response {
     }
 }
 
-/// Hop-by-hop headers (RFC 9110 7.6.1) are the connection's, not the call's.
+/// Hop-by-hop headers (RFC 9110 7.6.1) are the connection's, not the call's. `Expect:
+/// 100-continue` was answered here (the body is already read); SigV4 clients never sign it.
 fn hop_by_hop(name: &HeaderName) -> bool {
     matches!(
         name.as_str(),
@@ -136,6 +137,7 @@ fn hop_by_hop(name: &HeaderName) -> bool {
             | "proxy-connection"
             | "proxy-authenticate"
             | "proxy-authorization"
+            | "expect"
             | "te"
             | "trailer"
             | "transfer-encoding"
@@ -192,6 +194,7 @@ mod tests {
             ("content-length", "12"),
             ("te", "trailers"),
             ("upgrade", "h2c"),
+            ("expect", "100-continue"),
         ] {
             h.insert(HeaderName::from_static(k), http::HeaderValue::from_static(v));
         }
