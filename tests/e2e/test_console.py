@@ -128,10 +128,18 @@ def test_console_scenario(fresh_server, page, tmp_path):
     sign_in(page, srv, srv.creds)
     page.get_by_role("heading", name=f"Volumes in {srv.region}").wait_for()
 
-    # Create a volume through the form.
-    page.get_by_label("Size (GiB)").fill("1")
-    page.get_by_label("Name").fill("console-vol")
-    page.get_by_role("button", name="Create volume").click()
+    # Create a volume through the form, by keyboard: a size of 0 is refused next to the field.
+    form = page.get_by_role("form", name="Create volume")
+    form.get_by_label("Size (GiB)").focus()
+    retype(page, "0")
+    page.keyboard.press("Enter")
+    assert field_error(form, "Size (GiB)") and focused(page) == "Size (GiB)"
+    retype(page, "1")
+    for _ in range(3):  # Type, Availability Zone, Name
+        page.keyboard.press("Tab")
+    assert focused(page) == "Name"
+    page.keyboard.type("console-vol")
+    page.keyboard.press("Enter")
     vid = status_text(page, r"Created (vol-[0-9a-f]+)").group(1)
     row = page.locator(f'tr[data-id="{vid}"]')
     row.wait_for()

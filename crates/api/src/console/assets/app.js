@@ -25,9 +25,12 @@ function updateSession(f) {
 }
 
 const zoneCache = new Map();
-async function zones(region) {
+/// The region's zones (one call per region and page load; a failed call is asked again).
+function zones(region) {
   if (!zoneCache.has(region)) {
-    zoneCache.set(region, list((await ec2("DescribeAvailabilityZones")).availabilityZoneInfo).map((z) => z.zoneName));
+    const p = ec2("DescribeAvailabilityZones").then((r) => list(r.availabilityZoneInfo).map((z) => z.zoneName));
+    p.catch(() => zoneCache.delete(region));
+    zoneCache.set(region, p);
   }
   return zoneCache.get(region);
 }
@@ -236,14 +239,14 @@ async function volumesPage(main) {
 
 // --- snapshots ----------------------------------------------------------------------------------
 
-function snapshotActions(sn, azs, reload, showLineage) {
+function snapshotActions(sn, reload, showLineage) {
   const id = sn.snapshotId;
   const s = session();
-  const restore = () => dialog({
+  const restore = async () => dialog({
     title: `Restore ${id} to a new volume`,
     submitLabel: "Create volume",
     fields: [
-      { name: "az", label: "Availability Zone", type: "select", options: azs, required: true },
+      { name: "az", label: "Availability Zone", type: "select", options: await zones(s.region), required: true },
       { name: "size", label: "Size (GiB)", type: "number", value: sn.volumeSize, min: sn.volumeSize, max: 65536, required: true,
         hint: `At least the snapshot's ${sn.volumeSize} GiB.` },
       { name: "type", label: "Type", type: "select", options: VOLUME_TYPES, value: "gp3" },
@@ -292,19 +295,19 @@ function snapshotActions(sn, azs, reload, showLineage) {
   }).then((r) => { if (r) { status(`Deleted ${id}.`); reload(); } });
   return h("td", {},
     h("button", { type: "button", "aria-label": `Lineage of ${sn.volumeId}`, onclick: () => showLineage(sn.volumeId) }, "Lineage"),
-    h("button", { type: "button", "aria-label": `Restore ${id}`, onclick: restore }, "Restore"),
+    h("button", { type: "button", "aria-label": `Restore ${id}`, onclick: () => restore().catch((e) => status(`Restore failed: ${e.message}`, true)) }, "Restore"),
     h("button", { type: "button", "aria-label": `Copy ${id}`, onclick: copy }, "Copy"),
     h("button", { type: "button", "aria-label": `Share ${id}`, onclick: share }, "Share"),
     h("button", { type: "button", "aria-label": `Delete ${id}`, onclick: remove }, "Delete"));
 }
 
-function snapshotRow(sn, azs, reload, showLineage) {
+function snapshotRow(sn, reload, showLineage) {
   return h("tr", { dataset: { id: sn.snapshotId, state: sn.status } },
     h("th", { scope: "row" }, h("code", {}, sn.snapshotId)), h("td", {}, sn.volumeId),
     h("td", { class: "state" }, sn.status), progressCell(sn.status, sn.progress, sn.stateMessage),
     h("td", {}, `${sn.volumeSize} GiB`), h("td", {}, sn.startTime), h("td", {}, sn.description || ""),
     h("td", {}, sn.encrypted === "true" ? "encrypted" : "not encrypted"),
-    snapshotActions(sn, azs, reload, showLineage));
+    snapshotActions(sn, reload, showLineage));
 }
 
 /// The lineage of one volume's snapshots: parent -> child, and copies (in any region) under the
@@ -333,7 +336,8 @@ function lineageTree(entries) {
 
 async function snapshotsPage(main) {
   const s = session();
-  const azs = await zones(s.region);
+  // The zones are for the dialogs only: asked now, not waited for.
+  zones(s.region).catch(() => {});
   main.append(h("h1", { tabindex: -1 }, `Snapshots in ${s.region}`));
   const lineageBox = h("section", { id: "lineage", "aria-label": "Lineage" });
   let lineageVolume = null;
@@ -358,7 +362,7 @@ async function snapshotsPage(main) {
     const r = await ec2("DescribeSnapshots", { "Owner.1": "self", MaxResults: PAGE, NextToken: token });
     const items = list(r.snapshotSet);
     pending = items.filter((x) => x.status === "pending").map((x) => x.snapshotId);
-    const rows = items.map((x) => snapshotRow(x, azs, () => snaps.reload(), lineage));
+    const rows = items.map((x) => snapshotRow(x, () => snaps.reload(), lineage));
     return { next: r.nextToken, node: table("EC2 snapshots (yours)", ["Snapshot", "Volume", "State", "Progress", "Size", "Started", "Description", "Encryption", "Actions"], rows) };
   });
   // Live progress: pending rows (and the lineage shown, across regions) are refreshed in place.
@@ -381,7 +385,7 @@ async function snapshotsPage(main) {
     if (lineageVolume && lineageBox.querySelector('[data-state="pending"]')) showLineage(lineageVolume).catch(() => {});
   });
 
-  diskSnapshotsSection(main, azs);
+  diskSnapshotsSection(main, () => zones(s.region));
   const lsi = h("section", { "aria-label": "Lightsail instance snapshots" });
   main.append(lsi);
   pager(lsi, async (token) => {

@@ -105,18 +105,18 @@ export function disksSection(main) {
 
 // --- disk snapshots ----------------------------------------------------------------------------------
 
-/// The Lightsail disk snapshots section of the Snapshots page. `zones`: the region's zones.
+/// The Lightsail disk snapshots section of the Snapshots page. `zones()`: the region's zones.
 export function diskSnapshotsSection(main, zones) {
   const box = h("section", { "aria-label": "Lightsail snapshots" });
   let moving = false;
   const ops = operationsSection(() => snaps.reload());
   main.append(box, ops.box);
-  const createDisk = (d) => dialog({
+  const createDisk = async (d) => dialog({
     title: `Create a Lightsail disk from ${d.name}`,
     submitLabel: "Create disk",
     fields: [
       { name: "name", label: "Disk name", value: `${d.fromDiskName || "disk"}-restored-${stamp()}`, required: true, pattern: NAME, invalid: NAME_RULE },
-      { name: "az", label: "Availability Zone", type: "select", options: zones, value: d.location?.availabilityZone, required: true },
+      { name: "az", label: "Availability Zone", type: "select", options: await zones(), value: d.location?.availabilityZone, required: true },
       { name: "size", label: "Size (GB)", type: "number", value: d.sizeInGb, min: d.sizeInGb, max: 16384, required: true,
         hint: `At least the snapshot's ${d.sizeInGb} GB.` },
     ],
@@ -147,7 +147,7 @@ export function diskSnapshotsSection(main, zones) {
       h("th", { scope: "row" }, d.name), h("td", {}, d.fromDiskName || d.fromInstanceName || ""), h("td", { class: "state" }, d.state),
       progressCell(d.state, d.progress), h("td", {}, `${d.sizeInGb} GiB`),
       h("td", {},
-        h("button", { type: "button", "aria-label": `Create disk from ${d.name}`, disabled: d.state !== "completed", onclick: () => createDisk(d) }, "Create disk"),
+        h("button", { type: "button", "aria-label": `Create disk from ${d.name}`, disabled: d.state !== "completed", onclick: () => createDisk(d).catch((e) => status(`Create disk failed: ${e.message}`, true)) }, "Create disk"),
         h("button", { type: "button", "aria-label": `Delete disk snapshot ${d.name}`, onclick: () => remove(d) }, "Delete"))));
     return { next: r.nextPageToken, node: table("Lightsail disk snapshots", ["Snapshot", "From", "State", "Progress", "Size", "Actions"], rows) };
   });
