@@ -180,18 +180,22 @@ def test_a_data_dir_of_a_newer_format_is_refused_untouched(fresh_server):
     refused("has format 2, written by a newer blocksnap")
     fmt.write_text("format=1\n")
 
-    def catalog_version(v: int) -> None:
+    def catalog_version(v: int) -> int:
+        """Set the catalog's schema version; returns the one it had."""
         if srv.catalog_url:
+            old = int(psql(srv.catalog_url, "SELECT version FROM blocksnap_schema").strip())
             psql(srv.catalog_url, f"UPDATE blocksnap_schema SET version = {v}")
-            return
+            return old
         db = sqlite3.connect(srv.data_dir / "catalog.db")
+        old = db.execute("PRAGMA user_version").fetchone()[0]
         db.execute(f"PRAGMA user_version = {v}")
         db.commit()
         db.close()
+        return old
 
-    catalog_version(7)
-    refused("catalog schema version 7 was written by a newer blocksnap")
-    catalog_version(1)
+    current = catalog_version(99)
+    refused("catalog schema version 99 was written by a newer blocksnap")
+    catalog_version(current)
 
     store_json.write_text(json.dumps({**json.loads(original_store), "format": 9}))
     refused("has format 9")
