@@ -51,6 +51,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt, stream};
 use object_store::local::LocalFileSystem;
+use object_store::multipart::MultipartStore;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutPayload};
 use serde::{Deserialize, Serialize};
@@ -60,7 +61,7 @@ use crate::crypto::Codec;
 use crate::error::{Result, StoreError};
 use crate::id::BlockId;
 use crate::manifest::{EncryptionInfo, Manifest, block_count, check_snapshot_id};
-use crate::retry::{RetryPolicy, Retrying};
+use crate::retry::{MultipartPolicy, RetryPolicy, Retrying};
 use crate::store::{BlockStore, VerifyMode, VerifyReport, now_unix_ms};
 use crate::{BLOCK_SIZE, chunk};
 
@@ -376,7 +377,7 @@ struct StoreMeta {
 /// A region's archive store. Cheap to clone.
 #[derive(Clone)]
 pub struct ArchiveStore {
-    os: Arc<dyn ObjectStore>,
+    os: Arc<Retrying>,
     prefix: Path,
 }
 
@@ -400,8 +401,8 @@ impl ArchiveStore {
             ArchiveLocation::Local(dir) => Self::open_local(dir).await,
             #[cfg(feature = "s3")]
             ArchiveLocation::S3(cfg) => {
-                let (os, prefix) = crate::store::s3_backend(cfg)?;
-                Self::open(os, prefix).await
+                let (s3, prefix) = crate::store::s3_backend(cfg)?;
+                Self::open_multipart(s3, prefix, RetryPolicy::default(), MultipartPolicy::default()).await
             }
         }
     }
@@ -417,7 +418,22 @@ impl ArchiveStore {
 
     /// Open (creating if needed) an archive store under `prefix` of any object store.
     pub async fn open(os: Arc<dyn ObjectStore>, prefix: Path) -> Result<Self> {
-        let s = ArchiveStore { os: Arc::new(Retrying::new(os, RetryPolicy::default())), prefix };
+        Self::open_retrying(Retrying::new(os, RetryPolicy::default()), prefix).await
+    }
+
+    /// Open (creating if needed) an archive store under `prefix` of a backend with S3's multipart
+    /// calls: packs (and large indexes) are uploaded in parts per `parts` (see [`Retrying::put_large`]).
+    pub async fn open_multipart<T: ObjectStore + MultipartStore>(
+        backend: Arc<T>,
+        prefix: Path,
+        policy: RetryPolicy,
+        parts: MultipartPolicy,
+    ) -> Result<Self> {
+        Self::open_retrying(Retrying::with_multipart(backend, policy, parts), prefix).await
+    }
+
+    async fn open_retrying(os: Retrying, prefix: Path) -> Result<Self> {
+        let s = ArchiveStore { os: Arc::new(os), prefix };
         s.load_or_create_meta().await?;
         info!(store = ?s, "archive store opened");
         Ok(s)
@@ -622,13 +638,23 @@ impl ArchiveStore {
             entries,
         };
         let bytes = encode_index(&ix)?;
-        match self.os.put_opts(&self.index_path(&m.snapshot_id), PutPayload::from(bytes), PutMode::Create.into()).await
-        {
-            Ok(_) => {}
-            Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+        let index_path = self.index_path(&m.snapshot_id);
+        if self.os.uses_parts(bytes.len()) {
+            // An index of ~160,000 blocks or more (80 GiB written) goes in parts, and a multipart
+            // upload cannot be create-only: check first. The archive job of a snapshot has one
+            // owner, so nothing else writes this index meanwhile.
+            if self.os.head(&index_path).await.is_ok() {
                 return self.read_index(&m.snapshot_id).await;
             }
-            Err(e) => return Err(e.into()),
+            self.os.put_large(&index_path, Bytes::from(bytes)).await?;
+        } else {
+            match self.os.put_opts(&index_path, PutPayload::from(bytes), PutMode::Create.into()).await {
+                Ok(_) => {}
+                Err(object_store::Error::AlreadyExists { .. }) | Err(object_store::Error::Precondition { .. }) => {
+                    return self.read_index(&m.snapshot_id).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
         info!(
             snapshot = %m.snapshot_id,
@@ -643,7 +669,7 @@ impl ArchiveStore {
 
     async fn put_part(&self, snapshot_id: &str, n: usize, bytes: Vec<u8>) -> Result<PartInfo> {
         let info = PartInfo { len: bytes.len() as u64, sha256: sha256(&bytes) };
-        self.os.put_opts(&self.part_path(snapshot_id, n), PutPayload::from(bytes), PutMode::Overwrite.into()).await?;
+        self.os.put_large(&self.part_path(snapshot_id, n), Bytes::from(bytes)).await?;
         Ok(info)
     }
 

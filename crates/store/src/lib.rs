@@ -115,7 +115,7 @@ pub use error::{Result, StoreError};
 pub use gc::GcReport;
 pub use id::{BlockId, SegmentId};
 pub use manifest::{EncryptionInfo, Manifest, ManifestHeader};
-pub use retry::{RetryPolicy, Retrying};
+pub use retry::{MIN_PART_SIZE, MultipartPolicy, RetryPolicy, Retrying};
 #[cfg(feature = "s3")]
 pub use store::S3Config;
 pub use store::{BlockStore, ChunkTally, LocalOptions, PutOutcome, SyncMode, VerifyMode, VerifyReport};

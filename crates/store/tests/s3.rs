@@ -1,15 +1,33 @@
 //! S3 round trip against a local S3-compatible server. Never skipped: `tests/run` starts
 //! `moto_server` (S3 mode) once and passes `BLOCKSNAP_S3_ENDPOINT=http://127.0.0.1:PORT`; without
 //! that variable the test starts its own `moto_server` (which must be on PATH) and fails if it cannot.
+//! Also against that server: large objects (archive packs) go in multipart uploads whose parts are
+//! retried one by one and which are aborted when they fail, and no manifest in the bucket ever names
+//! an object that is not there, whatever fails when (faults injected in front of the real backend).
 //! `cargo test -p blocksnap-store --test s3`
 
+use std::fmt;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use blocksnap_store::{BLOCK_SIZE, BlockId, BlockStore, Codec, DataKey, Manifest, S3Config, VerifyMode};
+use async_trait::async_trait;
+use blocksnap_store::{
+    ArchiveStore, BLOCK_SIZE, BlockId, BlockStore, Codec, DataKey, MIN_PART_SIZE, Manifest, MultipartPolicy,
+    RetryPolicy, S3Config, SEGMENT_BLOCKS, StoreError, VerifyMode,
+};
 use bytes::Bytes;
+use futures::stream::BoxStream;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::multipart::{MultipartStore, PartId};
+use object_store::path::Path;
+use object_store::{
+    CopyOptions, GetOptions, GetResult, ListResult, MultipartId, MultipartUpload, ObjectMeta, ObjectStore,
+    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
+};
 use rand::RngCore;
 
 struct Moto(Option<Child>);
@@ -116,4 +134,377 @@ async fn s3_round_trip() {
     let r = again.gc(Duration::ZERO).await.unwrap();
     assert_eq!((r.chunks_removed, r.segments_removed), (1, 1), "{r:?}");
     assert!(!again.has_block(&a.id).await.unwrap());
+}
+
+// ---- faults in front of the real S3 server --------------------------------------------------------
+
+/// The S3 backend with injected faults and a count of every call it forwards: the object calls and
+/// S3's multipart calls of the same `AmazonS3`.
+#[derive(Debug, Default)]
+struct Faults {
+    /// The next N object puts fail with a transient error before reaching the server.
+    fail_puts: AtomicU32,
+    /// The next N part uploads fail likewise.
+    fail_parts: AtomicU32,
+    /// After this many more successful puts, every call fails: the server has gone (0: never).
+    gone_after_puts: AtomicU32,
+    gone: AtomicBool,
+    puts_ok: AtomicU32,
+    puts_failed: AtomicU32,
+    creates: AtomicU32,
+    parts_ok: AtomicU32,
+    parts_failed: AtomicU32,
+    completes: AtomicU32,
+    aborts: AtomicU32,
+}
+
+#[derive(Debug)]
+struct FaultyS3 {
+    s3: AmazonS3,
+    f: Arc<Faults>,
+}
+
+impl fmt::Display for FaultyS3 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "FaultyS3({})", self.s3)
+    }
+}
+
+fn injected(what: &str) -> object_store::Error {
+    object_store::Error::Generic { store: "faults", source: format!("injected: {what}").into() }
+}
+
+fn take(n: &AtomicU32) -> bool {
+    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+}
+
+impl FaultyS3 {
+    fn check_gone(&self) -> object_store::Result<()> {
+        if self.f.gone.load(Ordering::SeqCst) { Err(injected("connection refused")) } else { Ok(()) }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FaultyS3 {
+    async fn put_opts(
+        &self,
+        location: &Path,
+        payload: PutPayload,
+        opts: PutOptions,
+    ) -> object_store::Result<PutResult> {
+        self.check_gone()?;
+        if take(&self.f.fail_puts) {
+            self.f.puts_failed.fetch_add(1, Ordering::SeqCst);
+            return Err(injected("put failed"));
+        }
+        let r = self.s3.put_opts(location, payload, opts).await?;
+        self.f.puts_ok.fetch_add(1, Ordering::SeqCst);
+        if self.f.gone_after_puts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) == Ok(1) {
+            self.f.gone.store(true, Ordering::SeqCst);
+        }
+        Ok(r)
+    }
+
+    async fn put_multipart_opts(
+        &self,
+        location: &Path,
+        opts: PutMultipartOptions,
+    ) -> object_store::Result<Box<dyn MultipartUpload>> {
+        self.check_gone()?;
+        self.s3.put_multipart_opts(location, opts).await
+    }
+
+    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
+        self.check_gone()?;
+        self.s3.get_opts(location, options).await
+    }
+
+    fn delete_stream(
+        &self,
+        locations: BoxStream<'static, object_store::Result<Path>>,
+    ) -> BoxStream<'static, object_store::Result<Path>> {
+        self.s3.delete_stream(locations)
+    }
+
+    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+        self.s3.list(prefix)
+    }
+
+    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+        self.check_gone()?;
+        self.s3.list_with_delimiter(prefix).await
+    }
+
+    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+        self.check_gone()?;
+        self.s3.copy_opts(from, to, options).await
+    }
+}
+
+#[async_trait]
+impl MultipartStore for FaultyS3 {
+    async fn create_multipart(&self, path: &Path) -> object_store::Result<MultipartId> {
+        self.check_gone()?;
+        self.f.creates.fetch_add(1, Ordering::SeqCst);
+        self.s3.create_multipart(path).await
+    }
+
+    async fn put_part(
+        &self,
+        path: &Path,
+        id: &MultipartId,
+        part_idx: usize,
+        data: PutPayload,
+    ) -> object_store::Result<PartId> {
+        self.check_gone()?;
+        if take(&self.f.fail_parts) {
+            self.f.parts_failed.fetch_add(1, Ordering::SeqCst);
+            return Err(injected("part upload failed"));
+        }
+        let r = self.s3.put_part(path, id, part_idx, data).await?;
+        self.f.parts_ok.fetch_add(1, Ordering::SeqCst);
+        Ok(r)
+    }
+
+    async fn complete_multipart(
+        &self,
+        path: &Path,
+        id: &MultipartId,
+        parts: Vec<PartId>,
+    ) -> object_store::Result<PutResult> {
+        self.check_gone()?;
+        self.f.completes.fetch_add(1, Ordering::SeqCst);
+        self.s3.complete_multipart(path, id, parts).await
+    }
+
+    async fn abort_multipart(&self, path: &Path, id: &MultipartId) -> object_store::Result<()> {
+        self.check_gone()?;
+        self.f.aborts.fetch_add(1, Ordering::SeqCst);
+        self.s3.abort_multipart(path, id).await
+    }
+}
+
+/// Quick retries so the tests stay short: three attempts, 20-40 ms apart.
+const POLICY: RetryPolicy = RetryPolicy {
+    attempts: 3,
+    initial_backoff: Duration::from_millis(20),
+    max_backoff: Duration::from_millis(40),
+    attempt_timeout: Duration::from_secs(30),
+};
+
+/// A new bucket on the S3 server (and the server, when this test started it).
+fn new_bucket() -> (S3Config, Moto) {
+    let (endpoint, moto) = s3_server();
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let bucket = format!("snaps-{:08x}", rand::random::<u32>());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !create_bucket(&addr, &bucket) {
+        assert!(Instant::now() < deadline, "the S3 server at {endpoint} did not answer within 30 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let cfg = S3Config {
+        bucket,
+        prefix: String::new(),
+        endpoint: Some(endpoint),
+        region: "us-east-1".into(),
+        access_key_id: Some("test".into()),
+        secret_access_key: Some("test".into()),
+        allow_http: true,
+        conditional_put: true,
+        ..Default::default()
+    };
+    (cfg, moto)
+}
+
+fn faulty(cfg: &S3Config) -> (Arc<FaultyS3>, Arc<Faults>) {
+    let s3 = AmazonS3Builder::new()
+        .with_bucket_name(&cfg.bucket)
+        .with_region(&cfg.region)
+        .with_endpoint(cfg.endpoint.as_deref().unwrap_or_default())
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .with_allow_http(true)
+        .with_retry(object_store::RetryConfig { max_retries: 0, ..Default::default() })
+        .build()
+        .unwrap();
+    let f = Arc::new(Faults::default());
+    (Arc::new(FaultyS3 { s3, f: f.clone() }), f)
+}
+
+/// The bucket's unfinished multipart uploads, from S3's ListMultipartUploads (moto accepts it unsigned).
+fn unfinished_uploads(cfg: &S3Config) -> usize {
+    let endpoint = cfg.endpoint.as_deref().unwrap_or_default();
+    let addr = endpoint.trim_start_matches("http://").trim_end_matches('/');
+    let mut s = TcpStream::connect(addr).unwrap();
+    let req = format!("GET /{}?uploads HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n", cfg.bucket);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "ListMultipartUploads: {resp}");
+    resp.matches("<UploadId>").count()
+}
+
+fn random_blocks(n: usize) -> Vec<Bytes> {
+    (0..n)
+        .map(|_| {
+            let mut v = vec![0u8; BLOCK_SIZE];
+            rand::rng().fill_bytes(&mut v);
+            Bytes::from(v)
+        })
+        .collect()
+}
+
+fn manifest(id: &str, blocks: Vec<BlockId>) -> Manifest {
+    Manifest {
+        snapshot_id: id.into(),
+        volume_id: "vol-s3".into(),
+        volume_size: (blocks.len() * BLOCK_SIZE) as u64,
+        blocks,
+        encryption: None,
+        parent: None,
+        created_unix_ms: 1,
+        description: String::new(),
+    }
+}
+
+/// Parts of 5 MiB (S3's smallest) from 5 MiB on: a 12 MiB pack is three parts.
+const SMALL_PARTS: MultipartPolicy =
+    MultipartPolicy { threshold: MIN_PART_SIZE, part_size: MIN_PART_SIZE, concurrency: 2 };
+
+#[tokio::test]
+async fn archive_packs_go_in_parts_each_retried_and_read_back_byte_for_byte() {
+    let (cfg, _moto) = new_bucket();
+    let std = BlockStore::open_s3(S3Config { prefix: "std".into(), ..cfg.clone() }).await.unwrap();
+    let codec = Codec::plain();
+    let data = random_blocks(24); // incompressible: one 12 MiB pack
+    let mut ids = Vec::new();
+    for b in &data {
+        ids.push(std.put_block(&codec, b.clone()).await.unwrap().id);
+    }
+    let m = manifest("snap-parts", ids.clone());
+    std.write_manifest(&m).await.unwrap();
+
+    let (s3, f) = faulty(&cfg);
+    let archive = ArchiveStore::open_multipart(s3, Path::from("arch"), POLICY, SMALL_PARTS).await.unwrap();
+    f.fail_parts.store(1, Ordering::SeqCst);
+    let ix = archive.archive_from(&std, &m, &codec, &|_, _| {}).await.unwrap();
+    assert_eq!(ix.parts.len(), 1);
+    let pack_len = ix.parts[0].len;
+    assert!(pack_len > 2 * MIN_PART_SIZE as u64 && pack_len <= 3 * MIN_PART_SIZE as u64, "{pack_len}");
+    // One multipart upload (the pack; the 1 KiB index is one PUT) of three parts, one of them tried
+    // twice, completed once, nothing aborted.
+    let count = |c: &AtomicU32| c.load(Ordering::SeqCst);
+    assert_eq!(
+        (count(&f.creates), count(&f.parts_ok), count(&f.parts_failed), count(&f.completes), count(&f.aborts)),
+        (1, 3, 1, 1, 0)
+    );
+    // The server holds one object made of three parts (S3's multipart ETag ends in "-3").
+    let plain = AmazonS3Builder::new()
+        .with_bucket_name(&cfg.bucket)
+        .with_region("us-east-1")
+        .with_endpoint(cfg.endpoint.as_deref().unwrap_or_default())
+        .with_access_key_id("test")
+        .with_secret_access_key("test")
+        .with_allow_http(true)
+        .build()
+        .unwrap();
+    let head = plain.head(&Path::from("arch/snap-parts/part.0")).await.unwrap();
+    assert_eq!(head.size, pack_len);
+    assert!(head.e_tag.as_deref().unwrap_or_default().trim_matches('"').ends_with("-3"), "{:?}", head.e_tag);
+    assert_eq!(unfinished_uploads(&cfg), 0);
+    // Byte for byte: the pack checks against the index's SHA-256, and every block comes back.
+    assert!(archive.verify("snap-parts", VerifyMode::Full(codec.clone())).await.unwrap().is_ok());
+    let back = BlockStore::open_s3(S3Config { prefix: "back".into(), ..cfg.clone() }).await.unwrap();
+    let ix = archive.read_index("snap-parts").await.unwrap();
+    assert_eq!(archive.restore_into(&ix, &back, &codec, None, &|_, _| {}).await.unwrap(), 24);
+    for (id, want) in ids.iter().zip(&data) {
+        assert_eq!(&back.get_block(&codec, id).await.unwrap(), want);
+    }
+}
+
+#[tokio::test]
+async fn a_multipart_upload_that_fails_is_aborted_and_commits_nothing() {
+    let (cfg, _moto) = new_bucket();
+    let std = BlockStore::open_s3(S3Config { prefix: "std".into(), ..cfg.clone() }).await.unwrap();
+    let codec = Codec::plain();
+    let mut ids = Vec::new();
+    for b in random_blocks(12) {
+        ids.push(std.put_block(&codec, b).await.unwrap().id);
+    }
+    let m = manifest("snap-abort", ids);
+    std.write_manifest(&m).await.unwrap();
+    let (s3, f) = faulty(&cfg);
+    let archive = ArchiveStore::open_multipart(s3, Path::from("arch"), POLICY, SMALL_PARTS).await.unwrap();
+    f.fail_parts.store(u32::MAX, Ordering::SeqCst);
+    assert!(archive.archive_from(&std, &m, &codec, &|_, _| {}).await.is_err());
+    // The first part was tried the policy's three times; the upload was aborted; no index.
+    assert!(f.parts_failed.load(Ordering::SeqCst) >= POLICY.attempts);
+    assert_eq!((f.completes.load(Ordering::SeqCst), f.aborts.load(Ordering::SeqCst)), (0, 1));
+    assert_eq!(unfinished_uploads(&cfg), 0, "no parts left in the bucket");
+    assert!(matches!(archive.read_index("snap-abort").await, Err(StoreError::ArchiveNotFound(_))));
+    // It works once the server does.
+    f.fail_parts.store(0, Ordering::SeqCst);
+    archive.archive_from(&std, &m, &codec, &|_, _| {}).await.unwrap();
+    assert!(archive.verify("snap-abort", VerifyMode::Full(codec)).await.unwrap().is_ok());
+}
+
+/// Chunk uploads that fail are retried with backoff; a server that goes mid-upload fails the upload;
+/// and whatever happened, every manifest in the bucket names only objects that are there.
+#[tokio::test]
+async fn no_manifest_in_the_bucket_names_a_missing_object() {
+    let (cfg, _moto) = new_bucket();
+    let (s3, f) = faulty(&cfg);
+    let store = BlockStore::open_with_policy(s3, Path::from("r"), POLICY).await.unwrap();
+    let codec = Codec::plain();
+    let data = random_blocks(12);
+
+    // Transient failures: each failed put is tried again, and the upload commits.
+    f.fail_puts.store(2, Ordering::SeqCst);
+    let mut good = Vec::new();
+    for b in &data[..4] {
+        good.push(store.put_block(&codec, b.clone()).await.unwrap().id);
+    }
+    assert_eq!(f.puts_failed.load(Ordering::SeqCst), 2, "two failed tries, both retried");
+    store.write_manifest(&manifest("snap-good", good.clone())).await.unwrap();
+
+    // The server goes mid-upload (after two more chunks): the upload fails, and its blocks
+    // written so far never get a manifest (the upload commits only after every put answered).
+    f.gone_after_puts.store(2, Ordering::SeqCst);
+    let mut partial = Vec::new();
+    let mut failed = false;
+    for b in &data[4..] {
+        match store.put_block(&codec, b.clone()).await {
+            Ok(p) => partial.push(p.id),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    assert!(failed && partial.len() == 2, "{} puts before the server went", partial.len());
+    f.gone.store(false, Ordering::SeqCst);
+
+    // Every block uploaded, then the server goes between the segments and the manifest: the
+    // manifest is not written (segments first, manifest last).
+    let mut all = good.clone();
+    for b in &data[4..] {
+        all.push(store.put_block(&codec, b.clone()).await.unwrap().id);
+    }
+    let mut blocks = all.clone();
+    blocks.resize(SEGMENT_BLOCKS + 3, BlockId::UNWRITTEN); // two segments
+    blocks[SEGMENT_BLOCKS + 1] = all[7];
+    f.gone_after_puts.store(1, Ordering::SeqCst);
+    assert!(store.write_manifest(&manifest("snap-cut-off", blocks.clone())).await.is_err());
+    f.gone.store(false, Ordering::SeqCst);
+
+    // The bucket, read through a store without faults: one manifest, whole.
+    let clean = BlockStore::open_s3(S3Config { prefix: "r".into(), ..cfg.clone() }).await.unwrap();
+    assert_eq!(clean.list_manifests().await.unwrap(), vec!["snap-good"]);
+    for id in clean.list_manifests().await.unwrap() {
+        let r = clean.verify(&id, VerifyMode::Full(codec.clone())).await.unwrap();
+        assert!(r.is_ok(), "{id} names missing or damaged objects: {r:?}");
+    }
+    // Once the server answers, the same snapshot commits.
+    store.write_manifest(&manifest("snap-cut-off", blocks)).await.unwrap();
+    assert!(clean.verify("snap-cut-off", VerifyMode::Full(codec)).await.unwrap().is_ok());
 }

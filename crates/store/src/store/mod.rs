@@ -419,7 +419,7 @@ impl BlockStore {
 
 /// The S3 backend of a bucket/prefix (shared by the snapshot store and the archive tier).
 #[cfg(feature = "s3")]
-pub(crate) fn s3_backend(cfg: &S3Config) -> Result<(Arc<dyn ObjectStore>, Path)> {
+pub(crate) fn s3_backend(cfg: &S3Config) -> Result<(Arc<object_store::aws::AmazonS3>, Path)> {
     use object_store::aws::{AmazonS3Builder, S3ConditionalPut};
     let mut b = if cfg.access_key_id.is_some() { AmazonS3Builder::new() } else { AmazonS3Builder::from_env() };
     b = b
