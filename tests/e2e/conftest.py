@@ -12,6 +12,12 @@ Environment:
                          new database on the PostgreSQL server BLOCKSNAP_TEST_PG names (tests/run starts a
                          throwaway one); its data dir records it, so admin commands and restarts find it.
                          Tests that start `blocksnap serve` by hand on a new dir use SQLite.
+  BLOCKSNAP_E2E_STORE    "local" (default: snapshot stores and archive tiers under the data dir) or "s3":
+                         every server the fixtures start keeps every region's snapshot store and archive
+                         tier in a new bucket of its own on the S3 server BLOCKSNAP_S3_ENDPOINT names
+                         (tests/run starts moto_server), keys laid out as the data dir's
+                         (`snapshots/<region>/…`, `archive/<region>/…`). Tests look into stores through
+                         `Server.store_objects` / `read_store_object` / `write_store_object`, which read either.
 """
 from __future__ import annotations
 
@@ -54,6 +60,9 @@ IS_MOTO = TARGET == "moto"
 CATALOG = os.environ.get("BLOCKSNAP_E2E_CATALOG", "sqlite").lower()
 if CATALOG not in ("sqlite", "postgres"):
     raise RuntimeError(f"BLOCKSNAP_E2E_CATALOG={CATALOG!r}: expected sqlite or postgres")
+STORE = os.environ.get("BLOCKSNAP_E2E_STORE", "local").lower()
+if STORE not in ("local", "s3"):
+    raise RuntimeError(f"BLOCKSNAP_E2E_STORE={STORE!r}: expected local or s3")
 EC2_VERSION = "2016-11-15"
 
 ROOT_ACCESS_KEY = "AKIAE2ETESTROOT00001"
@@ -105,6 +114,36 @@ def psql(url: str, sql: str) -> str:
     return out.stdout
 
 
+S3_KEY, S3_SECRET = "e2e-s3", "e2e-s3-secret"
+
+
+def s3_client():
+    """A boto3 S3 client of the S3 server BLOCKSNAP_S3_ENDPOINT names (BLOCKSNAP_E2E_STORE=s3)."""
+    endpoint = os.environ.get("BLOCKSNAP_S3_ENDPOINT")
+    if not endpoint:
+        raise RuntimeError("BLOCKSNAP_E2E_STORE=s3 needs BLOCKSNAP_S3_ENDPOINT, the URL of an S3 server "
+                           "(tests/run starts moto_server)")
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=S3_KEY,
+                        aws_secret_access_key=S3_SECRET, config=Config(retries={"max_attempts": 3}))
+
+
+def served_regions() -> list[str]:
+    """Every region blocksnap serves by default (its one list: crates/engine/src/regions.rs)."""
+    text = (REPO_ROOT / "crates/engine/src/regions.rs").read_text()
+    body = text.split("pub const COMMERCIAL_REGIONS", 1)[1].split("];", 1)[0]
+    regions = re.findall(r'"([a-z0-9-]+)"', body)
+    assert "us-east-1" in regions, "crates/engine/src/regions.rs: COMMERCIAL_REGIONS not found"
+    return regions
+
+
+def s3_store_config(bucket: str) -> str:
+    """A config file putting every region's snapshot store and archive tier in `bucket`."""
+    common = (f'bucket = "{bucket}"\nendpoint = "{os.environ["BLOCKSNAP_S3_ENDPOINT"]}"\nregion = "us-east-1"\n'
+              f'access_key_id = "{S3_KEY}"\nsecret_access_key = "{S3_SECRET}"\nallow_http = true\n')
+    return "".join(f'[stores.{r}]\nprefix = "snapshots/{r}"\n{common}\n[archives.{r}]\nprefix = "archive/{r}"\n'
+                   f'{common}\n' for r in served_regions())
+
+
 def blocksnap_bin() -> Path:
     p = Path(os.environ.get("BLOCKSNAP_BIN", "target/debug/blocksnap"))
     if not p.is_absolute():
@@ -133,6 +172,10 @@ class Server:
     starts: int = 0
     extra_env: dict = field(default_factory=dict)
     extra_args: list = field(default_factory=list)
+    # The bucket of its stores (BLOCKSNAP_E2E_STORE=s3), else None: they are under the data dir.
+    bucket: str | None = None
+    # Keep the stores under the data dir whatever BLOCKSNAP_E2E_STORE says (tests of the data dir itself).
+    local_store: bool = False
 
     @property
     def endpoint(self) -> str:
@@ -170,6 +213,14 @@ class Server:
             self.data_dir.mkdir(parents=True, exist_ok=True)
             if CATALOG == "postgres" and "BLOCKSNAP_CATALOG" not in self.extra_env:
                 self.extra_env["BLOCKSNAP_CATALOG"] = pg_database()
+            if (STORE == "s3" and not self.local_store and "BLOCKSNAP_CONFIG" not in self.extra_env
+                    and "--config" not in self.extra_args):
+                self.bucket = "e2e-" + secrets.token_hex(8)
+                s3_client().create_bucket(Bucket=self.bucket)
+                _S3_SERVERS.append(self)
+                cfg = self.workdir / "s3-stores.toml"
+                cfg.write_text(s3_store_config(self.bucket))
+                self.extra_env["BLOCKSNAP_CONFIG"] = str(cfg)
             cmd = [str(binary), "serve", "--data-dir", str(self.data_dir),
                    "--listen", f"127.0.0.1:{self.port}", "--nbd-listen", f"127.0.0.1:{self.nbd_port}",
                    "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
@@ -210,6 +261,57 @@ class Server:
 
     def log(self) -> str:
         return _tail(self.log_path, 20000)
+
+    # --- its stores ---------------------------------------------------------------------------
+    def store_objects(self, prefix: str) -> dict[str, int]:
+        """The objects of this server's snapshot stores and archive tiers under `prefix` (a data-dir
+        relative path such as `snapshots/us-east-1/chunks` or `archive/us-east-1/snap-…`), by key
+        (the same relative path) with their sizes: files under the data dir, or the bucket's objects."""
+        prefix = prefix.strip("/")
+        if self.bucket:
+            out = {}
+            for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                               Prefix=prefix + "/"):
+                out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
+            return out
+        out = {}
+        # The store removes empty directories and staging files while we walk: what vanished is gone.
+        for root, _dirs, names in os.walk(self.data_dir / prefix):
+            for n in names:
+                try:
+                    out[str((Path(root) / n).relative_to(self.data_dir))] = (Path(root) / n).stat().st_size
+                except FileNotFoundError:
+                    pass
+        return out
+
+    def read_store_object(self, key: str) -> bytes:
+        if self.bucket:
+            return s3_client().get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return (self.data_dir / key).read_bytes()
+
+    def write_store_object(self, key: str, data: bytes) -> None:
+        if self.bucket:
+            s3_client().put_object(Bucket=self.bucket, Key=key, Body=data)
+        else:
+            (self.data_dir / key).write_bytes(data)
+
+    def drop_bucket(self) -> None:
+        """Delete this stopped server's bucket and everything in it."""
+        s3 = s3_client()
+        for page in s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket):
+            keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+            if keys:
+                s3.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+        s3.delete_bucket(Bucket=self.bucket)
+        self.bucket = None
+
+    def admin(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """`blocksnap admin <args> --data-dir DATA` with this server's environment (its catalog and
+        its stores' configuration)."""
+        env = dict(os.environ)
+        env.update(self.extra_env)
+        return subprocess.run([str(blocksnap_bin()), "admin", *args, "--data-dir", str(self.data_dir)],
+                              capture_output=True, text=True, timeout=timeout, cwd=self.workdir, env=env)
 
     # --- accounts -----------------------------------------------------------------------------
     def create_account(self) -> Creds:
@@ -334,6 +436,20 @@ class RawResponse:
     def code(self) -> str | None:
         m = re.search(r"<Code>(.*?)</Code>", self.text, re.S)
         return m.group(1).strip() if m else None
+
+
+# Servers with a bucket of their own (BLOCKSNAP_E2E_STORE=s3).
+_S3_SERVERS: list[Server] = []
+
+
+@pytest.fixture(autouse=True)
+def _drop_stopped_buckets():
+    """After each test (and its fixtures), the buckets of servers stopped for good go: the S3 server
+    (in memory) holds only the live servers' snapshots."""
+    yield
+    for srv in [s for s in _S3_SERVERS if s.proc is None]:
+        _S3_SERVERS.remove(srv)
+        srv.drop_bucket()
 
 
 def _make_server(tmp: Path, **env) -> Server:

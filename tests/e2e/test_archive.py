@@ -9,14 +9,13 @@ garbage every second with no grace window.
 from __future__ import annotations
 
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import _make_server, blocksnap_bin, poll, tagspec
+from conftest import _make_server, poll, tagspec
 from nbd import MiB, compare, from_file, qemu_io
 
 pytestmark = pytest.mark.blocksnap_only
@@ -36,22 +35,13 @@ def code(e) -> str:
     return e.value.response["Error"]["Code"]
 
 
-def files(path: Path) -> list[Path]:
-    """The files under `path` (the store removes empty directories while we walk)."""
-    out = []
-    for root, _dirs, names in os.walk(path):
-        out.extend(Path(root) / n for n in names)
-    return out
+def files(srv, prefix: str) -> list[str]:
+    """The keys of the objects under `prefix` of the server's stores (data dir or bucket)."""
+    return sorted(srv.store_objects(prefix))
 
 
-def dir_bytes(path: Path) -> int:
-    total = 0
-    for p in files(path):
-        try:
-            total += p.stat().st_size
-        except FileNotFoundError:
-            pass
-    return total
+def dir_bytes(srv, prefix: str) -> int:
+    return sum(srv.store_objects(prefix).values())
 
 
 def snap(ec2, sid) -> dict:
@@ -122,8 +112,8 @@ def test_archive_data_check(srv, run_tag, tmp_path):
     second = completed_snapshot(ec2, vid, run_tag)
     assert snap(ec2, second)["StorageTier"] == "standard"
 
-    std = srv.data_dir / "snapshots" / region
-    full_compressed = dir_bytes(std / "chunks")  # every chunk of the chain: `second` references them all
+    std = f"snapshots/{region}"
+    full_compressed = dir_bytes(srv, f"{std}/chunks")  # every chunk of the chain: `second` references them all
     started = ec2.modify_snapshot_tier(SnapshotId=second, StorageTier="archive")
     assert started["SnapshotId"] == second and started["TieringStartTime"]
     t = wait_tier(ec2, second, "archival-completed")
@@ -145,13 +135,13 @@ def test_archive_data_check(srv, run_tag, tmp_path):
 
     # The rest of the chain goes; GC then leaves nothing of it in the standard store.
     ec2.delete_snapshot(SnapshotId=first)
-    poll(lambda: (files(std / "chunks"), files(std / "segs"), files(std / "snaps")),
+    poll(lambda: (files(srv, f"{std}/chunks"), files(srv, f"{std}/segs"), files(srv, f"{std}/snaps")),
          lambda r: r == ([], [], []), timeout=30)
-    archive = srv.data_dir / "archive" / region / second
-    archive_bytes = dir_bytes(archive)
+    archive = f"archive/{region}/{second}"
+    archive_bytes = dir_bytes(srv, archive)
     print(f"\nMEASURE archive of {second}: {archive_bytes} bytes in the archive store; the chain's chunks in the "
           f"standard store before: {full_compressed} bytes; standard store after archive+GC: "
-          f"{dir_bytes(std / 'chunks') + dir_bytes(std / 'segs') + dir_bytes(std / 'snaps')} bytes")
+          f"{sum(dir_bytes(srv, f'{std}/{d}') for d in ('chunks', 'segs', 'snaps'))} bytes")
     assert 0 < archive_bytes <= full_compressed, (archive_bytes, full_compressed)
 
     # Restore the tier for a day; a volume from it is the original byte for byte.
@@ -173,7 +163,7 @@ def test_archive_data_check(srv, run_tag, tmp_path):
     srv.advance_clock(2 * DAY)
     poll(lambda: snap(ec2, second), lambda s: s["StorageTier"] == "archive", timeout=60)
     assert "RestoreExpiryTime" not in snap(ec2, second)
-    poll(lambda: files(std / "chunks"), lambda f: f == [], timeout=30)
+    poll(lambda: files(srv, f"{std}/chunks"), lambda f: f == [], timeout=30)
     with pytest.raises(ClientError) as e:
         ec2.create_volume(SnapshotId=second, AvailabilityZone=region + "a")
     assert code(e) == "IncorrectState"
@@ -183,7 +173,7 @@ def test_archive_data_check(srv, run_tag, tmp_path):
     assert r["IsPermanentRestore"] is True and "RestoreDuration" not in r
     wait_tier(ec2, second, "permanent-restore-completed")
     assert snap(ec2, second)["StorageTier"] == "standard"
-    poll(lambda: archive.exists(), lambda x: not x, timeout=30)
+    poll(lambda: files(srv, archive), lambda f: f == [], timeout=30)
     again = ec2.create_volume(SnapshotId=second, AvailabilityZone=region + "a")["VolumeId"]
     attach(ec2, inst, again, "/dev/sdh")
     assert compare(srv, vid, again).returncode == 0
@@ -201,7 +191,7 @@ def test_incremental_after_an_archived_parent(srv, run_tag):
     qemu_io(srv, vid, "write -P 0x13 1M 512k", "flush")
     child = completed_snapshot(ec2, vid, run_tag)
     ec2.delete_snapshot(SnapshotId=base)
-    poll(lambda: (srv.data_dir / "archive" / srv.region / base).exists(), lambda x: not x, timeout=30)
+    poll(lambda: files(srv, f"archive/{srv.region}/{base}"), lambda f: f == [], timeout=30)
     new = ec2.create_volume(SnapshotId=child, AvailabilityZone=srv.region + "a")["VolumeId"]
     attach(ec2, inst, new, "/dev/sdg")
     assert compare(srv, vid, new).returncode == 0
@@ -282,9 +272,9 @@ def test_errors(srv, run_tag):
     # Deleting an archived snapshot removes its archive.
     ec2.modify_snapshot_tier(SnapshotId=second, StorageTier="archive")
     wait_tier(ec2, second, "archival-completed")
-    assert (srv.data_dir / "archive" / srv.region / second / "index").exists()
+    assert f"archive/{srv.region}/{second}/index" in files(srv, f"archive/{srv.region}/{second}")
     ec2.delete_snapshot(SnapshotId=second)
-    poll(lambda: (srv.data_dir / "archive" / srv.region / second).exists(), lambda x: not x, timeout=30)
+    poll(lambda: files(srv, f"archive/{srv.region}/{second}"), lambda f: f == [], timeout=30)
 
 
 def test_aws_cli_and_encrypted_archive(srv, run_tag):
@@ -303,8 +293,8 @@ def test_aws_cli_and_encrypted_archive(srv, run_tag):
     listed = srv.cli("describe-snapshots", "--owner-ids", "self", "--filters", "Name=storage-tier,Values=archive",
                      f"Name=volume-id,Values={vid}")
     assert [s["SnapshotId"] for s in listed["Snapshots"]] == [sid] and listed["Snapshots"][0]["Encrypted"]
-    packs = files(srv.data_dir / "archive" / srv.region / sid)
-    assert packs and not any(b"ARCHIVE-PLAINTEXT-MARKER" in p.read_bytes() for p in packs)
+    packs = files(srv, f"archive/{srv.region}/{sid}")
+    assert packs and not any(b"ARCHIVE-PLAINTEXT-MARKER" in srv.read_store_object(p) for p in packs)
     bad = srv.cli("restore-snapshot-tier", "--snapshot-id", sid, check=False)
     assert bad.returncode != 0 and "MissingParameter" in bad.stderr, bad.stderr
     out = srv.cli("restore-snapshot-tier", "--snapshot-id", sid, "--temporary-restore-days", "2")
@@ -331,8 +321,7 @@ def test_killed_mid_archive_restarts_consistent(srv, run_tag):
     srv.start()
     ec2 = srv.client()
     wait_tier(ec2, sid, "archival-completed")
-    v = subprocess.run([str(blocksnap_bin()), "admin", "verify", "--data-dir", str(srv.data_dir)],
-                       capture_output=True, text=True, timeout=120)
+    v = srv.admin("verify")
     assert v.returncode == 0 and f"{sid} ok" in v.stdout, v.stdout + v.stderr
 
 
@@ -353,8 +342,7 @@ def test_recycle_bin_keeps_an_archived_snapshot(srv, run_tag):
         ec2.delete_snapshot(SnapshotId=sid)
         assert [s["SnapshotId"] for s in ec2.list_snapshots_in_recycle_bin(SnapshotIds=[sid])["Snapshots"]] == [sid]
         time.sleep(2.5)  # GC ticks every second: the binned snapshot's archive is not an orphan
-        index = srv.data_dir / "archive" / srv.region / sid / "index"
-        assert index.exists()
+        assert f"archive/{srv.region}/{sid}/index" in files(srv, f"archive/{srv.region}/{sid}")
         ec2.restore_snapshot_from_recycle_bin(SnapshotId=sid)
         assert snap(ec2, sid)["StorageTier"] == "archive"
         with pytest.raises(ClientError) as e:

@@ -31,7 +31,7 @@ def wait(ec2, sid, ok=("completed",)):
 
 
 def chunk_count(server, region) -> int:
-    return sum(1 for p in (server.data_dir / "snapshots" / region / "chunks").rglob("*") if p.is_file())
+    return len(server.store_objects(f"snapshots/{region}/chunks"))
 
 
 @pytest.fixture
@@ -101,9 +101,8 @@ def test_second_copy_moves_only_changed_blocks(server, source):
 
 
 def _plaintext_free(server, region, marker: bytes):
-    for f in (server.data_dir / "snapshots" / region).rglob("*"):
-        if f.is_file():
-            assert marker not in f.read_bytes(), f"plaintext in {f}"
+    for obj in server.store_objects(f"snapshots/{region}"):
+        assert marker not in server.read_store_object(obj), f"plaintext in {obj}"
 
 
 def test_encrypt_on_copy_default_and_named_key(server, run_tag):

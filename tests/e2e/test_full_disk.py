@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from botocore.exceptions import ClientError
 
-from conftest import Server, attached_volume, blocksnap_bin
+from conftest import Server, attached_volume
 from nbd import MiB, pattern_ok, qemu_io
 
 pytestmark = pytest.mark.blocksnap_only
@@ -72,8 +72,7 @@ def test_full_data_dir(tmp_path, small_disk):
         for k in acked:
             assert pattern_ok(srv, sid, k * MiB, MiB, k % 200 + 40)
         srv.stop()
-        v = subprocess.run([str(blocksnap_bin()), "admin", "verify", "--data-dir", str(srv.data_dir)],
-                           capture_output=True, text=True, timeout=300)
+        v = srv.admin("verify", timeout=300)
         assert v.returncode == 0, v.stdout + v.stderr
     finally:
         srv.stop()

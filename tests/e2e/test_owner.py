@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import blocksnap_bin, free_port, psql, wait_port
+from conftest import Server, blocksnap_bin, free_port, psql, wait_port
 from nbd import MiB, compare, qemu_io
 
 pytestmark = pytest.mark.blocksnap_only
@@ -149,10 +149,20 @@ def test_port_clash_leaves_the_data_dir_untouched(fresh_server):
 
 # ---- formats ------------------------------------------------------------------------------------
 
-def test_a_data_dir_of_a_newer_format_is_refused_untouched(fresh_server):
+@pytest.fixture
+def local_store_server(tmp_path):
+    """A server of its own whose snapshot stores are under its data dir whatever BLOCKSNAP_E2E_STORE
+    says: the test below checks the data dir's own store format (`snapshots/<region>/store.json`)."""
+    srv = Server(kind="blocksnap", workdir=tmp_path, local_store=True)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def test_a_data_dir_of_a_newer_format_is_refused_untouched(local_store_server):
     import json
     import sqlite3
-    srv = fresh_server
+    srv = local_store_server
     ec2 = srv.client()
     vid = attached_volume(ec2, f"{srv.region}a")
     qemu_io(srv, vid, "write -P 0x66 0 1M", "flush")

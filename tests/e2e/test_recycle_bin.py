@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import subprocess
-from pathlib import Path
 
 import pytest
 from botocore.config import Config
@@ -100,8 +99,9 @@ def days(n: int) -> dict:
     return {"RetentionPeriodValue": n, "RetentionPeriodUnit": "DAYS"}
 
 
-def manifest(srv, sid) -> Path:
-    return srv.data_dir / "snapshots" / srv.region / "snaps" / f"{sid}.manifest"
+def manifest_stored(srv, sid) -> bool:
+    key = f"snapshots/{srv.region}/snaps/{sid}.manifest"
+    return key in srv.store_objects(f"snapshots/{srv.region}/snaps")
 
 
 def chunk_name(data: bytes) -> str:
@@ -109,8 +109,8 @@ def chunk_name(data: bytes) -> str:
 
 
 def chunks(srv) -> set:
-    root = srv.data_dir / "snapshots" / srv.region / "chunks"
-    return {p.name for p in root.rglob("*") if p.is_file() and "#" not in p.name}
+    keys = srv.store_objects(f"snapshots/{srv.region}/chunks")
+    return {k.rsplit("/", 1)[-1] for k in keys if "#" not in k}
 
 
 # ------------------------------------------------------------------------------------------- rules
@@ -279,7 +279,7 @@ def test_deleted_snapshot_is_binned_restored_and_purged(srv):
     # GC (every second, no grace) reclaims the other snapshot's block, so it ran after the binning,
     # and kept the binned snapshot's manifest and block.
     poll(lambda: chunks(srv), lambda c: chunk_name(junk) not in c, timeout=30)
-    assert manifest(srv, kept).exists() and chunk_name(data) in chunks(srv)
+    assert manifest_stored(srv, kept) and chunk_name(data) in chunks(srv)
     # Its tags may still change in the bin.
     a.ec2.create_tags(Resources=[kept], Tags=[{"Key": "note", "Value": "binned"}])
     # Restored: the same id, completed, its tags, and its bytes read back.
@@ -300,7 +300,7 @@ def test_deleted_snapshot_is_binned_restored_and_purged(srv):
     srv.advance_clock(DAY + 60)
     assert a.binned() == {}
     assert rerr(lambda: a.ec2.restore_snapshot_from_recycle_bin(SnapshotId=kept))["code"] == "InvalidSnapshot.NotFound"
-    poll(lambda: manifest(srv, kept).exists(), lambda e: not e, timeout=30)
+    poll(lambda: manifest_stored(srv, kept), lambda e: not e, timeout=30)
     poll(lambda: chunks(srv), lambda c: chunk_name(data) not in c, timeout=30)
     a.rbin.delete_rule(Identifier=rule)
 

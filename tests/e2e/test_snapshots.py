@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import time
 import urllib.request
@@ -174,13 +173,13 @@ def test_incremental_reads_and_stores_only_changes(server, ec2, instance, az, ru
     qemu_io(server, vid, "write -P 0x61 0 16M", "flush")
     first = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
     wait_completed(ec2, first)
-    chunks = server.data_dir / "snapshots" / server.region / "chunks"
-    before = sum(1 for p in chunks.rglob("*") if p.is_file())
+    chunks = f"snapshots/{server.region}/chunks"
+    before = len(server.store_objects(chunks))
     assert before >= 1, "the first snapshot stores blocks"
     qemu_io(server, vid, "write -P 0x62 4M 512k", "flush")
     second = ec2.create_snapshot(VolumeId=vid)["SnapshotId"]
     wait_completed(ec2, second)
-    after = sum(1 for p in chunks.rglob("*") if p.is_file())
+    after = len(server.store_objects(chunks))
     assert after - before == 1, f"one changed block => one new chunk, got {after - before}"
     assert pattern_ok(server, second, 4 * MiB, 512 * 1024, 0x62)
     assert pattern_ok(server, second, 0, 4 * MiB, 0x61)
@@ -190,7 +189,7 @@ def test_incremental_reads_and_stores_only_changes(server, ec2, instance, az, ru
     qemu_io(server, v2, "write -P 0x61 0 16M", "flush")
     third = ec2.create_snapshot(VolumeId=v2)["SnapshotId"]
     wait_completed(ec2, third)
-    assert sum(1 for p in chunks.rglob("*") if p.is_file()) == after
+    assert len(server.store_objects(chunks)) == after
 
 
 def test_encrypted_snapshot(server, ec2, instance, az, run_tag):
@@ -204,10 +203,8 @@ def test_encrypted_snapshot(server, ec2, instance, az, run_tag):
     assert s["Encrypted"] is True and s["KmsKeyId"] == key["Arn"]
     snap = wait_completed(ec2, s["SnapshotId"])[0]
     assert snap["Encrypted"] is True and snap["KmsKeyId"] == key["Arn"]
-    store = server.data_dir / "snapshots" / server.region
-    for f in store.rglob("*"):
-        if f.is_file():
-            assert marker.encode() not in f.read_bytes(), f"plaintext found in {f}"
+    for obj in server.store_objects(f"snapshots/{server.region}"):
+        assert marker.encode() not in server.read_store_object(obj), f"plaintext found in {obj}"
     new = ec2.create_volume(SnapshotId=s["SnapshotId"], AvailabilityZone=az)
     assert new["Encrypted"] is True and new["KmsKeyId"] == key["Arn"]
     ec2.get_waiter("volume_available").wait(VolumeIds=[new["VolumeId"]], WaiterConfig={"Delay": 1})
@@ -320,7 +317,7 @@ def test_snapshots_survive_restart(fresh_server, az):
 
 
 def chunks_in(server) -> int:
-    return sum(1 for p in (server.data_dir / "snapshots" / server.region / "chunks").rglob("*") if p.is_file())
+    return len(server.store_objects(f"snapshots/{server.region}/chunks"))
 
 
 def test_chain_delete_middle_restore_later_and_gc(gc_server, az):
@@ -400,7 +397,6 @@ def test_kill_9_during_upload(fresh_server, az):
 
 
 def test_admin_verify_reads_every_snapshot_back_and_catches_damage(fresh_server, az):
-    from conftest import blocksnap_bin
     server = fresh_server
     ec2 = server.client()
     inst = ec2.run_instances(ImageId="ami-0b5e4c3d2a1f00001", MinCount=1, MaxCount=1,
@@ -416,17 +412,16 @@ def test_admin_verify_reads_every_snapshot_back_and_catches_damage(fresh_server,
         qemu_io(server, vid, f"write -s {blob} 0 2M", "flush")
         sids.append(ec2.create_snapshot(VolumeId=vid)["SnapshotId"])
     wait_completed(ec2, *sids)
-    cmd = [str(blocksnap_bin()), "admin", "verify", "--data-dir", str(server.data_dir)]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    r = server.admin("verify")
     assert r.returncode == 0, r.stdout + r.stderr
     for s in sids:
         assert f"{s} ok" in r.stdout, r.stdout
     # Damage one stored chunk: verification must say so.
-    chunk = next(p for p in (server.data_dir / "snapshots" / server.region / "chunks").rglob("*") if p.is_file())
-    data = bytearray(chunk.read_bytes())
+    chunk = next(iter(server.store_objects(f"snapshots/{server.region}/chunks")))
+    data = bytearray(server.read_store_object(chunk))
     data[len(data) // 2] ^= 0xFF
-    chunk.write_bytes(bytes(data))
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    server.write_store_object(chunk, bytes(data))
+    r = server.admin("verify")
     assert r.returncode != 0 and "FAILED" in r.stdout, r.stdout + r.stderr
 
 

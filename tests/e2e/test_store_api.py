@@ -146,7 +146,7 @@ def test_store_stats_root_sees_the_store_others_their_share(fresh_server):
     assert here["Chunks"] == 4
     assert here["ReductionRatio"] == pytest.approx(here["LogicalBytes"] / here["StoredBytes"])
     assert empty["Snapshots"] == 0 and empty["StoredBytes"] == 0 and empty["ReductionRatio"] == 1.0
-    assert not (srv.data_dir / "snapshots" / "eu-west-1").exists(), "an unused region's store is not created"
+    assert not srv.store_objects("snapshots/eu-west-1"), "an unused region's store is not created"
 
     # Every served region by default.
     assert len(ok(srv, "GetStoreStats", {})["Regions"]) > 2
@@ -260,15 +260,16 @@ def test_store_stats_stay_exact_under_concurrent_writers(fresh_server):
     assert not errors, errors
     assert answers, "GetStoreStats answered while the writers ran"
 
-    root = srv.data_dir / "snapshots" / srv.region
+    root = f"snapshots/{srv.region}"
     ec2 = srv.client()
     kept = [s for s in ec2.describe_snapshots(OwnerIds=["self"])["Snapshots"]]
     assert len(kept) == 4 * 3 and all(s["State"] == "completed" for s in kept)
 
     def on_disk():
-        chunks = [p for p in (root / "chunks").rglob("*") if p.is_file()]
-        return {"Manifests": len(list((root / "snaps").glob("*.manifest"))), "Chunks": len(chunks),
-                "StoredBytes": sum(p.stat().st_size for p in chunks), "LogicalBytes": len(kept) * 3 * BLOCK}
+        chunks = srv.store_objects(f"{root}/chunks")
+        manifests = [k for k in srv.store_objects(f"{root}/snaps") if k.endswith(".manifest")]
+        return {"Manifests": len(manifests), "Chunks": len(chunks),
+                "StoredBytes": sum(chunks.values()), "LogicalBytes": len(kept) * 3 * BLOCK}
 
     # Deleted snapshots' manifests go just after their rows: wait for the disk to settle.
     disk = poll(on_disk, lambda d: d["Manifests"] == len(kept), timeout=30)

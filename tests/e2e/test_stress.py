@@ -33,7 +33,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 import nbd
-from conftest import blocksnap_bin, make_instance, make_volume, wait_attached, wait_volume_state
+from conftest import make_instance, make_volume, wait_attached, wait_volume_state
 
 pytestmark = pytest.mark.blocksnap_only
 
@@ -493,8 +493,7 @@ def test_stress_writers_snapshots_and_lifecycle(fresh_server, tmp_path):
     assert deleted, "the DeleteSnapshot loop never ran"
     assert nbd.pattern_ok(server, vols["G"], 0, 40 * MiB, 0x5a)
 
-    p = subprocess.run([str(blocksnap_bin()), "admin", "verify", "--data-dir", str(server.data_dir)],
-                       capture_output=True, text=True, timeout=300)
+    p = server.admin("verify", timeout=300)
     assert p.returncode == 0, f"admin verify failed:\n{p.stdout}\n{p.stderr}"
     wd.close()
     print(f"\nstress: {len(sets)} sets, {len(singles)} single snapshots, {len(copies)} copies, "
