@@ -643,8 +643,10 @@ impl ArchiveStore {
             // An index of ~160,000 blocks or more (80 GiB written) goes in parts, and a multipart
             // upload cannot be create-only: check first. The archive job of a snapshot has one
             // owner, so nothing else writes this index meanwhile.
-            if self.os.head(&index_path).await.is_ok() {
-                return self.read_index(&m.snapshot_id).await;
+            match self.os.head(&index_path).await {
+                Ok(_) => return self.read_index(&m.snapshot_id).await,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(e.into()),
             }
             self.os.put_large(&index_path, Bytes::from(bytes)).await?;
         } else {

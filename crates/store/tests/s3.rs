@@ -508,3 +508,25 @@ async fn no_manifest_in_the_bucket_names_a_missing_object() {
     store.write_manifest(&manifest("snap-cut-off", blocks)).await.unwrap();
     assert!(clean.verify("snap-cut-off", VerifyMode::Full(codec)).await.unwrap().is_ok());
 }
+
+/// An index of more than 5 MiB (112,640 written blocks, 52 bytes each) goes in parts too; archiving
+/// the same snapshot again finds it (HEAD) and uploads nothing.
+#[tokio::test]
+async fn a_large_archive_index_goes_in_parts_and_is_found_again() {
+    let (cfg, _moto) = new_bucket();
+    let std = BlockStore::open_s3(S3Config { prefix: "std".into(), ..cfg.clone() }).await.unwrap();
+    let codec = Codec::plain();
+    let id = std.put_block(&codec, random_blocks(1).remove(0)).await.unwrap().id;
+    let m = manifest("snap-big-index", vec![id; 55 * 2048]); // 55 GiB, one distinct block
+    std.write_manifest(&m).await.unwrap();
+    let (s3, f) = faulty(&cfg);
+    let archive = ArchiveStore::open_multipart(s3, Path::from("arch"), POLICY, SMALL_PARTS).await.unwrap();
+    let ix = archive.archive_from(&std, &m, &codec, &|_, _| {}).await.unwrap();
+    assert_eq!(ix.entries.len(), 55 * 2048);
+    let count = |c: &AtomicU32| c.load(Ordering::SeqCst);
+    assert_eq!((count(&f.creates), count(&f.parts_ok), count(&f.completes)), (1, 2, 1), "the index in two parts");
+    assert_eq!(archive.read_index("snap-big-index").await.unwrap(), ix);
+    assert_eq!(archive.archive_from(&std, &m, &codec, &|_, _| {}).await.unwrap(), ix);
+    assert_eq!(count(&f.creates), 1, "the committed index was found, nothing uploaded again");
+    assert!(archive.verify("snap-big-index", VerifyMode::Full(codec)).await.unwrap().is_ok());
+}
