@@ -45,7 +45,7 @@ pub struct Membership {
 
 /// `pg_locks` row of the owner lock in this database (an advisory lock on a bigint key: its high
 /// half in `classid`, its low half in `objid`).
-const OWNER_LOCK_ROW: &str = "l.locktype = 'advisory' AND l.granted
+pub(super) const OWNER_LOCK_ROW: &str = "l.locktype = 'advisory' AND l.granted
     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
     AND l.classid = ($1::bigint >> 32)::oid AND l.objid = ($1::bigint & 4294967295)::oid";
 

@@ -96,6 +96,12 @@ struct Inner {
     group: GroupCommit,
     /// Set once the server may have lost a commit this process already acted on.
     poisoned: Mutex<Option<String>>,
+    /// A cluster leader's writer session (pid, start time): set once, never replaced (a cluster's
+    /// writer never reconnects).
+    session: std::sync::OnceLock<(i32, String)>,
+    /// The fence's own connection (a cluster's leader only): its proofs never wait behind a commit
+    /// on the writer or for a pooled connection.
+    fence: tokio::sync::Mutex<Option<Client>>,
 }
 
 /// A catalog in a PostgreSQL database (`postgres://user:password@host:port/dbname`, or `host=/dir`
@@ -161,6 +167,8 @@ impl PgCatalog {
             writer: tokio::sync::Mutex::new(Writer { client: None, last_commit: 0 }),
             group: GroupCommit::new(),
             poisoned: Mutex::new(None),
+            session: std::sync::OnceLock::new(),
+            fence: tokio::sync::Mutex::new(None),
         });
         let mut cat = PgCatalog { inner, runtime: Some(runtime), id: String::new(), target: redact(url) };
         let inner = cat.inner.clone();
@@ -248,28 +256,36 @@ impl PgCatalog {
         })
     }
 
-    /// The fence of a cluster's leader: fails (and poisons the catalog) once the writer's session,
-    /// which holds the leadership, is gone or does not answer within `bound`. The caller stops
-    /// serving as leader at once.
+    /// The fence of a cluster's leader: fails (and poisons the catalog) unless the server proves,
+    /// within `bound`, that the writer's session still holds the owner lock (`pg_locks`, asked on
+    /// the fence's own connection). While it does, no other node can lead; without that proof
+    /// another node may lead, and the caller stops serving as leader at once. The proof never
+    /// waits for the writer: a commit stuck on a cut connection holds the writer for up to
+    /// [`CALL_TIMEOUT`], longer than the server takes to drop a silent session and free the lock.
     pub fn check_fence(&self, bound: Duration) -> Result<()> {
         self.check_poison()?;
         let inner = self.inner.clone();
         self.run(async move {
-            let w = match tokio::time::timeout(bound, inner.writer.lock()).await {
-                Ok(w) => w,
-                // A commit in progress holds it: that commit checks the session itself.
-                Err(_) => return Ok(()),
+            if let Ok(w) = inner.writer.try_lock()
+                && w.client.as_ref().is_none_or(|c| c.client.is_closed())
+            {
+                return Err(inner.poison("the session holding the cluster's leadership ended".into()));
+            }
+            let Some((pid, start)) = inner.session.get().cloned() else {
+                return Err(inner.poison("this catalog never held the cluster's leadership".into()));
             };
-            let alive = match w.client.as_ref() {
-                Some(c) if !c.client.is_closed() => {
-                    matches!(tokio::time::timeout(bound, c.client.simple_query("")).await, Ok(Ok(_)))
+            match tokio::time::timeout(bound, inner.holds_owner_lock(pid, &start)).await {
+                Ok(Ok(true)) => Ok(()),
+                Ok(Ok(false)) => Err(inner.poison(format!(
+                    "the session holding the cluster's leadership (server process {pid}) ended; another node may lead now"
+                ))),
+                Ok(Err(e)) => {
+                    *inner.fence.lock().await = None;
+                    Err(inner.poison(format!("the cluster's leadership could not be proven: {e}")))
                 }
-                _ => false,
-            };
-            if alive {
-                Ok(())
-            } else {
-                Err(inner.poison("the session holding the cluster's leadership ended or stopped answering".into()))
+                Err(_) => Err(inner.poison(format!(
+                    "the server did not confirm the cluster's leadership within {bound:?}"
+                ))),
             }
         })
     }
@@ -356,6 +372,21 @@ impl Inner {
             *p = Some(why.clone());
         }
         CatalogError::Poisoned(why)
+    }
+
+    /// Whether the session `pid` started at `start` holds the owner lock now (the fence's proof).
+    async fn holds_owner_lock(&self, pid: i32, start: &str) -> Result<bool> {
+        let mut slot = self.fence.lock().await;
+        if slot.as_ref().is_none_or(Client::is_closed) {
+            *slot = Some(self.connect().await?);
+        }
+        let Some(client) = slot.as_ref() else { return Err(CatalogError::Closed) };
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                            WHERE {} AND l.pid = $2 AND a.backend_start::text = $3)",
+            cluster::OWNER_LOCK_ROW
+        );
+        Ok(client.query_one(&sql, &[&OWNER_LOCK_KEY, &pid, &start]).await?.get(0))
     }
 
     /// A new connection driven by the catalog's runtime.
@@ -445,6 +476,9 @@ impl Inner {
             .query_one("SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()", &[])
             .await?;
         let ident = (r.get::<_, i32>(0), r.get::<_, String>(1));
+        if self.fencing == Fencing::Cluster {
+            let _ = self.session.set(ident.clone());
+        }
         w.client = Some(WriterConn { client, stmts: None, ident });
         Ok(())
     }

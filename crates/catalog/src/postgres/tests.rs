@@ -423,3 +423,100 @@ fn cluster_election_claim_and_fence() {
     assert_eq!(second.get("volume", "b").unwrap(), None);
     assert_eq!(second.load_kind("volume").unwrap().len(), 2);
 }
+
+/// A TCP proxy to the test server that can be frozen: while frozen it reads but forwards nothing
+/// (a network cut that leaves both sockets open).
+struct Cut {
+    port: u16,
+    frozen: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Cut {
+    fn start() -> Cut {
+        use std::io::{Read, Write};
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let cfg: tokio_postgres::Config = admin_url().parse().unwrap();
+        let (host, port) = (cfg.get_hosts()[0].clone(), cfg.get_ports().first().copied().unwrap_or(5432));
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let frozen = Arc::new(AtomicBool::new(false));
+        let cut = Cut { port: listener.local_addr().unwrap().port(), frozen: frozen.clone() };
+        type Stream = Box<dyn FnMut(&mut [u8]) -> std::io::Result<usize> + Send>;
+        type Sink = Box<dyn FnMut(&[u8]) -> std::io::Result<()> + Send>;
+        let pump = move |mut from: Stream, mut to: Sink, frozen: Arc<AtomicBool>| {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n @ 1..) = from(&mut buf) {
+                    while frozen.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    if to(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        };
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let client = client.unwrap();
+                let (c1, mut c2) = (client.try_clone().unwrap(), client);
+                let (from_server, to_server): (Stream, Sink) = match &host {
+                    Host::Unix(dir) => {
+                        let s = std::os::unix::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}"))).unwrap();
+                        let (mut r, mut w) = (s.try_clone().unwrap(), s);
+                        (Box::new(move |b| r.read(b)), Box::new(move |b| w.write_all(b)))
+                    }
+                    Host::Tcp(h) => {
+                        let s = std::net::TcpStream::connect((h.as_str(), port)).unwrap();
+                        let (mut r, mut w) = (s.try_clone().unwrap(), s);
+                        (Box::new(move |b| r.read(b)), Box::new(move |b| w.write_all(b)))
+                    }
+                };
+                let mut c1 = c1;
+                pump(Box::new(move |b| c1.read(b)), to_server, frozen.clone());
+                pump(from_server, Box::new(move |b| c2.write_all(b)), frozen.clone());
+            }
+        });
+        cut
+    }
+
+    /// `url` (a database of the test server) through this proxy.
+    fn url(&self, url: &str) -> String {
+        let cfg: tokio_postgres::Config = url.parse().unwrap();
+        format!(
+            "postgresql://{}@127.0.0.1:{}/{}?sslmode=disable",
+            cfg.get_user().unwrap_or("postgres"),
+            self.port,
+            cfg.get_dbname().unwrap()
+        )
+    }
+}
+
+/// A leader cut off from the server while a commit is in flight: the commit holds the writer for
+/// up to CALL_TIMEOUT, longer than the server takes to drop the silent session and let another
+/// node lead. The fence must still stop this leader within its bound: it asks the server for proof
+/// of the leadership, and a server that does not answer is no proof.
+#[test]
+fn cluster_fence_is_bounded_while_a_commit_hangs() {
+    let (url, _shared) = fresh_db_locked();
+    let cut = Cut::start();
+    let leader = Arc::new(PgCatalog::open_candidate(&cut.url(&url)).unwrap().expect("the only candidate leads"));
+    leader.claim_leadership("n1").unwrap();
+    leader.check_fence(Duration::from_secs(2)).unwrap();
+    cut.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    let committer = {
+        let leader = leader.clone();
+        std::thread::spawn(move || leader.commit(&[Change::Put(row("a", "1"))]))
+    };
+    // The commit now holds the writer, waiting for an answer that does not come.
+    let started = std::time::Instant::now();
+    while leader.inner.writer.try_lock().is_ok() {
+        assert!(started.elapsed() < Duration::from_secs(10), "the commit never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let fenced = leader.check_fence(Duration::from_secs(1));
+    assert!(matches!(fenced, Err(CatalogError::Poisoned(_))), "an unproven leader was not fenced: {fenced:?}");
+    assert!(started.elapsed() < Duration::from_secs(10), "the fence waited for the commit");
+    cut.frozen.store(false, std::sync::atomic::Ordering::SeqCst);
+    let _ = committer.join().unwrap();
+    assert!(matches!(leader.commit(&[Change::Put(row("b", "2"))]), Err(CatalogError::Poisoned(_))));
+}
