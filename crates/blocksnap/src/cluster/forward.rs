@@ -93,7 +93,8 @@ async fn dispatch(State(d): State<Arc<Dispatch>>, req: Request) -> Response {
                 Ok(resp) => return relay(resp),
                 // Nothing reached the leader: safe to send again to the next one.
                 Err(e) if e.is_connect() => {
-                    last_error = format!("the leader (node {}) is unreachable", l.node_id);
+                    // No node id or address: this answer goes to a caller nobody authenticated.
+                    last_error = String::from("the cluster's leader is unreachable");
                     tracing::debug!(leader = %l.node_id, error = %e, "forwarding: leader unreachable");
                 }
                 Err(e) => {
@@ -102,10 +103,7 @@ async fn dispatch(State(d): State<Arc<Dispatch>>, req: Request) -> Response {
                         &parts.method,
                         &parts.uri,
                         &parts.headers,
-                        &format!(
-                            "the cluster's leader (node {}) did not answer; the call may or may not have been done",
-                            l.node_id
-                        ),
+                        "the cluster's leader did not answer; the call may or may not have been done",
                     );
                 }
             }
@@ -179,6 +177,38 @@ fn relay(resp: reqwest::Response) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The 503 answers go to callers nobody authenticated: they name no node and no address
+    /// (the log does).
+    #[test]
+    fn unavailable_answers_name_no_node() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        rt.block_on(async {
+            // A leader that refuses connections, then one that accepts and hangs up without answering.
+            let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let refused_addr = refused.local_addr().unwrap();
+            drop(refused);
+            let rude = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let rude_addr = rude.local_addr().unwrap();
+            tokio::spawn(async move {
+                while let Ok((s, _)) = rude.accept().await {
+                    drop(s);
+                }
+            });
+            for (addr, said) in [(refused_addr, "unreachable"), (rude_addr, "did not answer")] {
+                let leader = Leader { node_id: "rack7-secret-node".into(), advertise_api: format!("http://{addr}") };
+                let (_tx, rx) = watch::channel(Some(leader));
+                let d = Dispatch::new("me", rx, Duration::from_millis(300)).unwrap();
+                let req = Request::post("/").body(Body::from("Action=DescribeVolumes")).unwrap();
+                let resp = d.router().oneshot(req).await.unwrap();
+                assert_eq!(resp.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+                let body = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+                let body = String::from_utf8_lossy(&body);
+                assert!(body.contains(said), "{body}");
+                assert!(!body.contains("rack7") && !body.contains(&addr.to_string()), "{body}");
+            }
+        });
+    }
 
     #[test]
     fn only_end_to_end_headers_are_forwarded() {
