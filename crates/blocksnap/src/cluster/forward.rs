@@ -144,9 +144,18 @@ fn hop_by_hop(name: &HeaderName) -> bool {
 }
 
 fn end_to_end(headers: &HeaderMap) -> HeaderMap {
+    // Headers the Connection header names are this hop's too (RFC 9110 7.6.1).
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
     let mut out = HeaderMap::with_capacity(headers.len());
     for (k, v) in headers {
-        if !hop_by_hop(k) && k != header::CONTENT_LENGTH {
+        if !hop_by_hop(k) && k != header::CONTENT_LENGTH && !named.iter().any(|n| n == k.as_str()) {
             out.append(k.clone(), v.clone());
         }
     }
@@ -218,7 +227,8 @@ mod tests {
             ("authorization", "AWS4-HMAC-SHA256 Credential=AKIA/20261130/us-east-1/ec2/aws4_request"),
             ("x-amz-date", "20261130T000000Z"),
             ("content-type", "application/x-www-form-urlencoded"),
-            ("connection", "keep-alive"),
+            ("connection", "keep-alive, X-Hop-Only"),
+            ("x-hop-only", "this connection's"),
             ("keep-alive", "timeout=5"),
             ("transfer-encoding", "chunked"),
             ("content-length", "12"),
