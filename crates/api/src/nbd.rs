@@ -78,14 +78,18 @@ fn export_info(x: &NbdExportInfo) -> Value {
 /// The host of a `Host` header (`name`, `name:port`, `[v6]:port`), without port or brackets.
 pub fn host_of(header: &str) -> Option<String> {
     let h = header.trim();
-    let host = if let Some(rest) = h.strip_prefix('[') {
-        rest.split_once(']')?.0
+    let (host, port) = if let Some(rest) = h.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']')?;
+        (v6, if after.is_empty() { None } else { Some(after.strip_prefix(':')?) })
     } else {
-        h.rsplit_once(':').map_or(h, |(name, _)| name)
+        h.split_once(':').map_or((h, None), |(name, port)| (name, Some(port)))
     };
+    // Brackets hold an IPv6 address, and only they hold colons ("fe80::1" is no host and port).
     let ok = !host.is_empty()
         && host.len() <= 253
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'));
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'))
+        && (!h.starts_with('[') || host.parse::<std::net::Ipv6Addr>().is_ok())
+        && port.is_none_or(|p| p.parse::<u16>().is_ok());
     ok.then(|| host.to_ascii_lowercase())
 }
 
@@ -141,7 +145,20 @@ mod tests {
         assert_eq!(host_of("10.0.0.5:80").as_deref(), Some("10.0.0.5"));
         assert_eq!(host_of("[fe80::1]:4566").as_deref(), Some("fe80::1"));
         assert_eq!(host_of("[::1]").as_deref(), Some("::1"));
-        for bad in ["", ":4566", "a b:1", "evil/x:1", "[::1", "x@y:1"] {
+        for bad in [
+            "",
+            ":4566",
+            "a b:1",
+            "evil/x:1",
+            "[::1",
+            "x@y:1",
+            "fe80::1",
+            "a:b:c",
+            "[::1]x",
+            "[a.b]:1",
+            "[::1]:port",
+            "h:1\r\nX-Injected: 1",
+        ] {
             assert_eq!(host_of(bad), None, "{bad}");
         }
     }
