@@ -133,7 +133,7 @@ def test_advertised_and_every_address_endpoints(tmp_path):
         assert "--nbd-advertise is not set" in log.read_text()
         any_srv = Server(kind="blocksnap", workdir=tmp_path / "any", port=port, nbd_port=nbd_port)
         for name in ("127.0.0.1", "localhost"):
-            status, doc = nbd_api_at(any_srv, f"http://{name}:{port}/", "CreateNbdCredential", {})
+            status, doc = nbd_api(any_srv, "CreateNbdCredential", {}, url=f"http://{name}:{port}/")
             assert status == 200 and doc["Credential"]["Endpoint"] == {"Host": name, "Port": nbd_port, "Tls": True}
     finally:
         proc.terminate()
@@ -145,21 +145,3 @@ def test_advertised_and_every_address_endpoints(tmp_path):
                         "--metrics-listen", "off", "--nbd-advertise", "0.0.0.0:10809"],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode != 0 and "--nbd-advertise" in r.stderr, r.stderr
-
-
-def nbd_api_at(server, url: str, op: str, body: dict):
-    """`nbd_api` against another URL of the same server (another host name)."""
-    import json
-
-    import botocore.auth
-    import requests
-    from botocore.awsrequest import AWSRequest
-    from botocore.credentials import Credentials
-    c = server.creds
-    req = AWSRequest(method="POST", url=url, data=json.dumps(body).encode(),
-                     headers={"X-Amz-Target": f"BlocksnapNbd_20261129.{op}",
-                              "Content-Type": "application/x-amz-json-1.1"})
-    botocore.auth.SigV4Auth(Credentials(c.access_key, c.secret_key), "blocksnap", server.region).add_auth(req)
-    p = req.prepare()
-    r = requests.post(p.url, headers=dict(p.headers), data=p.body, timeout=30)
-    return r.status_code, r.json()

@@ -210,8 +210,9 @@ def test_plaintext_only_on_loopback_and_only_when_asked(tmp_path):
     assert r.returncode != 0 and "--nbd-insecure-plaintext" in r.stderr and "TLS" in r.stderr, r.stderr
 
 
-def nbd_api(server, op: str, body: dict, creds=None):
-    """A SigV4-signed call of the NBD credentials API (JSON 1.1, service `blocksnap`)."""
+def nbd_api(server, op: str, body: dict, creds=None, url: str | None = None):
+    """A SigV4-signed call of the NBD credentials API (JSON 1.1, service `blocksnap`), at `url` if
+    given (another URL of the same server, e.g. another host name), else at the server's endpoint."""
     import json
 
     import botocore.auth
@@ -219,7 +220,7 @@ def nbd_api(server, op: str, body: dict, creds=None):
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
     c = creds or server.creds
-    req = AWSRequest(method="POST", url=server.endpoint, data=json.dumps(body).encode(),
+    req = AWSRequest(method="POST", url=url or server.endpoint, data=json.dumps(body).encode(),
                      headers={"X-Amz-Target": f"BlocksnapNbd_20261129.{op}",
                               "Content-Type": "application/x-amz-json-1.1"})
     botocore.auth.SigV4Auth(Credentials(c.access_key, c.secret_key), "blocksnap", server.region).add_auth(req)
