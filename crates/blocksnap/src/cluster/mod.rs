@@ -235,16 +235,53 @@ impl Node {
 /// not, stop at once (exit [`EXIT_FENCED`]): another node may already lead, and this process's
 /// memory is no longer the catalog's.
 pub fn spawn_fence(catalog: Arc<PgCatalog>) -> anyhow::Result<()> {
+    watch_leadership(
+        move || catalog.check_fence(FENCE_BOUND).map_err(|e| e.to_string()),
+        FENCE_POLL,
+        FENCE_BOUND,
+        |why| {
+            tracing::error!(error = %why, "lost the cluster's leadership: stopping now (a supervisor restarts this node as a follower)");
+            std::process::exit(EXIT_FENCED);
+        },
+    )
+}
+
+/// Run `prove` every `poll` on a thread of its own, and call `lost` once a proof fails, or none
+/// has come back within `poll + bound` (+ a margin for scheduling). The watch is a second thread,
+/// so the bound holds whatever `prove` does: a proof stuck on a starved runtime or a lock is no
+/// proof.
+fn watch_leadership(
+    prove: impl Fn() -> Result<(), String> + Send + 'static,
+    poll: Duration,
+    bound: Duration,
+    lost: impl FnOnce(String) + Send + 'static,
+) -> anyhow::Result<()> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Result<(), String>>(1);
+    std::thread::Builder::new()
+        .name("cluster-fence-proof".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(poll);
+                let r = prove();
+                let failed = r.is_err();
+                if tx.send(r).is_err() || failed {
+                    return;
+                }
+            }
+        })
+        .context("starting the cluster fence")?;
+    let limit = poll + bound + Duration::from_millis(500);
     std::thread::Builder::new()
         .name("cluster-fence".into())
         .spawn(move || {
-            loop {
-                std::thread::sleep(FENCE_POLL);
-                if let Err(e) = catalog.check_fence(FENCE_BOUND) {
-                    tracing::error!(error = %e, "lost the cluster's leadership: stopping now (a supervisor restarts this node as a follower)");
-                    std::process::exit(EXIT_FENCED);
+            let why = loop {
+                match rx.recv_timeout(limit) {
+                    Ok(Ok(())) => {}
+                    Ok(Err(why)) => break why,
+                    Err(_) => break format!("no proof of the cluster's leadership within {limit:?}"),
                 }
-            }
+            };
+            lost(why);
         })
         .context("starting the cluster fence")?;
     Ok(())
@@ -254,6 +291,30 @@ pub fn spawn_fence(catalog: Arc<PgCatalog>) -> anyhow::Result<()> {
 mod tests {
     use super::*;
     use crate::config::Config;
+
+    /// The fence's bound holds even when a proof never returns (a starved runtime, a stuck lock).
+    #[test]
+    fn fence_bound_holds_when_a_proof_hangs() {
+        let (poll, bound) = (Duration::from_millis(20), Duration::from_millis(200));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let calls = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let c = calls.clone();
+        let prove = move || {
+            // Two good proofs, then one that never answers.
+            if c.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= 2 {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+            Ok(())
+        };
+        watch_leadership(prove, poll, bound, move |why| tx.send(why).unwrap()).unwrap();
+        let why = rx.recv_timeout(Duration::from_secs(30)).expect("the fence fired");
+        assert!(why.contains("no proof"), "{why}");
+        assert!(calls.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+        // A failed proof fires it too, with its reason.
+        let (tx, rx) = std::sync::mpsc::channel();
+        watch_leadership(|| Err("session ended".into()), poll, bound, move |why| tx.send(why).unwrap()).unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(30)).unwrap(), "session ended");
+    }
 
     fn config(text: &str) -> Config {
         toml::from_str(text).unwrap()
