@@ -3,7 +3,7 @@
 // (inline or in a dialog) whose errors are shown next to the field they are about.
 import { bytes, ec2, lightsail, list, nbd, saveSession, session, signOut, store } from "./api.js";
 import { diskSnapshotsSection, disksSection } from "./lightsail.js";
-import { $, act, actionForm, confirmDialog, current, dialog, every, h, later, newPage, pager, progressCell, status, table } from "./ui.js";
+import { $, act, actionForm, after, confirmDialog, current, dialog, every, h, later, newPage, pager, progressCell, status, table } from "./ui.js";
 
 const PAGE = 50;
 const VOLUME_TYPES = ["gp3", "gp2", "io1", "io2", "st1", "sc1", "standard"];
@@ -234,7 +234,8 @@ async function volumesPage(main) {
     return { next: r.nextToken, node: table("EC2 volumes", ["Volume", "State", "Size", "Type", "AZ", "Encryption", "Attachment", "NBD URI", "Tags", "Actions"], rows) };
   });
   every(1500, () => { if (moving) vols.reload(); });
-  disksSection(main);
+  // The Lightsail rows once the volumes are shown: the page's first rows do not wait on them.
+  after(vols.ready, () => disksSection(main));
 }
 
 // --- snapshots ----------------------------------------------------------------------------------
@@ -336,8 +337,6 @@ function lineageTree(entries) {
 
 async function snapshotsPage(main) {
   const s = session();
-  // The zones are for the dialogs only: asked now, not waited for.
-  zones(s.region).catch(() => {});
   main.append(h("h1", { tabindex: -1 }, `Snapshots in ${s.region}`));
   const lineageBox = h("section", { id: "lineage", "aria-label": "Lineage" });
   let lineageVolume = null;
@@ -385,15 +384,19 @@ async function snapshotsPage(main) {
     if (lineageVolume && lineageBox.querySelector('[data-state="pending"]')) showLineage(lineageVolume).catch(() => {});
   });
 
-  diskSnapshotsSection(main, () => zones(s.region));
-  const lsi = h("section", { "aria-label": "Lightsail instance snapshots" });
-  main.append(lsi);
-  pager(lsi, async (token) => {
-    const r = await lightsail("GetInstanceSnapshots", token ? { pageToken: token } : {});
-    const rows = (r.instanceSnapshots || []).map((d) => h("tr", { dataset: { id: d.name } },
-      h("th", { scope: "row" }, d.name), h("td", {}, d.fromInstanceName || ""), h("td", {}, d.state),
-      progressCell(d.state, d.progress), h("td", {}, `${d.sizeInGb} GiB`)));
-    return { next: r.nextPageToken, node: table("Lightsail instance snapshots", ["Snapshot", "Instance", "State", "Progress", "Size"], rows) };
+  // Once the first rows are shown: the Lightsail rows, and the zones the dialogs offer.
+  after(snaps.ready, () => {
+    zones(s.region).catch(() => {});
+    diskSnapshotsSection(main, () => zones(s.region));
+    const lsi = h("section", { "aria-label": "Lightsail instance snapshots" });
+    main.append(lsi);
+    pager(lsi, async (token) => {
+      const r = await lightsail("GetInstanceSnapshots", token ? { pageToken: token } : {});
+      const rows = (r.instanceSnapshots || []).map((d) => h("tr", { dataset: { id: d.name } },
+        h("th", { scope: "row" }, d.name), h("td", {}, d.fromInstanceName || ""), h("td", {}, d.state),
+        progressCell(d.state, d.progress), h("td", {}, `${d.sizeInGb} GiB`)));
+      return { next: r.nextPageToken, node: table("Lightsail instance snapshots", ["Snapshot", "Instance", "State", "Progress", "Size"], rows) };
+    });
   });
 }
 

@@ -42,6 +42,12 @@ export function every(ms, fn) {
   timers.push(t);
 }
 
+/// `fn` once `promise` has settled, if this page is still shown then.
+export function after(promise, fn) {
+  const g = generation;
+  promise.finally(() => { if (g === generation) fn(); });
+}
+
 /// `fn` once after `ms`, if this page is still shown then.
 export function later(ms, fn) {
   const g = generation;
