@@ -200,6 +200,38 @@ pub(crate) struct TierJobs {
     /// lock (`snapshot_busy` takes it under the engine lock).
     running: Mutex<HashMap<String, bool>>,
     archives: tokio::sync::Mutex<HashMap<String, Arc<ArchiveStore>>>,
+    /// Which archive stores the GC tick lists ([`Engine::gc_archive_stores`]).
+    sweeps: Mutex<ArchiveSweeps>,
+}
+
+/// An archive store can hold an orphan (an archive no row wants) only after a crash, or after
+/// something in its region had a tiering record: an archival, a restore, a deletion of an archived
+/// snapshot whose removal failed. So every opened store is listed at the first tick and then every
+/// [`FULL_ARCHIVE_SWEEP_EVERY`] (crash leftovers, and any path not foreseen here); in between only
+/// the regions that have, or had at the previous tick, a snapshot with a tiering record or a snapshot
+/// in the Recycle Bin. A server with many regions and few archives thus lists a few stores per tick,
+/// not one per region (each a LIST request on S3).
+#[derive(Default)]
+struct ArchiveSweeps {
+    last_full: Option<std::time::Instant>,
+    active_before: HashSet<String>,
+}
+
+/// How often every opened archive store is listed, whatever its region holds.
+const FULL_ARCHIVE_SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+impl ArchiveSweeps {
+    /// The regions to list now, given the opened stores and the regions active now; remembers both.
+    fn plan(&mut self, opened: Vec<String>, active: HashSet<String>, now: std::time::Instant) -> Vec<String> {
+        let full = self.last_full.is_none_or(|t| now.duration_since(t) >= FULL_ARCHIVE_SWEEP_EVERY);
+        if full {
+            self.last_full = Some(now);
+        }
+        let plan =
+            opened.into_iter().filter(|r| full || active.contains(r) || self.active_before.contains(r)).collect();
+        self.active_before = active;
+        plan
+    }
 }
 
 fn internal(what: &str, e: impl std::fmt::Display) -> EngineError {
@@ -756,9 +788,24 @@ impl Engine {
         }
     }
 
-    /// [`Engine::gc_archives`] for every archive store opened so far.
+    /// [`Engine::gc_archives`] for the archive stores that may hold an orphan ([`ArchiveSweeps`]).
     pub(crate) async fn gc_archive_stores(&self) {
-        let regions: Vec<String> = self.jobs.tiering.archives.lock().await.keys().cloned().collect();
+        let opened: Vec<String> = self.jobs.tiering.archives.lock().await.keys().cloned().collect();
+        let active: HashSet<String> = {
+            let st = self.lock();
+            let binned = st.docs.get(crate::recycle_bin::KIND_RBIN_SNAPSHOT).into_iter().flat_map(|m| m.values());
+            st.snapshots
+                .values()
+                .filter(|s| s.tiering.is_some())
+                .map(|s| s.region.clone())
+                .chain(binned.map(|row| row.region.clone()))
+                .collect()
+        };
+        let regions = self.jobs.tiering.sweeps.lock().unwrap_or_else(|p| p.into_inner()).plan(
+            opened,
+            active,
+            std::time::Instant::now(),
+        );
         for region in regions {
             if let Err(e) = self.gc_archives(&region).await {
                 tracing::warn!(region, error = %e, "archive store cleanup failed");
@@ -852,5 +899,38 @@ impl Engine {
     pub async fn archive_stored_bytes(&self, region: &str, snapshot_id: &str) -> Result<u64> {
         let archive = self.archive_store(region).await?;
         archive.stored_bytes(snapshot_id).await.map_err(|e| internal("measuring an archive", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn set(r: &[&str]) -> HashSet<String> {
+        r.iter().map(|s| s.to_string()).collect()
+    }
+    fn opened() -> Vec<String> {
+        ["a", "b", "c"].iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn archive_sweeps_list_every_store_first_then_only_active_regions_until_the_next_full_sweep() {
+        let mut sw = ArchiveSweeps::default();
+        let t0 = Instant::now();
+        // The first tick lists everything opened (what a crash may have left).
+        assert_eq!(sw.plan(opened(), set(&[]), t0), opened());
+        // Nothing active: nothing listed.
+        assert!(sw.plan(opened(), set(&[]), t0 + Duration::from_secs(1)).is_empty());
+        // A region with a tiering record is listed, and once more after its last record went
+        // (a removal that failed right before the record's deletion is still caught).
+        assert_eq!(sw.plan(opened(), set(&["b"]), t0 + Duration::from_secs(2)), vec!["b".to_string()]);
+        assert_eq!(sw.plan(opened(), set(&[]), t0 + Duration::from_secs(3)), vec!["b".to_string()]);
+        assert!(sw.plan(opened(), set(&[]), t0 + Duration::from_secs(4)).is_empty());
+        // A region active but not opened is not listed (nothing to list).
+        assert!(sw.plan(opened(), set(&["z"]), t0 + Duration::from_secs(5)).is_empty());
+        // The full sweep comes back after its period.
+        assert_eq!(sw.plan(opened(), set(&[]), t0 + FULL_ARCHIVE_SWEEP_EVERY), opened());
+        assert!(sw.plan(opened(), set(&[]), t0 + FULL_ARCHIVE_SWEEP_EVERY + Duration::from_secs(1)).is_empty());
     }
 }
