@@ -105,4 +105,11 @@ pub trait Catalog: Send + Sync + 'static {
     fn commit(&self, changes: &[Change]) -> Result<u64>;
     /// Make every batch up to `seq` durable.
     fn sync(&self, seq: u64) -> Result<()>;
+    /// Prove this process still owns the catalog, just before it removes bytes that only the owner
+    /// may judge orphaned (objects no row of its memory wants): a cluster's leader asks the server
+    /// (another node may lead now and own rows this memory lacks). One owner per file or database
+    /// otherwise: nothing to prove beyond a poisoned catalog.
+    fn still_owner(&self) -> Result<()> {
+        Ok(())
+    }
 }

@@ -831,6 +831,7 @@ impl Engine {
                 .collect()
         };
         for id in &orphans {
+            self.prove_ownership("removing an archive no snapshot owns").await?;
             tracing::info!(region, snapshot_id = %id, "removing an archive no snapshot owns");
             archive.delete(id).await.map_err(|e| internal("removing an orphan archive", e))?;
         }

@@ -56,6 +56,8 @@ const MIGRATE_LOCK_KEY: i64 = OWNER_LOCK_KEY + 1;
 /// The bound on any one catalog call (connect, statement, commit, flush).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 const POOL_SIZE: usize = 8;
+/// The bound on [`Catalog::still_owner`]'s proof for a cluster's leader.
+const OWNERSHIP_PROOF: Duration = Duration::from_secs(5);
 /// How long a new owner waits for the owner lock before refusing.
 const OWNER_WAIT: Duration = Duration::from_secs(3);
 
@@ -666,6 +668,13 @@ impl Catalog for PgCatalog {
             return Err(self.inner.poison("a commit did not answer in time; its outcome is unknown".into()));
         }
         r
+    }
+
+    fn still_owner(&self) -> Result<()> {
+        match self.inner.fencing {
+            Fencing::Cluster => self.check_fence(OWNERSHIP_PROOF),
+            Fencing::Single => self.check_poison(),
+        }
     }
 
     fn sync(&self, upto: u64) -> Result<()> {

@@ -33,6 +33,21 @@ impl Engine {
         self.forget_archive(s);
     }
 
+    /// Before removing what no row of this memory wants: prove this process still owns the
+    /// catalog ([`blocksnap_catalog::Catalog::still_owner`]; a cluster's leader that lost the
+    /// leadership stops here instead of removing the new leader's objects).
+    pub(crate) async fn prove_ownership(&self, what: &str) -> Result<()> {
+        let catalog = self.catalog.clone();
+        let proof = tokio::task::spawn_blocking(move || catalog.still_owner())
+            .await
+            .map_err(|e| internal("proving the catalog's ownership", e))?;
+        proof.map_err(|e| {
+            crate::error::EngineError::Internal(format!(
+                "{what}: not done, this process may no longer own the catalog ({e}); another node may lead now"
+            ))
+        })
+    }
+
     /// Garbage-collect every region store opened so far, forever, every `interval`; objects younger
     /// than `grace` are kept (uploads in flight). Also refreshes the store metrics.
     pub fn start_gc(self: &Arc<Self>, interval: Duration, grace: Duration) {
@@ -87,6 +102,7 @@ impl Engine {
             // Blocks written into snapshots still being built block by block are live too; with
             // the gate held, no block write is between its store put and its log record.
             let roots = self.ebs_live_blocks(region);
+            self.prove_ownership("sweeping the store").await?;
             let report = store.gc_with_roots(grace, &roots).await.map_err(|e| internal("garbage collection", e))?;
             // The sweep listed every chunk with no block writer running: the usage totals' new base.
             let unknown = self.sweep_counted(region, &store, &report, &manifests);
@@ -135,6 +151,8 @@ impl Engine {
             })
         };
         for id in &orphans {
+            // Its row may be another node's, made after this node stopped leading.
+            self.prove_ownership("removing the manifest of a deleted snapshot").await?;
             tracing::info!(region, snapshot_id = %id, "removing the manifest of a deleted snapshot");
             self.remove_manifest(region, store, id).await?;
         }

@@ -1,0 +1,73 @@
+//! Several nodes: a leader that lost the leadership removes nothing that only the catalog's owner
+//! may judge orphaned. Its memory lacks the rows the new leader made, so a manifest of the new
+//! leader's snapshot looks like a deleted snapshot's to it; it must prove it still leads first.
+//!
+//! Against a real PostgreSQL server: `BLOCKSNAP_TEST_PG` (tests/run starts a throwaway one). Without
+//! it this test fails: it never skips.
+
+use std::sync::Arc;
+
+use blocksnap_catalog::{OWNER_LOCK_KEY, PgCatalog};
+use blocksnap_engine::{Engine, EngineConfig, Storage};
+use tokio_postgres::NoTls;
+
+const REGION: &str = "us-east-1";
+
+fn admin_url() -> String {
+    std::env::var("BLOCKSNAP_TEST_PG")
+        .unwrap_or_else(|_| panic!("BLOCKSNAP_TEST_PG is not set: run tests/run, or `. tests/pg.sh && pg_start`"))
+}
+
+fn sql(url: &str, q: &str) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let (client, conn) = url.parse::<tokio_postgres::Config>().unwrap().connect(NoTls).await.unwrap();
+        tokio::spawn(conn);
+        client.batch_execute(q).await.unwrap();
+    });
+}
+
+/// A new empty database on the test server; its URL.
+fn fresh_db() -> String {
+    let name = format!("gc_{:016x}", std::hash::BuildHasher::hash_one(&std::hash::RandomState::new(), 1));
+    sql(&admin_url(), &format!("CREATE DATABASE {name}"));
+    let base = admin_url();
+    let (head, query) = base.split_once('?').map_or((base.as_str(), String::new()), |(h, q)| (h, format!("?{q}")));
+    let cut = head.rfind('/').expect("a URL with a database path");
+    format!("{}/{name}{query}", &head[..cut])
+}
+
+#[test]
+fn a_deposed_leader_removes_no_manifest() {
+    let url = fresh_db();
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let volumes = blocksnap_volume::VolumeStore::open(dir.path().join("volumes")).unwrap();
+    let storage = Storage {
+        volumes: Arc::new(volumes),
+        snapshot_root: dir.path().join("snapshots"),
+        runtime: runtime.handle().clone(),
+    };
+    let pg = Arc::new(PgCatalog::open_candidate(&url).unwrap().expect("the only candidate leads"));
+    let config = EngineConfig { node_id: Some("1".into()), ..EngineConfig::default() };
+    let engine = Arc::new(Engine::open(pg.clone(), config, Some(storage)).unwrap());
+    let grace = std::time::Duration::from_secs(3600);
+    // Leading: a sweep runs (and opens the region's store).
+    runtime.block_on(engine.gc_region(REGION, grace)).unwrap();
+
+    // Another node leads now (this one's session ended) and made a snapshot this memory lacks.
+    let manifest = dir.path().join("snapshots").join(REGION).join("snaps/snap-0a1b2c3d4e5f60718.manifest");
+    std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
+    std::fs::write(&manifest, b"the new leader's snapshot").unwrap();
+    sql(
+        &url,
+        &format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+               AND objid = ({OWNER_LOCK_KEY}::bigint & 4294967295)::oid"
+        ),
+    );
+    let e = runtime.block_on(engine.gc_region(REGION, grace)).expect_err("a deposed leader swept the store");
+    assert!(e.to_string().contains("may no longer own the catalog"), "{e}");
+    assert!(manifest.exists(), "a deposed leader removed a manifest it did not know");
+}
