@@ -18,14 +18,26 @@ fn admin_url() -> String {
         .unwrap_or_else(|_| panic!("BLOCKSNAP_TEST_PG is not set: run tests/run, or `. tests/pg.sh && pg_start`"))
 }
 
-fn sql(url: &str, q: &str) {
+/// Run `q` on `url`; the first column of its rows, as text.
+fn sql(url: &str, q: &str) -> Vec<String> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let (client, conn) = url.parse::<tokio_postgres::Config>().unwrap().connect(NoTls).await.unwrap();
         tokio::spawn(conn);
-        client.batch_execute(q).await.unwrap();
-    });
+        let answers = client.simple_query(q).await.unwrap();
+        answers
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect()
+    })
 }
+
+/// The server processes holding the owner lock of `url`'s database.
+const OWNER_LOCK_HOLDERS: &str = "FROM pg_locks WHERE locktype = 'advisory' AND granted
+    AND database = (SELECT oid FROM pg_database WHERE datname = current_database())";
 
 /// A new empty database on the test server; its URL.
 fn fresh_db() -> String {
@@ -59,14 +71,14 @@ fn a_deposed_leader_removes_no_manifest() {
     let manifest = dir.path().join("snapshots").join(REGION).join("snaps/snap-0a1b2c3d4e5f60718.manifest");
     std::fs::create_dir_all(manifest.parent().unwrap()).unwrap();
     std::fs::write(&manifest, b"the new leader's snapshot").unwrap();
-    sql(
-        &url,
-        &format!(
-            "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory' AND granted
-               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
-               AND objid = ({OWNER_LOCK_KEY}::bigint & 4294967295)::oid"
-        ),
-    );
+    let holder = format!("{OWNER_LOCK_HOLDERS} AND objid = ({OWNER_LOCK_KEY}::bigint & 4294967295)::oid");
+    assert_eq!(sql(&url, &format!("SELECT pg_terminate_backend(pid) {holder}")), ["t"]);
+    // The lock is free once that server process has exited (another node could take it now).
+    let started = std::time::Instant::now();
+    while !sql(&url, &format!("SELECT pid {holder}")).is_empty() {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the session never ended");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let e = runtime.block_on(engine.gc_region(REGION, grace)).expect_err("a deposed leader swept the store");
     assert!(e.to_string().contains("may no longer own the catalog"), "{e}");
     assert!(manifest.exists(), "a deposed leader removed a manifest it did not know");
