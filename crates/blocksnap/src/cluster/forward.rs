@@ -22,6 +22,8 @@ use http::{HeaderMap, HeaderName, header};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
+/// Marks a call a follower forwarded: a follower never forwards such a call again (no loop).
+const FORWARDED_BY: HeaderName = HeaderName::from_static("x-blocksnap-forwarded");
 /// The largest request body forwarded (the leader has its own, smaller limits).
 const MAX_BODY: usize = 16 << 20;
 /// How long a call waits for a leader (election, takeover) before answering 503.
@@ -81,13 +83,23 @@ async fn dispatch(State(d): State<Arc<Dispatch>>, req: Request) -> Response {
     let deadline = tokio::time::Instant::now() + d.wait;
     let mut leader = d.leader.clone();
     let mut last_error = String::from("no node leads the cluster now");
+    // Another follower sent it here as to the leader: never forward it again (two nodes given the
+    // same advertise_api would pass it round until every connection is taken). It is served if
+    // this node leads within the wait (a takeover), else 503.
+    let forwarded = parts.headers.contains_key(FORWARDED_BY);
+    if forwarded {
+        last_error = String::from("the call was forwarded to a node that does not lead the cluster");
+        tracing::warn!(
+            "a forwarded call reached a follower: if this persists, the leader's advertise_api leads to another node; give every node its own advertise_api"
+        );
+    }
     loop {
         if let Some(app) = d.local.get() {
             // Became the leader while waiting.
             let req = Request::from_parts(parts, Body::from(body));
             return app.clone().oneshot(req).await.into_response();
         }
-        let target = leader.borrow_and_update().clone().filter(|l| l.node_id != d.node_id);
+        let target = leader.borrow_and_update().clone().filter(|l| l.node_id != d.node_id && !forwarded);
         if let Some(l) = target {
             match send(&d.client, &l, &parts, body.clone()).await {
                 Ok(resp) => return relay(resp),
@@ -171,7 +183,10 @@ async fn send(
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let url = format!("{}{path}", leader.advertise_api.trim_end_matches('/'));
     // `Host` stays the client's (it is signed); the HTTP client keeps a Host header it is given.
-    client.request(parts.method.clone(), url).headers(end_to_end(&parts.headers)).body(body).send().await
+    let mut headers = end_to_end(&parts.headers);
+    // Not signed by the client (SigV4 signs only the headers it lists): the leader ignores it.
+    headers.insert(FORWARDED_BY, http::HeaderValue::from_static("1"));
+    client.request(parts.method.clone(), url).headers(headers).body(body).send().await
 }
 
 fn relay(resp: reqwest::Response) -> Response {
@@ -216,6 +231,32 @@ mod tests {
                 assert!(body.contains(said), "{body}");
                 assert!(!body.contains("rack7") && !body.contains(&addr.to_string()), "{body}");
             }
+        });
+    }
+
+    /// A leader's advertised address that leads back to a follower: the call is not forwarded
+    /// again, 503 after the wait (it would otherwise go round until every connection is taken).
+    #[test]
+    fn a_forwarding_loop_is_cut() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            // This node (2) believes node 1 leads at an address that is really its own.
+            let leader = Leader { node_id: "1".into(), advertise_api: format!("http://{addr}") };
+            let (_tx, rx) = watch::channel(Some(leader));
+            let d = Dispatch::new("2", rx, Duration::from_millis(300)).unwrap();
+            tokio::spawn(async move { axum::serve(listener, d.router()).await });
+            let resp = reqwest::Client::new()
+                .post(format!("http://{addr}/"))
+                .body("Action=DescribeVolumes")
+                .timeout(Duration::from_secs(60))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+            let body = resp.text().await.unwrap();
+            assert!(body.contains("does not lead"), "{body}");
         });
     }
 
