@@ -28,6 +28,8 @@ const FORWARDED_BY: HeaderName = HeaderName::from_static("x-blocksnap-forwarded"
 const MAX_BODY: usize = 16 << 20;
 /// How long a call waits for a leader (election, takeover) before answering 503.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(5);
+/// How long a follower waits for a call's body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A leader that takes longer than this to connect is treated as gone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Bound on a forwarded call (the leader bounds its own calls at 60 s).
@@ -40,6 +42,8 @@ pub struct Dispatch {
     local: OnceLock<Router>,
     client: reqwest::Client,
     wait: Duration,
+    /// Bound on reading a call's body from its client (a client that stalls holds no task longer).
+    body_timeout: Duration,
 }
 
 impl Dispatch {
@@ -50,7 +54,14 @@ impl Dispatch {
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT)
             .build()?;
-        Ok(Arc::new(Dispatch { node_id: node_id.to_string(), leader, local: OnceLock::new(), client, wait }))
+        Ok(Arc::new(Dispatch {
+            node_id: node_id.to_string(),
+            leader,
+            local: OnceLock::new(),
+            client,
+            wait,
+            body_timeout: BODY_TIMEOUT,
+        }))
     }
 
     /// This node leads now: serve every call with its engine.
@@ -69,9 +80,17 @@ async fn dispatch(State(d): State<Arc<Dispatch>>, req: Request) -> Response {
         return app.clone().oneshot(req).await.into_response();
     }
     let (parts, body) = req.into_parts();
-    let body = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(b) => b,
+    let body = match tokio::time::timeout(d.body_timeout, axum::body::to_bytes(body, MAX_BODY)).await {
+        Ok(Ok(b)) => b,
         Err(_) => {
+            return blocksnap_api::unavailable(
+                &parts.method,
+                &parts.uri,
+                &parts.headers,
+                &format!("the request body did not arrive within {} s", d.body_timeout.as_secs()),
+            );
+        }
+        Ok(Err(_)) => {
             return blocksnap_api::unavailable(
                 &parts.method,
                 &parts.uri,
@@ -257,6 +276,31 @@ mod tests {
             assert_eq!(resp.status(), http::StatusCode::SERVICE_UNAVAILABLE);
             let body = resp.text().await.unwrap();
             assert!(body.contains("does not lead"), "{body}");
+        });
+    }
+
+    /// A client that stops sending its body mid-way is answered (503), not waited for forever.
+    #[test]
+    fn a_stalled_body_is_bounded() {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+        rt.block_on(async {
+            let (_tx, rx) = watch::channel(None);
+            let mut d = Dispatch::new("2", rx, Duration::from_millis(100)).unwrap();
+            Arc::get_mut(&mut d).unwrap().body_timeout = Duration::from_millis(200);
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, d.router()).await });
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // 100 bytes announced, 7 sent, then nothing (the connection stays open).
+            let head = "POST / HTTP/1.1\r\nHost: node\r\nContent-Length: 100\r\n\r\nAction=";
+            tokio::io::AsyncWriteExt::write_all(&mut c, head.as_bytes()).await.unwrap();
+            let mut answer = vec![0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(60), tokio::io::AsyncReadExt::read(&mut c, &mut answer))
+                .await
+                .expect("a stalled body was waited for without bound")
+                .unwrap();
+            let answer = String::from_utf8_lossy(&answer[..n]);
+            assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
         });
     }
 
