@@ -112,6 +112,9 @@ def test_static_pages_carry_no_data_and_are_locked_down(server):
 
 def test_console_scenario(fresh_server, page, tmp_path):
     srv = fresh_server
+    # serve prints where the console is, beside the credentials.
+    printed = [l for l in srv.log_path.read_text(errors="replace").splitlines() if l.startswith("# web console: ")]
+    assert printed == [f"# web console: http://127.0.0.1:{srv.port}/console"], printed
     ec2 = srv.client()
     shots = tmp_path / "screenshots"
     shots.mkdir()

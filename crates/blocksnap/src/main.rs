@@ -621,6 +621,8 @@ fn serve(
             }
         };
         tracing::info!(%listen, https, %nbd_listen, data_dir = %data_dir.display(), lock = %lock_path.display(), "blocksnap serving");
+        // Beside the credentials printed above: where a newcomer points the browser.
+        println!("# web console: {}", console_url(listen, https));
         tokio::select! {
             () = stop.wait() => {}
             r = &mut http_task => {
@@ -706,5 +708,31 @@ impl StopSignal {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}
         }
+    }
+}
+
+/// The web console's address for a listener: an unspecified address (0.0.0.0, ::) is reached on
+/// this host's loopback of the same family.
+fn console_url(listen: SocketAddr, https: bool) -> String {
+    let mut at = listen;
+    if at.ip().is_unspecified() {
+        at.set_ip(match at {
+            SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    format!("{}://{at}/console", if https { "https" } else { "http" })
+}
+
+#[cfg(test)]
+mod console_url_tests {
+    use super::console_url;
+
+    #[test]
+    fn the_console_url_names_a_reachable_address() {
+        assert_eq!(console_url("127.0.0.1:4566".parse().unwrap(), false), "http://127.0.0.1:4566/console");
+        assert_eq!(console_url("0.0.0.0:4566".parse().unwrap(), true), "https://127.0.0.1:4566/console");
+        assert_eq!(console_url("[::]:80".parse().unwrap(), false), "http://[::1]:80/console");
+        assert_eq!(console_url("[fe80::1]:8080".parse().unwrap(), false), "http://[fe80::1]:8080/console");
     }
 }
