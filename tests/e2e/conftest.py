@@ -158,6 +158,17 @@ class Creds:
     account_id: str | None = None
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM (blocksnap's clean stop), then SIGKILL after 20 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @dataclass
 class Server:
     """One running target. `restart()` keeps the data dir (blocksnap only)."""
@@ -244,15 +255,8 @@ class Server:
                 time.sleep(0.02)
 
     def stop(self) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
     def restart(self) -> None:

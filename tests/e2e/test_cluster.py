@@ -25,7 +25,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from conftest import (IS_MOTO, ROOT_ACCESS_KEY, ROOT_SECRET_KEY, Creds, _tail, blocksnap_bin, free_port,
-                      pg_database, wait_port)
+                      pg_database, stop_process, wait_port)
 from nbd import credentials
 from test_nbd_endpoints import with_identity
 from test_nbd_security import nbd_api
@@ -103,13 +103,8 @@ class Node:
         self.proc = None
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
         self.proc = None
 
     def client(self, service: str = "ec2", region: str = SRC):
