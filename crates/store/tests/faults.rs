@@ -3,124 +3,17 @@
 //! backoff and succeed; a store that hangs or is gone makes the call fail within the policy's
 //! bound (so an upload ends in `error`), never wait forever; and it works again once the store is back.
 
-use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use blocksnap_store::{BLOCK_SIZE, BlockId, BlockStore, Codec, Manifest, RetryPolicy, VerifyMode};
 use bytes::Bytes;
-use futures::stream::BoxStream;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartUpload, ObjectMeta, ObjectStore, PutMultipartOptions,
-    PutOptions, PutPayload, PutResult,
-};
 
-/// Injects faults in front of an in-memory store.
-#[derive(Debug, Default)]
-struct Faults {
-    /// The next N puts fail with a transient error.
-    fail_puts: AtomicU32,
-    /// Every put sleeps this long first (ms).
-    put_delay_ms: AtomicU64,
-    /// Puts never answer while set.
-    hang_puts: AtomicBool,
-    /// Every call fails (the store has gone) while set.
-    gone: AtomicBool,
-    /// After this many more successful puts, the store goes (0: never).
-    gone_after_puts: AtomicU32,
-    puts_failed: AtomicU32,
-    puts_ok: AtomicU32,
-}
-
-#[derive(Debug)]
-struct FaultStore {
-    inner: InMemory,
-    f: Arc<Faults>,
-}
-
-impl fmt::Display for FaultStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FaultStore")
-    }
-}
-
-fn transient(what: &str) -> object_store::Error {
-    object_store::Error::Generic { store: "faults", source: format!("injected: {what}").into() }
-}
-
-impl FaultStore {
-    fn check_gone(&self) -> object_store::Result<()> {
-        if self.f.gone.load(Ordering::SeqCst) { Err(transient("connection refused")) } else { Ok(()) }
-    }
-}
-
-#[async_trait]
-impl ObjectStore for FaultStore {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.check_gone()?;
-        let delay = self.f.put_delay_ms.load(Ordering::SeqCst);
-        if delay > 0 {
-            tokio::time::sleep(Duration::from_millis(delay)).await;
-        }
-        while self.f.hang_puts.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if self.f.fail_puts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
-            self.f.puts_failed.fetch_add(1, Ordering::SeqCst);
-            return Err(transient("put failed"));
-        }
-        let r = self.inner.put_opts(location, payload, opts).await?;
-        self.f.puts_ok.fetch_add(1, Ordering::SeqCst);
-        if self.f.gone_after_puts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) == Ok(1) {
-            self.f.gone.store(true, Ordering::SeqCst);
-        }
-        Ok(r)
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.check_gone()?;
-        self.inner.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
-        self.check_gone()?;
-        self.inner.get_opts(location, options).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.inner.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.inner.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.check_gone()?;
-        self.inner.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
-        self.check_gone()?;
-        self.inner.copy_opts(from, to, options).await
-    }
-}
+mod common;
+use common::{FaultStore, Faults};
 
 /// Quick retries so the bounds are short in tests: worst case ≈ 3 × 300 ms + 2 × 40 ms.
 const POLICY: RetryPolicy = RetryPolicy {
@@ -132,8 +25,7 @@ const POLICY: RetryPolicy = RetryPolicy {
 const BOUND: Duration = Duration::from_secs(5);
 
 async fn faulty_store() -> (BlockStore, Arc<Faults>) {
-    let f = Arc::new(Faults::default());
-    let os = Arc::new(FaultStore { inner: InMemory::new(), f: f.clone() });
+    let (os, f) = FaultStore::new(InMemory::new());
     let store = BlockStore::open_with_policy(os, Path::from("region"), POLICY).await.unwrap();
     (store, f)
 }

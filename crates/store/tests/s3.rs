@@ -6,29 +6,25 @@
 //! an object that is not there, whatever fails when (faults injected in front of the real backend).
 //! `cargo test -p blocksnap-store --test s3`
 
-use std::fmt;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use blocksnap_store::{
     ArchiveStore, BLOCK_SIZE, BlockId, BlockStore, Codec, DataKey, MIN_PART_SIZE, Manifest, MultipartPolicy,
     RetryPolicy, S3Config, SEGMENT_BLOCKS, StoreError, VerifyMode,
 };
 use bytes::Bytes;
-use futures::stream::BoxStream;
+use object_store::ObjectStoreExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
-use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
-use object_store::{
-    CopyOptions, GetOptions, GetResult, ListResult, MultipartId, MultipartUpload, ObjectMeta, ObjectStore,
-    ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
-};
 use rand::RngCore;
+
+mod common;
+use common::{FaultStore, Faults};
 
 struct Moto(Option<Child>);
 impl Drop for Moto {
@@ -138,152 +134,6 @@ async fn s3_round_trip() {
 
 // ---- faults in front of the real S3 server --------------------------------------------------------
 
-/// The S3 backend with injected faults and a count of every call it forwards: the object calls and
-/// S3's multipart calls of the same `AmazonS3`.
-#[derive(Debug, Default)]
-struct Faults {
-    /// The next N object puts fail with a transient error before reaching the server.
-    fail_puts: AtomicU32,
-    /// The next N part uploads fail likewise.
-    fail_parts: AtomicU32,
-    /// After this many more successful puts, every call fails: the server has gone (0: never).
-    gone_after_puts: AtomicU32,
-    gone: AtomicBool,
-    puts_ok: AtomicU32,
-    puts_failed: AtomicU32,
-    creates: AtomicU32,
-    parts_ok: AtomicU32,
-    parts_failed: AtomicU32,
-    completes: AtomicU32,
-    aborts: AtomicU32,
-}
-
-#[derive(Debug)]
-struct FaultyS3 {
-    s3: AmazonS3,
-    f: Arc<Faults>,
-}
-
-impl fmt::Display for FaultyS3 {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "FaultyS3({})", self.s3)
-    }
-}
-
-fn injected(what: &str) -> object_store::Error {
-    object_store::Error::Generic { store: "faults", source: format!("injected: {what}").into() }
-}
-
-fn take(n: &AtomicU32) -> bool {
-    n.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
-}
-
-impl FaultyS3 {
-    fn check_gone(&self) -> object_store::Result<()> {
-        if self.f.gone.load(Ordering::SeqCst) { Err(injected("connection refused")) } else { Ok(()) }
-    }
-}
-
-#[async_trait]
-impl ObjectStore for FaultyS3 {
-    async fn put_opts(
-        &self,
-        location: &Path,
-        payload: PutPayload,
-        opts: PutOptions,
-    ) -> object_store::Result<PutResult> {
-        self.check_gone()?;
-        if take(&self.f.fail_puts) {
-            self.f.puts_failed.fetch_add(1, Ordering::SeqCst);
-            return Err(injected("put failed"));
-        }
-        let r = self.s3.put_opts(location, payload, opts).await?;
-        self.f.puts_ok.fetch_add(1, Ordering::SeqCst);
-        if self.f.gone_after_puts.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)) == Ok(1) {
-            self.f.gone.store(true, Ordering::SeqCst);
-        }
-        Ok(r)
-    }
-
-    async fn put_multipart_opts(
-        &self,
-        location: &Path,
-        opts: PutMultipartOptions,
-    ) -> object_store::Result<Box<dyn MultipartUpload>> {
-        self.check_gone()?;
-        self.s3.put_multipart_opts(location, opts).await
-    }
-
-    async fn get_opts(&self, location: &Path, options: GetOptions) -> object_store::Result<GetResult> {
-        self.check_gone()?;
-        self.s3.get_opts(location, options).await
-    }
-
-    fn delete_stream(
-        &self,
-        locations: BoxStream<'static, object_store::Result<Path>>,
-    ) -> BoxStream<'static, object_store::Result<Path>> {
-        self.s3.delete_stream(locations)
-    }
-
-    fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
-        self.s3.list(prefix)
-    }
-
-    async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
-        self.check_gone()?;
-        self.s3.list_with_delimiter(prefix).await
-    }
-
-    async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
-        self.check_gone()?;
-        self.s3.copy_opts(from, to, options).await
-    }
-}
-
-#[async_trait]
-impl MultipartStore for FaultyS3 {
-    async fn create_multipart(&self, path: &Path) -> object_store::Result<MultipartId> {
-        self.check_gone()?;
-        self.f.creates.fetch_add(1, Ordering::SeqCst);
-        self.s3.create_multipart(path).await
-    }
-
-    async fn put_part(
-        &self,
-        path: &Path,
-        id: &MultipartId,
-        part_idx: usize,
-        data: PutPayload,
-    ) -> object_store::Result<PartId> {
-        self.check_gone()?;
-        if take(&self.f.fail_parts) {
-            self.f.parts_failed.fetch_add(1, Ordering::SeqCst);
-            return Err(injected("part upload failed"));
-        }
-        let r = self.s3.put_part(path, id, part_idx, data).await?;
-        self.f.parts_ok.fetch_add(1, Ordering::SeqCst);
-        Ok(r)
-    }
-
-    async fn complete_multipart(
-        &self,
-        path: &Path,
-        id: &MultipartId,
-        parts: Vec<PartId>,
-    ) -> object_store::Result<PutResult> {
-        self.check_gone()?;
-        self.f.completes.fetch_add(1, Ordering::SeqCst);
-        self.s3.complete_multipart(path, id, parts).await
-    }
-
-    async fn abort_multipart(&self, path: &Path, id: &MultipartId) -> object_store::Result<()> {
-        self.check_gone()?;
-        self.f.aborts.fetch_add(1, Ordering::SeqCst);
-        self.s3.abort_multipart(path, id).await
-    }
-}
-
 /// Quick retries so the tests stay short: three attempts, 20-40 ms apart.
 const POLICY: RetryPolicy = RetryPolicy {
     attempts: 3,
@@ -316,7 +166,7 @@ fn new_bucket() -> (S3Config, Moto) {
     (cfg, moto)
 }
 
-fn faulty(cfg: &S3Config) -> (Arc<FaultyS3>, Arc<Faults>) {
+fn faulty(cfg: &S3Config) -> (Arc<FaultStore<AmazonS3>>, Arc<Faults>) {
     let s3 = AmazonS3Builder::new()
         .with_bucket_name(&cfg.bucket)
         .with_region(&cfg.region)
@@ -327,8 +177,7 @@ fn faulty(cfg: &S3Config) -> (Arc<FaultyS3>, Arc<Faults>) {
         .with_retry(object_store::RetryConfig { max_retries: 0, ..Default::default() })
         .build()
         .unwrap();
-    let f = Arc::new(Faults::default());
-    (Arc::new(FaultyS3 { s3, f: f.clone() }), f)
+    FaultStore::new(s3)
 }
 
 /// The bucket's unfinished multipart uploads, from S3's ListMultipartUploads (moto accepts it unsigned).
