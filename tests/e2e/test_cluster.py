@@ -395,3 +395,36 @@ def test_a_single_node_becomes_node_1_with_its_volumes(tmp_path, s3_endpoint):
     # Its dir is node 1's from now on: alone again is refused.
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
     assert r.returncode != 0 and "is node 1 of a cluster" in r.stderr, r.stderr
+
+
+def test_a_second_process_with_the_same_node_id_is_refused(tmp_path, s3_endpoint):
+    """Two processes given one --node-id and two data dirs: the second is refused (the node's row names
+    the first's data dir, whose heartbeat is fresh), leaves its data dir unbound, and the first keeps
+    serving its volume. --replace-node does not take over a node that is alive."""
+    url = pg_database()
+    config = store_config(tmp_path / "c.toml", s3_endpoint, "dup-" + secrets.token_hex(6))
+    node = Node(1, tmp_path, url, config, {})
+    try:
+        node.start(wait_for="blocksnap serving")
+        vid = node.client().create_volume(AvailabilityZone=f"{SRC}a", Size=1)["VolumeId"]
+        first_dir_id = next(line[4:] for line in (node.workdir / "data" / "catalog").read_text().splitlines()
+                            if line.startswith("dir="))
+        other = tmp_path / "other" / "data"
+        env = dict(os.environ, BLOCKSNAP_ROOT_ACCESS_KEY_ID=ROOT_ACCESS_KEY,
+                   BLOCKSNAP_ROOT_SECRET_ACCESS_KEY=ROOT_SECRET_KEY)
+        env.pop("BLOCKSNAP_CATALOG", None)
+        for extra, says in (([], "give every process its own --node-id"),
+                            (["--replace-node"], "--replace-node only takes over a node silent for")):
+            cmd = [str(blocksnap_bin()), "serve", "--node-id", "1", "--data-dir", str(other), "--catalog", url,
+                   "--config", str(config), "--listen", f"127.0.0.1:{free_port()}", "--nbd-listen",
+                   f"127.0.0.1:{free_port()}", "--metrics-listen", "off", *extra]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+            out = r.stdout + r.stderr
+            assert r.returncode != 0, out
+            assert "node 1 is running in another process" in out and says in out and first_dir_id in out, out
+            assert not (other / "catalog").exists(), "a refused node left its data dir bound to node 1"
+        assert node.proc.poll() is None
+        status = node.client().describe_volume_status(VolumeIds=[vid])["VolumeStatuses"][0]["VolumeStatus"]
+        assert status["Status"] == "ok", status
+    finally:
+        node.stop()

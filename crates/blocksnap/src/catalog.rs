@@ -34,6 +34,15 @@ struct Record {
     id: String,
     /// The cluster node this dir is (`node=`), when it is one.
     node: Option<String>,
+    /// This data dir's random id (`dir=`), written when the dir is first bound to a node: the
+    /// node's catalog row names it, so a second process started with the same node id on another
+    /// data dir is refused (`cluster::Node::wait_to_lead`).
+    dir: Option<String>,
+}
+
+/// A new random data dir id (128 bits, hex).
+fn new_dir_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
 }
 
 fn read_record(dir: &Path) -> anyhow::Result<Option<Record>> {
@@ -49,6 +58,7 @@ fn read_record(dir: &Path) -> anyhow::Result<Option<Record>> {
             url: url.to_string(),
             id: id.to_string(),
             node: field("node").filter(|n| !n.is_empty()).map(str::to_string),
+            dir: field("dir").filter(|n| !n.is_empty()).map(str::to_string),
         })),
         _ => anyhow::bail!("{} is not a blocksnap catalog record (url=…, id=…)", path.display()),
     }
@@ -60,6 +70,7 @@ fn write_record(dir: &Path, rec: &Record) -> anyhow::Result<()> {
     (|| -> std::io::Result<()> {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
         let node = rec.node.as_ref().map(|n| format!("node={n}\n")).unwrap_or_default();
+        let node = format!("{node}{}", rec.dir.as_ref().map(|d| format!("dir={d}\n")).unwrap_or_default());
         f.write_all(
             format!(
                 "# this data dir's catalog (PostgreSQL); the URL may hold a password\nurl={}\nid={}\n{node}",
@@ -136,7 +147,7 @@ fn bind(dir: &Path, url: &str, cat: &PgCatalog, mode: OpenMode) -> anyhow::Resul
         Some(r) if r.id == id => {
             if r.url != url && mode == OpenMode::Owner {
                 // Same catalog at a new address (moved server, new password).
-                write_record(dir, &Record { url: url.to_string(), id: id.to_string(), node: None })?;
+                write_record(dir, &Record { url: url.to_string(), id: id.to_string(), node: None, dir: r.dir })?;
             }
             Ok(())
         }
@@ -161,15 +172,17 @@ fn bind(dir: &Path, url: &str, cat: &PgCatalog, mode: OpenMode) -> anyhow::Resul
                     cat.target()
                 );
             }
-            write_record(dir, &Record { url: url.to_string(), id: id.to_string(), node: None })
+            write_record(dir, &Record { url: url.to_string(), id: id.to_string(), node: None, dir: None })
         }
     }
 }
 
 /// Bind a follower's `dir` to the cluster's catalog `catalog_id` as node `node_id`, so `admin`
-/// commands find the catalog. A single node's dir (a record without `node=`) is left as it is: it
-/// becomes this node, adopting its volumes, when it leads ([`bind_node`]).
-pub fn bind_follower(dir: &Path, url: &str, catalog_id: &str, node_id: &str) -> anyhow::Result<()> {
+/// commands find the catalog, and give the dir its random id (`dir=`, kept once written). A single
+/// node's dir (a record without `node=`) keeps no `node=`: it becomes this node, adopting its
+/// volumes, when it leads ([`bind_node`]). Returns the dir's id and whether the record is new
+/// (see [`unbind_new`]).
+pub fn bind_follower(dir: &Path, url: &str, catalog_id: &str, node_id: &str) -> anyhow::Result<(String, bool)> {
     match read_record(dir)? {
         Some(r) if r.id != catalog_id => anyhow::bail!(
             "the data dir {} belongs to catalog {} but the cluster's database holds catalog {catalog_id}; nothing was changed",
@@ -180,12 +193,37 @@ pub fn bind_follower(dir: &Path, url: &str, catalog_id: &str, node_id: &str) -> 
             "the data dir {} is node {n}'s, not node {node_id}'s: give each node its own data dir; nothing was changed",
             dir.display()
         ),
-        Some(_) => Ok(()),
-        None => write_record(
-            dir,
-            &Record { url: url.to_string(), id: catalog_id.to_string(), node: Some(node_id.to_string()) },
-        ),
+        Some(Record { dir: Some(d), .. }) => Ok((d, false)),
+        Some(r) => {
+            let id = new_dir_id();
+            write_record(dir, &Record { dir: Some(id.clone()), ..r })?;
+            Ok((id, false))
+        }
+        None => {
+            let id = new_dir_id();
+            write_record(
+                dir,
+                &Record {
+                    url: url.to_string(),
+                    id: catalog_id.to_string(),
+                    node: Some(node_id.to_string()),
+                    dir: Some(id.clone()),
+                },
+            )?;
+            Ok((id, true))
+        }
     }
+}
+
+/// Undo a binding [`bind_follower`] has just created (the node was refused): the dir is left as it
+/// was before this start, free to be started as another node.
+pub fn unbind_new(dir: &Path) -> anyhow::Result<()> {
+    let path = dir.join(RECORD_NAME);
+    (|| -> std::io::Result<()> {
+        std::fs::remove_file(&path)?;
+        File::open(dir)?.sync_all()
+    })()
+    .with_context(|| format!("removing {}", path.display()))
 }
 
 /// Bind `dir` to the cluster's catalog as node `node_id` (called by a node that just won the
@@ -201,7 +239,12 @@ pub fn bind_node(
     adopt: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<bool> {
     let id = cat.catalog_id();
-    let rec = Record { url: url.to_string(), id: id.to_string(), node: Some(node_id.to_string()) };
+    let rec = |dir: Option<String>| Record {
+        url: url.to_string(),
+        id: id.to_string(),
+        node: Some(node_id.to_string()),
+        dir: dir.or_else(|| Some(new_dir_id())),
+    };
     match read_record(dir)? {
         Some(r) if r.id != id => anyhow::bail!(
             "the data dir {} belongs to catalog {} but the database {} holds catalog {id}; nothing was changed",
@@ -218,14 +261,47 @@ pub fn bind_node(
             if adopting {
                 adopt()?;
             }
-            if adopting || r.url != url {
-                write_record(dir, &rec)?;
+            if adopting || r.url != url || r.dir.is_none() {
+                write_record(dir, &rec(r.dir))?;
             }
             Ok(adopting)
         }
         None => {
-            write_record(dir, &rec)?;
+            write_record(dir, &rec(None))?;
             Ok(false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A follower's dir gets a random id with its node binding, atomically, and keeps it; a new
+    /// binding can be undone (a refused node); a dir bound before ids existed gets one.
+    #[test]
+    fn follower_binding_records_a_stable_dir_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        let (id_a, new) = bind_follower(&a, "postgres://x", "cat", "1").unwrap();
+        assert!(new && id_a.len() == 32, "{id_a}");
+        assert!(!a.join("catalog.tmp").exists());
+        assert_eq!(bind_follower(&a, "postgres://x", "cat", "1").unwrap(), (id_a.clone(), false));
+        let (id_b, _) = bind_follower(&b, "postgres://x", "cat", "1").unwrap();
+        assert_ne!(id_a, id_b, "two dirs, two ids");
+        unbind_new(&b).unwrap();
+        assert!(read_record(&b).unwrap().is_none());
+        // Another node id is refused on a's dir, nothing changed.
+        let before = std::fs::read_to_string(a.join(RECORD_NAME)).unwrap();
+        assert!(bind_follower(&a, "postgres://x", "cat", "2").is_err());
+        assert_eq!(std::fs::read_to_string(a.join(RECORD_NAME)).unwrap(), before);
+        // A record written before ids: one is added, the node binding kept.
+        std::fs::write(b.join(RECORD_NAME), "url=postgres://x\nid=cat\nnode=1\n").unwrap();
+        let (id, new) = bind_follower(&b, "postgres://x", "cat", "1").unwrap();
+        assert!(!new);
+        let r = read_record(&b).unwrap().unwrap();
+        assert_eq!((r.node.as_deref(), r.dir), (Some("1"), Some(id)));
     }
 }

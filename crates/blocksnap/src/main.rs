@@ -81,6 +81,10 @@ enum Command {
         /// API calls to it (ARCHITECTURE.md, "Several nodes").
         #[arg(long, env = "BLOCKSNAP_NODE_ID")]
         node_id: Option<String>,
+        /// This node's previous data dir is lost for good: let this data dir take over the node's
+        /// row once its heartbeat is stale (15 s). The old dir's volumes' bytes are gone with it.
+        #[arg(long)]
+        replace_node: bool,
     },
     /// Get NBD credentials (a TLS pre-shared key) for the calling account through the HTTP API,
     /// signed with the standard AWS credential chain, and write the files NBD clients need.
@@ -188,13 +192,14 @@ fn main() -> anyhow::Result<()> {
             config,
             metrics_listen,
             node_id,
+            replace_node,
         } => serve(
             &data,
             (listen, tls_cert.zip(tls_key)),
             (nbd_listen, nbd_advertise, nbd_insecure_plaintext),
             metrics_listen.unwrap_or(telemetry::MetricsListen::Default),
             config.as_deref(),
-            node_id,
+            (node_id, replace_node),
         ),
         Command::Admin { command: AdminCommand::Verify { data, region, config } } => {
             verify(&data, region, config.as_deref())
@@ -379,7 +384,7 @@ fn serve(
     (nbd_listen, nbd_advertise, nbd_insecure_plaintext): (SocketAddr, Option<String>, bool),
     metrics_listen: telemetry::MetricsListen,
     config: Option<&Path>,
-    node_id: Option<String>,
+    (node_id, replace_node): (Option<String>, bool),
 ) -> anyhow::Result<()> {
     let data_dir = data.data_dir.as_path();
     exports::check_listen(nbd_listen, nbd_insecure_plaintext)?;
@@ -399,6 +404,11 @@ fn serve(
     }
     let mut node_cfg =
         cluster::NodeConfig::resolve(node_id, &file_cfg, (listen, http_tls.is_some()), nbd_listen, data_dir)?;
+    match &mut node_cfg {
+        Some(nc) => nc.replace = replace_node,
+        None if replace_node => anyhow::bail!("--replace-node needs --node-id (or node_id in the configuration file)"),
+        None => {}
+    }
     if node_cfg.is_some() {
         cluster::check_shared_storage(&file_cfg, &cfg.regions)?;
     }
@@ -514,7 +524,11 @@ fn serve(
             tracing::info!(node_id = %nc.id, %listen, advertise_api = %nc.advertise_api, "cluster node up: forwarding API calls to the leader until this node leads");
             let won = runtime.block_on(async {
                 tokio::select! {
-                    r = node.wait_to_lead(url, |id| catalog::bind_follower(data_dir, url, id, &nc.id)) => Some(r),
+                    r = node.wait_to_lead(
+                        url,
+                        |id| catalog::bind_follower(data_dir, url, id, &nc.id),
+                        || catalog::unbind_new(data_dir),
+                    ) => Some(r),
                     () = stop.wait() => None,
                 }
             });

@@ -18,7 +18,7 @@ mod postgres;
 mod sqlite;
 
 #[cfg(not(loom))]
-pub use postgres::{CALL_TIMEOUT, Leader, Membership, NodeRecord, OWNER_LOCK_KEY, PgCatalog, redact};
+pub use postgres::{CALL_TIMEOUT, Leader, Membership, NodeRecord, NodeTaken, OWNER_LOCK_KEY, PgCatalog, redact};
 pub use sqlite::SqliteCatalog;
 
 /// How a process opens the catalog.

@@ -30,6 +30,9 @@ const FENCE_POLL: Duration = Duration::from_millis(250);
 const FENCE_BOUND: Duration = Duration::from_secs(5);
 /// The exit status of a leader that lost its leadership (a supervisor restarts it as a follower).
 pub const EXIT_FENCED: i32 = 3;
+/// A node row whose heartbeat is older than this is stale: its process is gone (or cut off for
+/// longer than any fence), so `--replace-node` may take it over for another data dir.
+pub const NODE_STALE: Duration = Duration::from_secs(15);
 
 /// This node, as the flags and the configuration file describe it.
 #[derive(Debug, Clone)]
@@ -39,6 +42,8 @@ pub struct NodeConfig {
     pub nbd: String,
     pub zones: Vec<String>,
     pub data_dir: PathBuf,
+    /// `--replace-node`: this node's previous data dir is gone; take over its row once stale.
+    pub replace: bool,
 }
 
 impl NodeConfig {
@@ -79,11 +84,13 @@ impl NodeConfig {
             nbd: nbd_listen.to_string(),
             zones: file.zones.clone(),
             data_dir: data_dir.to_path_buf(),
+            replace: false,
         }))
     }
 
-    fn record(&self) -> NodeRecord {
+    fn record(&self, dir_id: &str) -> NodeRecord {
         NodeRecord {
+            dir_id: dir_id.to_string(),
             id: self.id.clone(),
             advertise_api: self.advertise_api.clone(),
             nbd: self.nbd.clone(),
@@ -129,6 +136,8 @@ pub struct Node {
     pub config: NodeConfig,
     members: Arc<Membership>,
     leader: watch::Sender<Option<Leader>>,
+    /// This data dir's id, once the node's row was claimed for it (heartbeats wait for it).
+    dir_id: std::sync::OnceLock<String>,
 }
 
 impl Node {
@@ -136,7 +145,7 @@ impl Node {
     pub fn start(config: NodeConfig, url: &str) -> anyhow::Result<Arc<Node>> {
         let members = Arc::new(Membership::new(url).context("the cluster's membership connection")?);
         let (leader, _) = watch::channel(None);
-        let node = Arc::new(Node { config, members, leader });
+        let node = Arc::new(Node { config, members, leader, dir_id: std::sync::OnceLock::new() });
         let n = node.clone();
         tokio::spawn(async move {
             let started = SystemTime::now();
@@ -145,8 +154,15 @@ impl Node {
             let mut failing = false;
             loop {
                 tick.tick().await;
-                match n.members.heartbeat(&n.config.record(), started).await {
-                    Ok(()) => failing = false,
+                let Some(dir_id) = n.dir_id.get() else { continue };
+                match n.members.heartbeat(&n.config.record(dir_id), started, None).await {
+                    Ok(Ok(())) => failing = false,
+                    Ok(Err(taken)) => {
+                        // Only after this process was silent for NODE_STALE and another data dir
+                        // was started as this node with --replace-node.
+                        tracing::error!(node_id = %n.config.id, other_dir_id = %taken.dir_id, "this node's row was taken over by another data dir (--replace-node): stopping now");
+                        std::process::exit(EXIT_FENCED);
+                    }
                     // Before the first leader created the schema, or while the server is away.
                     Err(e) if !failing => {
                         failing = true;
@@ -162,7 +178,49 @@ impl Node {
     /// Publish this node's record now (a new leader does, before it claims the leadership, so
     /// followers find its address at once).
     pub async fn announce(&self) -> anyhow::Result<()> {
-        self.members.heartbeat(&self.config.record(), SystemTime::now()).await.context("publishing this node's record")
+        let dir_id = self.dir_id.get().context("this node's row was never claimed")?;
+        match self.members.heartbeat(&self.config.record(dir_id), SystemTime::now(), None).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(taken)) => Err(self.refusal(dir_id, &taken)),
+            Err(e) => Err(anyhow::Error::from(e).context("publishing this node's record")),
+        }
+    }
+
+    /// Claim this node's row for this data dir (`--replace-node`: even a stale row of another
+    /// one). `Ok(false)`: not now (no schema yet, the server away).
+    async fn claim(&self, dir_id: &str) -> anyhow::Result<bool> {
+        let replace = self.config.replace.then_some(NODE_STALE);
+        match self.members.heartbeat(&self.config.record(dir_id), SystemTime::now(), replace).await {
+            Ok(Ok(())) => {
+                let _ = self.dir_id.set(dir_id.to_string());
+                tracing::info!(node_id = %self.config.id, dir_id, "this node's row is this data dir's");
+                Ok(true)
+            }
+            Ok(Err(taken)) => Err(self.refusal(dir_id, &taken)),
+            Err(e) => {
+                tracing::debug!(error = %e, "could not claim this node's row yet");
+                Ok(false)
+            }
+        }
+    }
+
+    /// Why this data dir may not run as this node: the node's row is another data dir's.
+    fn refusal(&self, dir_id: &str, taken: &blocksnap_catalog::NodeTaken) -> anyhow::Error {
+        let (id, other, age) = (&self.config.id, &taken.dir_id, taken.heartbeat_age.as_secs());
+        if taken.heartbeat_age < NODE_STALE {
+            anyhow::anyhow!(
+                "node {id} is running in another process on another data dir (data dir id {other}, last                  heartbeat {age} s ago; this data dir's id is {dir_id}): give every process its own --node-id, or                  stop the other process first{}",
+                if self.config.replace {
+                    format!(" (--replace-node only takes over a node silent for {} s)", NODE_STALE.as_secs())
+                } else {
+                    String::new()
+                }
+            )
+        } else {
+            anyhow::anyhow!(
+                "node {id} last ran on another data dir (data dir id {other}, last heartbeat {age} s ago; this                  data dir's id is {dir_id}) and its volumes' bytes are there: start node {id} on that data dir                  again, or give this one another --node-id; if that data dir is lost for good, start this one                  with --replace-node (node {id}'s volumes' bytes are lost: restore them from snapshots)"
+            )
+        }
     }
 
     /// Who this node forwards to (`None`: nobody leads now).
@@ -176,21 +234,39 @@ impl Node {
     ///
     /// `bind` is called once the catalog exists, with its id: the data dir is bound to it as this
     /// node (so `admin` commands work on a follower's dir, and a dir of another catalog or node is
-    /// refused at once).
+    /// refused at once) and answers the dir's random id and whether the binding is new. Then the
+    /// node's row is claimed for that id before any heartbeat: a row of another data dir is refused
+    /// (`unbind` undoes a new binding first), so two processes never run as one node. Before the
+    /// schema has the column (a v2 catalog), the claim waits for this node's own lead.
     pub async fn wait_to_lead(
         &self,
         url: &str,
-        bind: impl Fn(&str) -> anyhow::Result<()>,
+        bind: impl Fn(&str) -> anyhow::Result<(String, bool)>,
+        unbind: impl Fn() -> anyhow::Result<()>,
     ) -> anyhow::Result<Arc<PgCatalog>> {
         let mut tick = tokio::time::interval(ELECTION_POLL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let mut announced: Option<String> = None;
-        let mut bound = false;
+        let mut bound: Option<(String, bool)> = None;
+        let claim = async |bound: &Option<(String, bool)>| -> anyhow::Result<bool> {
+            let Some((dir_id, new)) = bound else { return Ok(false) };
+            match self.claim(dir_id).await {
+                Err(e) if *new => {
+                    unbind()?;
+                    Err(e)
+                }
+                r => r,
+            }
+        };
         loop {
             tick.tick().await;
-            if !bound && let Ok(Some(id)) = self.members.catalog_id().await {
-                bind(&id)?;
-                bound = true;
+            if bound.is_none()
+                && let Ok(Some(id)) = self.members.catalog_id().await
+            {
+                bound = Some(bind(&id)?);
+            }
+            if self.dir_id.get().is_none() {
+                claim(&bound).await?;
             }
             let current = match self.members.leader().await {
                 Ok(Some(l)) if l.node_id == self.config.id => {
@@ -219,6 +295,13 @@ impl Node {
             let u = url.to_string();
             match tokio::task::spawn_blocking(move || PgCatalog::open_candidate(&u)).await? {
                 Ok(Some(c)) => {
+                    // The schema is current now: bind and claim, or stop here.
+                    if bound.is_none() {
+                        bound = Some(bind(c.catalog_id())?);
+                    }
+                    if self.dir_id.get().is_none() && !claim(&bound).await? {
+                        anyhow::bail!("could not claim node {}'s row in the catalog", self.config.id);
+                    }
                     self.leader.send_replace(None);
                     tracing::info!(node_id = %self.config.id, "won the election: leading");
                     return Ok(Arc::new(c));

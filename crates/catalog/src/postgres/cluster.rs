@@ -27,6 +27,17 @@ pub struct NodeRecord {
     pub zones: Vec<String>,
     /// Free bytes of its data dir's filesystem.
     pub free_bytes: i64,
+    /// The random id of the data dir it runs on (`dir=` in `DATA/catalog`).
+    pub dir_id: String,
+}
+
+/// Why [`Membership::heartbeat`] did not write: the node's row is another data dir's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeTaken {
+    /// The data dir id the row names.
+    pub dir_id: String,
+    /// How long ago that node's last heartbeat was.
+    pub heartbeat_age: Duration,
 }
 
 /// The current leader.
@@ -87,19 +98,54 @@ impl Membership {
     }
 
     /// Publish this node's record and refresh its heartbeat (the table exists once the first leader
-    /// migrated the schema; before that this fails and the caller retries).
-    pub async fn heartbeat(&self, node: &NodeRecord, started_at: std::time::SystemTime) -> Result<()> {
+    /// migrated the schema; before that this fails and the caller retries), unless the row of this
+    /// node id names another data dir: then nothing is written and the row's owner is returned. With
+    /// `replace_stale`, a row whose heartbeat is older than that is taken over (the operator said
+    /// its data dir is gone); a fresh one never is.
+    pub async fn heartbeat(
+        &self,
+        node: &NodeRecord,
+        started_at: std::time::SystemTime,
+        replace_stale: Option<Duration>,
+    ) -> Result<std::result::Result<(), NodeTaken>> {
         let started = started_at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let replace = replace_stale.is_some();
+        let stale = replace_stale.unwrap_or_default().as_secs_f64();
         self.with(async |c| {
-            c.execute(
-                "INSERT INTO node (id, advertise_api, nbd, zones, free_bytes, started_at, heartbeat)
-                 VALUES ($1, $2, $3, $4, $5, to_timestamp($6), now())
-                 ON CONFLICT (id) DO UPDATE SET advertise_api = $2, nbd = $3, zones = $4, free_bytes = $5,
-                     started_at = to_timestamp($6), heartbeat = now()",
-                &[&node.id, &node.advertise_api, &node.nbd, &node.zones, &node.free_bytes, &started],
-            )
-            .await
-            .map(|_| ())
+            let wrote = c
+                .query_opt(
+                    "INSERT INTO node (id, advertise_api, nbd, zones, free_bytes, started_at, heartbeat, dir_id)
+                     VALUES ($1, $2, $3, $4, $5, to_timestamp($6), now(), $7)
+                     ON CONFLICT (id) DO UPDATE SET advertise_api = $2, nbd = $3, zones = $4, free_bytes = $5,
+                         started_at = to_timestamp($6), heartbeat = now(), dir_id = $7
+                     WHERE node.dir_id IS NULL OR node.dir_id = $7
+                        OR ($8 AND node.heartbeat < now() - make_interval(secs => $9))
+                     RETURNING 1",
+                    &[
+                        &node.id,
+                        &node.advertise_api,
+                        &node.nbd,
+                        &node.zones,
+                        &node.free_bytes,
+                        &started,
+                        &node.dir_id,
+                        &replace,
+                        &stale,
+                    ],
+                )
+                .await?;
+            if wrote.is_some() {
+                return Ok(Ok(()));
+            }
+            let r = c
+                .query_one(
+                    "SELECT coalesce(dir_id, ''), extract(epoch FROM (now() - heartbeat))::float8
+                     FROM node WHERE id = $1",
+                    &[&node.id],
+                )
+                .await?;
+            let age: f64 = r.get(1);
+            Ok(Err(NodeTaken { dir_id: r.get(0), heartbeat_age: Duration::from_secs_f64(age.max(0.0)) }))
         })
         .await
     }
@@ -144,7 +190,8 @@ impl Membership {
             let rows = c
                 .query(
                     "SELECT id, advertise_api, nbd, zones, free_bytes,
-                            extract(epoch FROM (now() - heartbeat))::float8 FROM node ORDER BY id",
+                            extract(epoch FROM (now() - heartbeat))::float8, coalesce(dir_id, '')
+                     FROM node ORDER BY id",
                     &[],
                 )
                 .await?;
@@ -159,6 +206,7 @@ impl Membership {
                             nbd: r.get(2),
                             zones: r.get(3),
                             free_bytes: r.get(4),
+                            dir_id: r.get(6),
                         },
                         Duration::from_secs_f64(age.max(0.0)),
                     )

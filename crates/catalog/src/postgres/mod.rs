@@ -45,7 +45,7 @@ use crate::{Catalog, CatalogError, Change, OpenMode, Result, Row};
 mod cluster;
 mod schema;
 
-pub use cluster::{Leader, Membership, NodeRecord};
+pub use cluster::{Leader, Membership, NodeRecord, NodeTaken};
 
 use schema::{MIGRATIONS, check_version, migrate};
 

@@ -43,6 +43,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
         backend_start text NOT NULL,
         since         timestamptz NOT NULL
     );"#,
+    // v3: the random id of the data dir each node runs on (recorded in that dir's `catalog` file):
+    // a second process started with the same node id on another data dir is refused while the row's
+    // heartbeat is fresh (its volumes' bytes are in the first one's dir). NULL: a row written
+    // before v3, claimed by the next heartbeat of that node.
+    r#"ALTER TABLE node ADD COLUMN dir_id text;"#,
 ];
 
 /// Version and id of an existing schema; `None` for an empty database.

@@ -380,6 +380,7 @@ fn cluster_election_claim_and_fence() {
         nbd: format!("{id}:10809"),
         zones: vec!["us-east-1a".into()],
         free_bytes: 1 << 30,
+        dir_id: format!("dir-of-{id}"),
     };
     let first = PgCatalog::open_candidate(&url).unwrap().expect("the first candidate leads");
     let started = std::time::Instant::now();
@@ -387,7 +388,7 @@ fn cluster_election_claim_and_fence() {
     assert!(started.elapsed() < OWNER_WAIT, "a candidate does not wait for the lock");
     rt.block_on(async {
         for n in ["n1", "n2"] {
-            members.heartbeat(&node(n), std::time::SystemTime::now()).await.unwrap();
+            members.heartbeat(&node(n), std::time::SystemTime::now(), None).await.unwrap().unwrap();
         }
         assert!(members.owner_lock_held().await.unwrap());
         // Holding the lock is not yet leading: nobody has claimed it.
@@ -422,6 +423,47 @@ fn cluster_election_claim_and_fence() {
     second.sync(s).unwrap();
     assert_eq!(second.get("volume", "b").unwrap(), None);
     assert_eq!(second.load_kind("volume").unwrap().len(), 2);
+}
+
+/// One node id, two data dirs: the second process's heartbeat writes nothing and names the row's
+/// data dir while that heartbeat is fresh, even with a replace; once it is stale, only an explicit
+/// replace takes the row over.
+#[test]
+fn node_row_belongs_to_one_data_dir() {
+    let (url, _shared) = fresh_db_locked();
+    let owner = PgCatalog::open_candidate(&url).unwrap().expect("migrates the schema");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let members = rt.block_on(async { Membership::new(&url).unwrap() });
+    let record = |dir: &str| NodeRecord {
+        id: "7".into(),
+        advertise_api: "http://a:4566".into(),
+        nbd: "a:10809".into(),
+        zones: vec![],
+        free_bytes: 0,
+        dir_id: dir.into(),
+    };
+    let now = std::time::SystemTime::now;
+    let hour = Some(Duration::from_secs(3600));
+    rt.block_on(async {
+        members.heartbeat(&record("A"), now(), None).await.unwrap().unwrap();
+        members.heartbeat(&record("A"), now(), None).await.unwrap().unwrap();
+        // Fresh (well under an hour): refused, replace or not.
+        for replace in [None, hour] {
+            let taken = members.heartbeat(&record("B"), now(), replace).await.unwrap().unwrap_err();
+            assert_eq!(taken.dir_id, "A");
+        }
+        let nodes = members.nodes().await.unwrap();
+        assert_eq!(nodes[0].0.dir_id, "A", "the refused heartbeat wrote");
+        // Stale (older than the bound): refused without a replace, taken over with one.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let taken = members.heartbeat(&record("B"), now(), None).await.unwrap().unwrap_err();
+        assert_eq!(taken.dir_id, "A");
+        members.heartbeat(&record("B"), now(), Some(Duration::from_millis(10))).await.unwrap().unwrap();
+        assert_eq!(members.nodes().await.unwrap()[0].0.dir_id, "B");
+        // The old dir is refused now.
+        assert_eq!(members.heartbeat(&record("A"), now(), None).await.unwrap().unwrap_err().dir_id, "B");
+    });
+    drop(owner);
 }
 
 /// A TCP proxy to the test server that can be frozen: while frozen it reads but forwards nothing
