@@ -9,6 +9,7 @@ mod cluster;
 mod config;
 mod datadir;
 mod exports;
+mod http_server;
 mod https;
 mod nbd_credentials;
 mod telemetry;
@@ -680,22 +681,15 @@ fn serve(
 
 type HttpTask = tokio::task::JoinHandle<std::io::Result<()>>;
 
-/// Serve the HTTP API on `http` until `stopping` turns true (requests in flight then finish).
+/// Serve the HTTP API on `http` until `stopping` turns true (requests in flight then finish), with
+/// the listener's bounds on clients (http_server.rs).
 fn spawn_http(
     http: tokio::net::TcpListener,
     tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     app: axum::Router,
-    mut stopping: tokio::sync::watch::Receiver<bool>,
+    stopping: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<HttpTask> {
-    let stopped = async move {
-        let _ = stopping.wait_for(|s| *s).await;
-    };
-    Ok(match tls {
-        Some(tls) => tokio::spawn(
-            axum::serve(https::TlsListener::new(http, tls)?, app).with_graceful_shutdown(stopped).into_future(),
-        ),
-        None => tokio::spawn(axum::serve(http, app).with_graceful_shutdown(stopped).into_future()),
-    })
+    Ok(tokio::spawn(http_server::serve(http, tls, app, stopping, http_server::Limits::from_env())))
 }
 
 /// How long a stop waits for requests in flight (HTTP calls, NBD commands) to finish.
