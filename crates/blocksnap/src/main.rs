@@ -523,11 +523,17 @@ fn serve(
                 (node, dispatch, task)
             };
             tracing::info!(node_id = %nc.id, %listen, advertise_api = %nc.advertise_api, "cluster node up: forwarding API calls to the leader until this node leads");
+            // Whether this data dir was bound to the node just now (a first start on it).
+            let new_binding = std::cell::Cell::new(false);
             let won = runtime.block_on(async {
                 tokio::select! {
                     r = node.wait_to_lead(
                         url,
-                        |id| catalog::bind_follower(data_dir, url, id, &nc.id),
+                        |id| {
+                            let bound = catalog::bind_follower(data_dir, url, id, &nc.id)?;
+                            new_binding.set(bound.1);
+                            Ok(bound)
+                        },
                         || catalog::unbind_new(data_dir),
                     ) => Some(r),
                     () = stop.wait() => None,
@@ -551,6 +557,15 @@ fn serve(
                 Ok(())
             };
             catalog::bind_node(data_dir, url, &pg, &nc.id, adopt)?;
+            if nc.replace && new_binding.get() {
+                // The node's previous data dir is gone: its volumes' bytes with it (durable before
+                // this node serves, so none is ever served as zeros). Only on the first start on
+                // this dir: a later one's volumes not allocated yet are not lost.
+                let lost = engine.mark_lost_volumes()?;
+                if !lost.is_empty() {
+                    tracing::warn!(node_id = %nc.id, volumes = ?lost, "--replace-node: these volumes' bytes were in the lost data dir; they are marked lost (delete them, restore their snapshots)");
+                }
+            }
             (engine, Some((node, pg, dispatch, task)))
         }
     };

@@ -421,6 +421,7 @@ impl Engine {
                     restore: None,
                     last_modification: None,
                     node: self.config.node_id.clone(),
+                    lost: false,
                 };
                 created.push(vid);
                 recs.push(Rec::Volume(v));

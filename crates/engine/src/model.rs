@@ -136,6 +136,11 @@ pub struct Volume {
     /// (rows written before clustering, or by a server without `--node-id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// Its bytes are gone for good: its node's data dir was lost and the node was started again on
+    /// a new one (`--replace-node`). Never served again; only deleting it (and restoring its
+    /// snapshots as new volumes) is left.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lost: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]

@@ -264,6 +264,7 @@ impl Engine {
             restore: None,
             last_modification: None,
             node: self.config.node_id.clone(),
+            lost: false,
         };
         recs.push(Rec::Volume(vol.clone()));
         if let Err(e) = self.commit(&mut st, recs) {

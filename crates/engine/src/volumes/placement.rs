@@ -8,6 +8,12 @@
 //! snapshots stay restorable from any node (the stores are shared). Deleting it is allowed: the
 //! row goes, and its node removes the orphan bytes at its next start. Without `--node-id` every
 //! volume is here.
+//!
+//! A node started with `--replace-node` on a new data dir (the old one is gone) marks the volumes
+//! placed on it whose bytes are not in that dir `lost`, in one commit before it serves
+//! ([`Engine::mark_lost_volumes`]). A lost volume is unavailable on every node for good, as an EBS
+//! volume whose server was lost: the same refusals as above, naming why, deletable, its snapshots
+//! restorable. Never served again, so no empty file is ever made for it (zeros posing as its data).
 
 use crate::engine::{Engine, Rec};
 use crate::error::{EngineError, Result};
@@ -17,6 +23,7 @@ impl Engine {
     /// Whether the volume's bytes are on this node.
     pub(crate) fn volume_here(&self, v: &Volume) -> bool {
         match &self.config.node_id {
+            _ if v.lost => false,
             None => true,
             Some(me) => v.node.as_deref() == Some(me.as_str()),
         }
@@ -26,6 +33,18 @@ impl Engine {
     pub(crate) fn check_volume_here(&self, v: &Volume) -> Result<()> {
         if self.volume_here(v) {
             return Ok(());
+        }
+        if v.lost {
+            return Err(EngineError::client(
+                "IncorrectState",
+                format!(
+                    "The volume '{}' is lost: its bytes were in the data dir of node {}, which was replaced \
+                     (--replace-node) after that data dir was lost. It cannot be attached, exported or \
+                     snapshotted; delete it, and restore its snapshots as new volumes.",
+                    v.id,
+                    v.node.as_deref().unwrap_or("?")
+                ),
+            ));
         }
         let me = self.config.node_id.as_deref().unwrap_or("?");
         let place = match &v.node {
@@ -67,5 +86,34 @@ impl Engine {
         drop(st);
         self.sync_pending()?;
         Ok(n)
+    }
+
+    /// `--replace-node`: this node's previous data dir is gone, so the volumes placed on it whose
+    /// bytes are not in this data dir are lost. Marks them in one commit, durable before it
+    /// returns (call before the node serves). Answers their ids.
+    pub fn mark_lost_volumes(&self) -> Result<Vec<String>> {
+        let (Some(me), Some(s)) = (self.config.node_id.clone(), &self.storage) else { return Ok(Vec::new()) };
+        let here: std::collections::HashSet<String> =
+            s.volumes.list().map_err(|e| EngineError::Internal(format!("listing volumes: {e}")))?.into_iter().collect();
+        let mut st = self.lock();
+        let recs: Vec<Rec> = st
+            .volumes
+            .values()
+            .filter(|v| !v.lost && v.node.as_deref() == Some(me.as_str()) && !here.contains(&v.id))
+            .map(|v| Rec::Volume(Volume { lost: true, ..v.clone() }))
+            .collect();
+        let ids: Vec<String> = recs
+            .iter()
+            .filter_map(|r| match r {
+                Rec::Volume(v) => Some(v.id.clone()),
+                _ => None,
+            })
+            .collect();
+        if !recs.is_empty() {
+            self.commit(&mut st, recs)?;
+        }
+        drop(st);
+        self.sync_pending()?;
+        Ok(ids)
     }
 }

@@ -1,6 +1,6 @@
 //! DescribeVolumeStatus: what each volume's state says about its health.
 //!
-//! - `error` (a restore that failed), or placed on a cluster node that does not serve it now
+//! - `error` (a restore that failed), or placed on a cluster node that does not serve it now, or lost
 //!   (`placement.rs`): `impaired`, `io-enabled` `failed`.
 //! - `creating`: `insufficient-data` (no I/O yet).
 //! - otherwise `ok`, `io-enabled` `passed`, `io-performance` `not-applicable` (no provisioned
