@@ -12,6 +12,7 @@ import base64
 import hashlib
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import threading
@@ -74,11 +75,11 @@ class Node:
     def log_path(self) -> Path:
         return self.workdir / f"node-{self.starts}.log"
 
-    def start(self, wait_for: str = "cluster node up") -> None:
+    def start(self, wait_for: str = "cluster node up", extra: tuple = ()) -> None:
         self.starts += 1
         cmd = [str(blocksnap_bin()), "serve", "--node-id", str(self.n), "--data-dir", str(self.workdir / "data"),
                "--catalog", self.url, "--config", str(self.config), "--listen", f"{self.host}:{self.port}",
-               "--nbd-listen", f"{self.host}:{self.nbd_port}", "--metrics-listen", "off"]
+               "--nbd-listen", f"{self.host}:{self.nbd_port}", "--metrics-listen", "off", *extra]
         env = dict(os.environ, BLOCKSNAP_ROOT_ACCESS_KEY_ID=ROOT_ACCESS_KEY,
                    BLOCKSNAP_ROOT_SECRET_ACCESS_KEY=ROOT_SECRET_KEY, RUST_LOG="info", **self.env)
         env.pop("BLOCKSNAP_CATALOG", None)
@@ -426,5 +427,27 @@ def test_a_second_process_with_the_same_node_id_is_refused(tmp_path, s3_endpoint
         assert node.proc.poll() is None
         status = node.client().describe_volume_status(VolumeIds=[vid])["VolumeStatuses"][0]["VolumeStatus"]
         assert status["Status"] == "ok", status
+
+        # Node 1's disk is lost: it starts again on a new data dir with --replace-node once its heartbeat
+        # is stale (shortened for the test). Its volume's bytes were on the lost disk: impaired, not
+        # snapshotted, deletable; the new dir's own volumes are fine.
+        node.kill()
+        shutil.rmtree(node.workdir / "data")
+        node.env = {"BLOCKSNAP_NODE_STALE_MS": "1000"}
+        time.sleep(1.5)
+        node.start(wait_for="blocksnap serving", extra=("--replace-node",))
+        ec2 = node.client()
+        status = ec2.describe_volume_status(VolumeIds=[vid])["VolumeStatuses"][0]["VolumeStatus"]
+        assert status["Status"] == "impaired", status
+        assert {"Name": "io-enabled", "Status": "failed"} in status["Details"], status
+        with pytest.raises(ClientError) as e:
+            ec2.create_snapshot(VolumeId=vid)
+        assert e.value.response["Error"]["Code"] == "IncorrectState", e.value.response
+        assert f"The volume '{vid}' is lost" in e.value.response["Error"]["Message"], e.value.response
+        fresh = ec2.create_volume(AvailabilityZone=f"{SRC}a", Size=1)["VolumeId"]
+        ec2.get_waiter("volume_available").wait(VolumeIds=[fresh], WaiterConfig={"Delay": 1})
+        status = ec2.describe_volume_status(VolumeIds=[fresh])["VolumeStatuses"][0]["VolumeStatus"]
+        assert status["Status"] == "ok", status
+        ec2.delete_volume(VolumeId=vid)
     finally:
         node.stop()

@@ -34,6 +34,14 @@ pub const EXIT_FENCED: i32 = 3;
 /// longer than any fence), so `--replace-node` may take it over for another data dir.
 pub const NODE_STALE: Duration = Duration::from_secs(15);
 
+/// [`NODE_STALE`], or `BLOCKSNAP_NODE_STALE_MS` (tests: a takeover without a 15 s wait).
+fn node_stale() -> Duration {
+    std::env::var("BLOCKSNAP_NODE_STALE_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(NODE_STALE, Duration::from_millis)
+}
+
 /// This node, as the flags and the configuration file describe it.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -189,7 +197,7 @@ impl Node {
     /// Claim this node's row for this data dir (`--replace-node`: even a stale row of another
     /// one). `Ok(false)`: not now (no schema yet, the server away).
     async fn claim(&self, dir_id: &str) -> anyhow::Result<bool> {
-        let replace = self.config.replace.then_some(NODE_STALE);
+        let replace = self.config.replace.then_some(node_stale());
         match self.members.heartbeat(&self.config.record(dir_id), SystemTime::now(), replace).await {
             Ok(Ok(())) => {
                 let _ = self.dir_id.set(dir_id.to_string());
@@ -207,11 +215,11 @@ impl Node {
     /// Why this data dir may not run as this node: the node's row is another data dir's.
     fn refusal(&self, dir_id: &str, taken: &blocksnap_catalog::NodeTaken) -> anyhow::Error {
         let (id, other, age) = (&self.config.id, &taken.dir_id, taken.heartbeat_age.as_secs());
-        if taken.heartbeat_age < NODE_STALE {
+        if taken.heartbeat_age < node_stale() {
             anyhow::anyhow!(
                 "node {id} is running in another process on another data dir (data dir id {other}, last                  heartbeat {age} s ago; this data dir's id is {dir_id}): give every process its own --node-id, or                  stop the other process first{}",
                 if self.config.replace {
-                    format!(" (--replace-node only takes over a node silent for {} s)", NODE_STALE.as_secs())
+                    format!(" (--replace-node only takes over a node silent for {} s)", node_stale().as_secs())
                 } else {
                     String::new()
                 }
