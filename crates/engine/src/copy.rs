@@ -208,7 +208,9 @@ impl Engine {
         self.commit(&mut st, recs)?;
         drop(st);
         match key_error {
-            Some(msg) => self.fail_snapshot(&snap.id, msg),
+            Some(msg) => {
+                self.fail_snapshot(&snap.id, msg);
+            }
             None => self.spawn_copy(snap.id.clone()),
         }
         Ok(snap)

@@ -299,6 +299,8 @@ impl Engine {
     /// Make every commit this thread made durable (group commit: concurrent callers share one
     /// fsync). Front ends call it before answering; jobs before an irreversible step.
     pub fn sync_pending(&self) -> Result<()> {
+        // A catalog that cannot make commits durable (tests/failed_sync.rs).
+        fail::fail_point!("engine.sync_pending", |_| Err(EngineError::Internal("injected: sync failed".into())));
         let seq = PENDING_SYNC.with(|p| p.replace(0));
         if seq > 0 {
             self.catalog.sync(seq)?;

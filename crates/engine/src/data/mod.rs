@@ -135,7 +135,9 @@ impl Engine {
         for s in pending {
             match self.resume_capture(&s) {
                 Ok(()) => self.spawn_upload(s.id.clone()),
-                Err(e) => self.fail_snapshot(&s.id, format!("the upload could not resume after a restart: {e}")),
+                Err(e) => {
+                    self.fail_snapshot(&s.id, format!("the upload could not resume after a restart: {e}"));
+                }
             }
         }
         self.ebs_resume();

@@ -229,23 +229,27 @@ impl Engine {
         }
     }
 
-    /// End a pending snapshot in `error`, and give its frozen blocks back to the volume.
-    pub(crate) fn fail_snapshot(&self, snapshot_id: &str, message: String) {
+    /// End a pending snapshot in `error`, and give its frozen blocks back to the volume. Answers
+    /// whether the `error` row is durable: only then is what the snapshot held (its capture, frozen
+    /// epoch, a direct snapshot's block log) released. When the commit or its sync fails everything
+    /// stays as it was, so a restart that finds the row still pending resumes it or ends it itself.
+    pub(crate) fn fail_snapshot(&self, snapshot_id: &str, message: String) -> bool {
         let epoch_and_volume = {
             let mut st = self.lock();
-            let Some(mut s) = st.snapshots.get(snapshot_id).cloned() else { return };
+            let Some(mut s) = st.snapshots.get(snapshot_id).cloned() else { return false };
             let ev = s.epoch.map(|e| (e, s.volume_id.clone()));
             s.state = SnapshotState::Error;
             s.state_message = Some(message);
             s.epoch = None;
             if let Err(e) = self.commit(&mut st, vec![Rec::Snapshot(s)]) {
                 tracing::error!(snapshot_id, error = %e, "could not record a failed snapshot");
-                return;
+                return false;
             }
             ev
         };
         if let Err(e) = self.sync_pending() {
-            tracing::error!(snapshot_id, error = %e, "could not sync a failed snapshot's row");
+            tracing::error!(snapshot_id, error = %e, "could not sync a failed snapshot's row: its capture and log stay until a restart settles it");
+            return false;
         }
         if let (Some((epoch, vid)), Some(storage)) = (epoch_and_volume, &self.storage)
             && let Ok(v) = storage.volumes.open_volume(&vid)
@@ -256,6 +260,7 @@ impl Engine {
             }
             self.release_if_deleted(&vid);
         }
+        true
     }
 
     /// Does a pending snapshot still need this volume's bytes?

@@ -64,14 +64,21 @@ impl Engine {
             *closed = true;
             drop(closed);
             let (m, id) = (me.clone(), snap.id.clone());
-            let _ = tokio::task::spawn_blocking(move || {
-                m.fail_snapshot(
+            let durable = tokio::task::spawn_blocking(move || {
+                let durable = m.fail_snapshot(
                     &id,
                     "The aggregated checksum given to CompleteSnapshot does not match the blocks written.".into(),
                 );
-                m.forget_direct(&id);
+                if durable {
+                    m.forget_direct(&id);
+                }
+                durable
             })
-            .await;
+            .await
+            .unwrap_or(false);
+            if !durable {
+                return Err(internal("complete", "the failed snapshot could not be recorded; try again"));
+            }
             return Ok(SnapshotState::Error);
         }
         // Durably `completing` before answering: a restart writes the manifest.
@@ -129,8 +136,12 @@ impl Engine {
                 },
                 Err(e) => {
                     tracing::warn!(snapshot_id = idc, error = %e, "completing a direct snapshot failed");
-                    m.fail_snapshot(&idc, format!("The snapshot could not be completed: {}", e.message()));
-                    SnapshotState::Error
+                    // Pending (the log kept) unless the `error` row is durable.
+                    if m.fail_snapshot(&idc, format!("The snapshot could not be completed: {}", e.message())) {
+                        SnapshotState::Error
+                    } else {
+                        SnapshotState::Pending
+                    }
                 }
             })
             .await
@@ -255,11 +266,12 @@ impl Engine {
                     }
                 }
                 Err(e) => {
-                    self.fail_snapshot(
+                    if self.fail_snapshot(
                         &s.id,
                         format!("The snapshot's written blocks could not be reloaded: {}", e.message()),
-                    );
-                    self.forget_direct(&s.id);
+                    ) {
+                        self.forget_direct(&s.id);
+                    }
                 }
             }
         }
@@ -318,11 +330,14 @@ impl Engine {
                 });
                 if still_open {
                     tracing::info!(snapshot_id = id, minutes, "direct snapshot timed out");
-                    me.fail_snapshot(
+                    // The block log goes only once the `error` row is durable (else a restart
+                    // finds the row pending with its log, and ends it itself).
+                    if me.fail_snapshot(
                         &id,
                         format!("The snapshot was not completed within its timeout of {minutes} minutes."),
-                    );
-                    me.forget_direct(&id);
+                    ) {
+                        me.forget_direct(&id);
+                    }
                 }
             })
             .await;
