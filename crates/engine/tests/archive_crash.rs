@@ -9,13 +9,11 @@
 //! Run: `cargo test -p blocksnap-engine --features failpoints --test archive_crash`
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blocksnap_catalog::SqliteCatalog;
 use blocksnap_engine::archive::TieringStatus;
-use blocksnap_engine::model::{Ctx, Snapshot, SnapshotState};
-use blocksnap_engine::{CreateSnapshot, DescribeSnapshots, Engine, EngineConfig, ListQuery, RunInstances, Storage};
+use blocksnap_engine::model::{Snapshot, SnapshotState};
+use blocksnap_engine::{CreateSnapshot, DescribeSnapshots, EngineConfig, ListQuery, RunInstances};
 
 mod common;
 
@@ -24,24 +22,10 @@ const CRASH_CODE: i32 = 17;
 const REGION: &str = "us-east-1";
 const IMAGE: &str = "ami-0b5e4c3d2a1f00001";
 
-struct Node {
-    engine: Arc<Engine>,
-    runtime: tokio::runtime::Runtime,
-    ctx: Ctx,
-}
+use common::Node;
 
 fn open(dir: &Path) -> Node {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let volumes = blocksnap_volume::VolumeStore::open(dir.join("volumes")).unwrap();
-    let storage =
-        Storage { volumes: Arc::new(volumes), snapshot_root: dir.join("snapshots"), runtime: runtime.handle().clone() };
-    let catalog = SqliteCatalog::open(&dir.join("catalog.db")).unwrap();
-    let engine = Arc::new(Engine::open(Arc::new(catalog), EngineConfig::default(), Some(storage)).unwrap());
-    engine.remove_orphan_volumes().unwrap();
-    engine.start().unwrap();
-    engine.ensure_root(Some(("AKIDARCHIVE".into(), "secret".into()))).unwrap();
-    let ctx = Ctx { account: engine.root_account().unwrap(), region: REGION.into() };
-    Node { engine, runtime, ctx }
+    common::open_node(dir, "volumes", EngineConfig::default(), "AKIDARCHIVE", REGION)
 }
 
 fn row(n: &Node, id: &str) -> Snapshot {

@@ -11,15 +11,13 @@
 //! Run: `cargo test -p blocksnap-engine --features failpoints --test dlm_crash`
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blocksnap_catalog::SqliteCatalog;
 use blocksnap_engine::dlm::{
     CreatePolicy, CreateRule, KeyValue, PolicyDetails, RetainRule, ScheduleSpec, TAG_POLICY_ID,
 };
 use blocksnap_engine::model::{Ctx, Snapshot, SnapshotState, Tag};
-use blocksnap_engine::{CreateVolume, DescribeSnapshots, Engine, EngineConfig, ListQuery, Storage, TagSpec};
+use blocksnap_engine::{CreateVolume, DescribeSnapshots, EngineConfig, ListQuery, TagSpec};
 
 mod common;
 
@@ -29,25 +27,10 @@ const REGION: &str = "us-east-1";
 const COPY_REGION: &str = "eu-west-1";
 const HOUR: u64 = 3600;
 
-struct Node {
-    engine: Arc<Engine>,
-    _runtime: tokio::runtime::Runtime,
-    ctx: Ctx,
-}
+use common::Node;
 
 fn open(dir: &Path) -> Node {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let volumes = blocksnap_volume::VolumeStore::open(dir.join("volumes")).unwrap();
-    let storage =
-        Storage { volumes: Arc::new(volumes), snapshot_root: dir.join("snapshots"), runtime: runtime.handle().clone() };
-    let catalog = SqliteCatalog::open(&dir.join("catalog.db")).unwrap();
-    let config = EngineConfig { test_clock: true, ..Default::default() };
-    let engine = Arc::new(Engine::open(Arc::new(catalog), config, Some(storage)).unwrap());
-    engine.remove_orphan_volumes().unwrap();
-    engine.start().unwrap();
-    engine.ensure_root(Some(("AKIDLMCRASH".into(), "secret".into()))).unwrap();
-    let ctx = Ctx { account: engine.root_account().unwrap(), region: REGION.into() };
-    Node { engine, _runtime: runtime, ctx }
+    common::open_node(dir, "volumes", EngineConfig { test_clock: true, ..Default::default() }, "AKIDLMCRASH", REGION)
 }
 
 /// Moves the clock forward by `secs`; answers the new time (ms).

@@ -10,14 +10,10 @@
 //! Run: `cargo test -p blocksnap-engine --features failpoints --test durable_deletes`
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blocksnap_catalog::SqliteCatalog;
-use blocksnap_engine::model::{Ctx, SnapshotState};
-use blocksnap_engine::{
-    CreateSnapshot, CreateVolume, DescribeSnapshots, Engine, EngineConfig, ListQuery, RunInstances, Storage,
-};
+use blocksnap_engine::model::SnapshotState;
+use blocksnap_engine::{CreateSnapshot, CreateVolume, DescribeSnapshots, EngineConfig, ListQuery, RunInstances};
 
 mod common;
 
@@ -26,29 +22,14 @@ const CRASH_CODE: i32 = 17;
 const REGION: &str = "us-east-1";
 const IMAGE: &str = "ami-0b5e4c3d2a1f00001";
 
-struct Node {
-    engine: Arc<Engine>,
-    _runtime: tokio::runtime::Runtime,
-    ctx: Ctx,
-}
+use common::Node;
 
 fn open(dir: &Path) -> Node {
     open_with(dir, EngineConfig::default())
 }
 
 fn open_with(dir: &Path, config: EngineConfig) -> Node {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let volumes = blocksnap_volume::VolumeStore::open(dir.join("volumes")).unwrap();
-    let storage =
-        Storage { volumes: Arc::new(volumes), snapshot_root: dir.join("snapshots"), runtime: runtime.handle().clone() };
-    let catalog = SqliteCatalog::open(&dir.join("catalog.db")).unwrap();
-    let engine = Arc::new(Engine::open(Arc::new(catalog), config, Some(storage)).unwrap());
-    // What `blocksnap serve` does at start.
-    engine.remove_orphan_volumes().unwrap();
-    engine.start().unwrap();
-    engine.ensure_root(Some(("AKIDURABLE".into(), "secret".into()))).unwrap();
-    let ctx = Ctx { account: engine.root_account().unwrap(), region: REGION.into() };
-    Node { engine, _runtime: runtime, ctx }
+    common::open_node(dir, "volumes", config, "AKIDURABLE", REGION)
 }
 
 fn wait_completed(n: &Node, id: &str) {

@@ -5,36 +5,21 @@
 //! Run: `cargo test -p blocksnap-engine --features failpoints --test failed_sync`
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blocksnap_catalog::SqliteCatalog;
 use blocksnap_engine::ebs::StartSnapshot;
-use blocksnap_engine::model::{Ctx, SnapshotState};
-use blocksnap_engine::{DescribeSnapshots, Engine, EngineConfig, ListQuery, Storage};
+use blocksnap_engine::model::SnapshotState;
+use blocksnap_engine::{DescribeSnapshots, EngineConfig, ListQuery};
 
 const REGION: &str = "us-east-1";
 
-struct Node {
-    engine: Arc<Engine>,
-    _runtime: tokio::runtime::Runtime,
-    ctx: Ctx,
-}
+mod common;
+use common::Node;
 
 fn open(dir: &Path) -> Node {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let volumes = blocksnap_volume::VolumeStore::open(dir.join("volumes")).unwrap();
-    let storage =
-        Storage { volumes: Arc::new(volumes), snapshot_root: dir.join("snapshots"), runtime: runtime.handle().clone() };
-    let catalog = SqliteCatalog::open(&dir.join("catalog.db")).unwrap();
     // A "minute" of 30 ms: the shortest timeout (10 minutes) passes in 0.3 s.
     let config = EngineConfig { direct_minute: Duration::from_millis(30), ..EngineConfig::default() };
-    let engine = Arc::new(Engine::open(Arc::new(catalog), config, Some(storage)).unwrap());
-    engine.remove_orphan_volumes().unwrap();
-    engine.start().unwrap();
-    engine.ensure_root(Some(("AKIDFAILEDSYNC".into(), "secret".into()))).unwrap();
-    let ctx = Ctx { account: engine.root_account().unwrap(), region: REGION.into() };
-    Node { engine, _runtime: runtime, ctx }
+    common::open_node(dir, "volumes", config, "AKIDFAILEDSYNC", REGION)
 }
 
 fn state(n: &Node, id: &str) -> Option<SnapshotState> {

@@ -6,40 +6,28 @@
 //! Run: `cargo test -p blocksnap-engine --test replace_node`
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use blocksnap_catalog::SqliteCatalog;
-use blocksnap_engine::model::{Ctx, SnapshotState};
-use blocksnap_engine::{
-    CreateSnapshot, CreateVolume, DescribeSnapshots, Engine, EngineConfig, ListQuery, RunInstances, Storage,
-};
+use blocksnap_engine::model::SnapshotState;
+use blocksnap_engine::{CreateSnapshot, CreateVolume, DescribeSnapshots, EngineConfig, ListQuery, RunInstances};
 
 const REGION: &str = "us-east-1";
 const IMAGE: &str = "ami-0b5e4c3d2a1f00001";
 
-struct Node {
-    engine: Arc<Engine>,
-    _runtime: tokio::runtime::Runtime,
-    ctx: Ctx,
-}
+mod common;
+use common::Node;
 
 /// Node 1 over the shared catalog and snapshot store, with its volumes in `volumes`; `replace`:
 /// what `blocksnap serve --replace-node` does before serving.
 fn open(dir: &Path, volumes: &str, replace: bool) -> (Node, Vec<String>) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let store = blocksnap_volume::VolumeStore::open(dir.join(volumes)).unwrap();
-    let storage =
-        Storage { volumes: Arc::new(store), snapshot_root: dir.join("snapshots"), runtime: runtime.handle().clone() };
-    let catalog = SqliteCatalog::open(&dir.join("catalog.db")).unwrap();
     let config = EngineConfig { node_id: Some("1".into()), ..EngineConfig::default() };
-    let engine = Arc::new(Engine::open(Arc::new(catalog), config, Some(storage)).unwrap());
-    let lost = if replace { engine.mark_lost_volumes().unwrap() } else { Vec::new() };
-    engine.remove_orphan_volumes().unwrap();
-    engine.start().unwrap();
-    engine.ensure_root(Some(("AKIDREPLACE".into(), "secret".into()))).unwrap();
-    let ctx = Ctx { account: engine.root_account().unwrap(), region: REGION.into() };
-    (Node { engine, _runtime: runtime, ctx }, lost)
+    let mut lost = Vec::new();
+    let node = common::open_node_with(dir, volumes, config, "AKIDREPLACE", REGION, |engine| {
+        if replace {
+            lost = engine.mark_lost_volumes().unwrap();
+        }
+    });
+    (node, lost)
 }
 
 fn new_volume(n: &Node, snapshot: Option<&str>) -> String {
