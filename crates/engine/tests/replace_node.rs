@@ -8,6 +8,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use blocksnap_catalog::{Catalog, Change, SqliteCatalog};
 use blocksnap_engine::model::SnapshotState;
 use blocksnap_engine::{CreateSnapshot, CreateVolume, DescribeSnapshots, EngineConfig, ListQuery, RunInstances};
 
@@ -80,10 +81,26 @@ fn replaced_node_marks_its_volumes_lost() {
     }
     assert_eq!(status(&n, &vol), ("ok", "passed"));
     drop(n);
+    // The node also died in the middle of an upload: a snapshot of the volume is still pending
+    // (its frozen epoch and capture were in the dir now lost).
+    let pending = "snap-0000000000000dead";
+    {
+        let catalog = SqliteCatalog::open(&dir.path().join("catalog.db")).unwrap();
+        let mut row = catalog.get("snapshot", &snap).unwrap().unwrap();
+        let mut doc: serde_json::Value = serde_json::from_str(&row.doc).unwrap();
+        doc["id"] = pending.into();
+        doc["state"] = "pending".into();
+        doc["epoch"] = 7.into();
+        (row.id, row.doc) = (pending.to_string(), doc.to_string());
+        let seq = catalog.commit(&[Change::Put(row)]).unwrap();
+        catalog.sync(seq).unwrap();
+    }
 
     // That data dir is lost; node 1 starts on a new one with --replace-node.
     let (n, lost) = open(dir.path(), "new", true);
     assert!(lost.contains(&vol), "{lost:?}");
+    // Its pending snapshot ended in error in the same commit: no node can ever finish it.
+    assert_eq!(snapshot_state(&n, pending), SnapshotState::Error);
     assert_eq!(status(&n, &vol), ("impaired", "failed"));
     let attach = n.engine.attach_volume(&n.ctx, &vol, &inst, "/dev/sdf", false);
     assert_lost_refusal(attach, "attaching a lost volume");

@@ -17,7 +17,7 @@
 
 use crate::engine::{Engine, Rec};
 use crate::error::{EngineError, Result};
-use crate::model::Volume;
+use crate::model::{Snapshot, SnapshotState, Volume};
 
 impl Engine {
     /// Whether the volume's bytes are on this node.
@@ -90,7 +90,9 @@ impl Engine {
 
     /// `--replace-node`: this node's previous data dir is gone, so the volumes placed on it whose
     /// bytes are not in this data dir are lost. Marks them in one commit, durable before it
-    /// returns (call before the node serves). Answers their ids.
+    /// returns (call before the node serves). Answers their ids. Their snapshots still pending
+    /// end in `error` in the same commit: what their uploads needed (the frozen epoch, the
+    /// capture of the overwritten blocks) was in the lost dir, and no node could ever finish them.
     pub fn mark_lost_volumes(&self) -> Result<Vec<String>> {
         let (Some(me), Some(s)) = (self.config.node_id.clone(), &self.storage) else { return Ok(Vec::new()) };
         let here: std::collections::HashSet<String> =
@@ -109,6 +111,28 @@ impl Engine {
                 _ => None,
             })
             .collect();
+        let mut recs = recs;
+        recs.extend(
+            st.snapshots
+                .values()
+                .filter(|s| {
+                    s.state == SnapshotState::Pending
+                        && s.source_snapshot.is_none()
+                        && s.direct.is_none()
+                        && ids.contains(&s.volume_id)
+                })
+                .map(|s| {
+                    Rec::Snapshot(Snapshot {
+                        state: SnapshotState::Error,
+                        state_message: Some(format!(
+                            "The upload could not finish: volume {} was lost with node {me}'s data dir.",
+                            s.volume_id
+                        )),
+                        epoch: None,
+                        ..s.clone()
+                    })
+                }),
+        );
         if !recs.is_empty() {
             self.commit(&mut st, recs)?;
         }
