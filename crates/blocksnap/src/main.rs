@@ -666,6 +666,8 @@ fn serve(
         }
         // Stop accepting on both front ends; requests in flight finish, within a bound.
         tracing::info!("stopping: finishing requests in flight");
+        // From here a background job that fails was cut by the stop: it stays pending and resumes.
+        engine.begin_stop();
         let _ = stopping_tx.send(true);
         let drained =
             tokio::time::timeout(STOP_GRACE, async { tokio::join!(http_task, nbd.shutdown()).0 }).await;

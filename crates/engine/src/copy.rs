@@ -227,8 +227,7 @@ impl Engine {
         storage.runtime.spawn(async move {
             let _guard = guard;
             if let Err(e) = me.copy(&snapshot_id, &cs).await {
-                tracing::warn!(snapshot_id, error = %e, "snapshot copy failed");
-                me.fail_snapshot(&snapshot_id, format!("The copy failed: {}", e.message()));
+                me.job_failed(&snapshot_id, "snapshot copy", format!("The copy failed: {}", e.message()));
             }
         });
     }

@@ -43,6 +43,9 @@ pub const BLOCK_SIZE: u64 = blocksnap_volume::BLOCK_SIZE;
 #[derive(Default)]
 pub(crate) struct Jobs {
     me: std::sync::OnceLock<Weak<Engine>>,
+    /// Set by [`Engine::begin_stop`]: a job failing from now on failed because the process stops
+    /// (its runtime cancels the tasks it waits on), not because of its snapshot.
+    stopping: std::sync::atomic::AtomicBool,
     stores: tokio::sync::Mutex<HashMap<String, Arc<BlockStore>>>,
     /// Snapshots a running job reads (restores, copies): they cannot be deleted meanwhile.
     readers: Mutex<HashMap<String, usize>>,
@@ -88,6 +91,26 @@ impl Drop for ReaderGuard {
                 r.remove(&self.snapshot);
             }
         }
+    }
+}
+
+impl Engine {
+    /// The process is stopping: background jobs stop where they are and resume from their durable
+    /// state at the next start. A job that fails after this (a task it awaited was cancelled by the
+    /// runtime's shutdown) leaves its snapshot pending instead of ending it in `error`.
+    pub fn begin_stop(&self) {
+        self.jobs.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// A job's failure, unless the process is stopping ([`Engine::begin_stop`]): ends the
+    /// snapshot in `error` with `message`.
+    pub(crate) fn job_failed(&self, snapshot_id: &str, what: &str, message: String) {
+        if self.jobs.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            tracing::info!(snapshot_id, what, "interrupted by the stop: resumes at the next start");
+            return;
+        }
+        tracing::warn!(snapshot_id, error = %message, "{what} failed");
+        self.fail_snapshot(snapshot_id, message);
     }
 }
 

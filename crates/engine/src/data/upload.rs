@@ -27,8 +27,7 @@ impl Engine {
             let result = me.upload(&snapshot_id).await;
             me.jobs.uploading.lock().unwrap_or_else(|p| p.into_inner()).remove(&snapshot_id);
             if let Err(e) = result {
-                tracing::warn!(snapshot_id, error = %e, "snapshot upload failed");
-                me.fail_snapshot(&snapshot_id, e.message());
+                me.job_failed(&snapshot_id, "snapshot upload", e.message());
             }
         });
     }
